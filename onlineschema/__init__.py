@@ -1,0 +1,112 @@
+"""onlineschema: change the schema of a live PostgreSQL database without stopping it.
+
+>>> import onlineschema as osc                                      # doctest: +SKIP
+>>> plan = osc.plan(dsn, [osc.AddColumn("orders", "status", "text", # doctest: +SKIP
+...                                     nullable=False, default="'new'")])
+>>> print(plan.render_text())                                       # doctest: +SKIP
+>>> osc.apply(dsn, changes, name="orders_status")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .backfill import BackfillSettings
+from .changes import (
+    AddCheck,
+    AddColumn,
+    AddForeignKey,
+    AddIndex,
+    AddUnique,
+    AlterColumnType,
+    Backfill,
+    Change,
+    DropColumn,
+    DropConstraint,
+    DropDefault,
+    DropIndex,
+    DropNotNull,
+    DropTable,
+    RenameColumn,
+    RunSQL,
+    SetDefault,
+    SetNotNull,
+    ValidateConstraint,
+    change_from_dict,
+)
+from .errors import (
+    AlreadyRunning,
+    ConnectionFailed,
+    LockBudgetExhausted,
+    OnlineSchemaError,
+    Paused,
+    PreflightError,
+    Refused,
+    StepFailed,
+    UnknownMigration,
+    UnsupportedStatement,
+)
+from .executor import Executor, Result, Settings
+from .locks import RetryPolicy
+from .plan import Plan, Step
+
+__all__ = [
+    "AddCheck",
+    "AddColumn",
+    "AddForeignKey",
+    "AddIndex",
+    "AddUnique",
+    "AlreadyRunning",
+    "AlterColumnType",
+    "Backfill",
+    "BackfillSettings",
+    "Change",
+    "ConnectionFailed",
+    "DropColumn",
+    "DropConstraint",
+    "DropDefault",
+    "DropIndex",
+    "DropNotNull",
+    "DropTable",
+    "Executor",
+    "LockBudgetExhausted",
+    "OnlineSchemaError",
+    "Paused",
+    "Plan",
+    "PreflightError",
+    "Refused",
+    "RenameColumn",
+    "Result",
+    "RetryPolicy",
+    "RunSQL",
+    "SetDefault",
+    "SetNotNull",
+    "Settings",
+    "Step",
+    "StepFailed",
+    "UnknownMigration",
+    "UnsupportedStatement",
+    "ValidateConstraint",
+    "apply",
+    "change_from_dict",
+    "plan",
+]
+
+
+def plan(target: Any, changes: Sequence[Change], settings: Settings | None = None) -> Plan:
+    """Plan ``changes`` against the database at ``target`` (DSN, psycopg or SQLAlchemy
+    connection or engine). Reads the catalog; runs no DDL."""
+    with Executor(target, settings) as ex:
+        return ex.plan(changes)
+
+
+def apply(
+    target: Any,
+    changes: Sequence[Change],
+    name: str | None = None,
+    settings: Settings | None = None,
+) -> Result:
+    """Plan and run ``changes`` online as migration ``name`` (resumes it if it exists)."""
+    with Executor(target, settings) as ex:
+        return ex.apply(changes, name)

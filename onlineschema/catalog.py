@@ -1,0 +1,328 @@
+"""A snapshot of the live catalog: what the planner needs to know, read once at plan time.
+
+The planner is a pure function of this snapshot, the server version and the requested
+changes; nothing here is consulted again while a plan runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str  # format_type(), e.g. "character varying(20)"
+    type_oid: int
+    notnull: bool
+    default: str | None
+    identity: str  # '' or 'a' / 'd'
+    generated: str  # '' or 's'
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    valid: bool
+    ready: bool
+    unique: bool
+    primary: bool
+    columns: tuple[str | None, ...]  # None for an expression element
+    partial: bool
+    definition: str
+    constraint: str | None  # the constraint this index backs, if any
+
+
+@dataclass(frozen=True)
+class ConstraintInfo:
+    name: str
+    type: str  # 'c' check, 'f' foreign key, 'u' unique, 'p' primary key, 'n' not null, 'x'
+    validated: bool
+    definition: str
+    columns: tuple[str, ...]
+    ref_table: tuple[str, str] | None  # (schema, name) of the referenced table (FK)
+    index: str | None
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    oid: int
+    relkind: str
+    reltuples: float
+    pages: int
+    columns: dict[str, ColumnInfo]
+    indexes: dict[str, IndexInfo]
+    constraints: dict[str, ConstraintInfo]
+    triggers: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    referenced_by: tuple[tuple[str, str, str], ...]  # (schema, table, constraint) of FKs in
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Catalog:
+    """What the planner knows of the database. Mutable only while being read."""
+
+    server_version: int  # server_version_num, e.g. 180006
+    search_path: tuple[str, ...]
+    tables: dict[tuple[str, str], TableInfo] = field(default_factory=dict)
+    #: (schema, index name) -> (schema, table name), for every index in the read schemas
+    index_owner: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    #: function name -> provolatile ('i', 's', 'v'); the most volatile overload wins
+    volatility: dict[str, str] = field(default_factory=dict)
+    #: type text as written -> (format_type name, typtype, has domain constraints) or None
+    types: dict[str, tuple[str, str, bool] | None] = field(default_factory=dict)
+    #: relation names (schema, name) that exist but are not tables (views, sequences...)
+    other_relations: set[tuple[str, str]] = field(default_factory=set)
+    role_is_superuser: bool = False
+
+    @property
+    def major(self) -> int:
+        return self.server_version // 10000
+
+    def resolve_schema(self, schema: str | None, name: str) -> str:
+        """The schema a table name resolves to: given, else the first on the search path
+        that has it, else the first schema of the search path."""
+        if schema:
+            return schema
+        for s in self.search_path:
+            if (s, name) in self.tables:
+                return s
+        return self.search_path[0] if self.search_path else "public"
+
+    def table(self, schema: str | None, name: str) -> TableInfo | None:
+        return self.tables.get((self.resolve_schema(schema, name), name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8 AS reltuples,
+       c.relpages AS pages
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attrelid AS oid, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
+       a.atttypid::int AS type_oid, a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity, a.attgenerated
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_INDEXES_SQL = """
+SELECT i.indrelid AS oid, ic.relname AS name, i.indisvalid, i.indisready, i.indisunique,
+       i.indisprimary, i.indpred IS NOT NULL AS partial, pg_get_indexdef(i.indexrelid) AS def,
+       ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS columns,
+       (SELECT conname FROM pg_constraint WHERE conindid = i.indexrelid
+          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = ANY(%(oids)s)
+"""
+
+_CONSTRAINTS_SQL = """
+SELECT c.conrelid AS oid, c.conname, c.contype::text AS contype, c.convalidated,
+       pg_get_constraintdef(c.oid) AS def,
+       ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS columns,
+       rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name
+FROM pg_constraint c
+LEFT JOIN pg_class r ON r.oid = c.confrelid
+LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
+LEFT JOIN pg_class ic ON ic.oid = c.conindid AND c.contype IN ('p', 'u', 'x')
+WHERE c.conrelid = ANY(%(oids)s)
+"""
+
+_REFERENCED_BY_SQL = """
+SELECT c.confrelid AS oid, n.nspname, t.relname, c.conname
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE c.contype = 'f' AND c.confrelid = ANY(%(oids)s)
+"""
+
+_TRIGGERS_SQL = """
+SELECT tgrelid AS oid, tgname FROM pg_trigger WHERE tgrelid = ANY(%(oids)s) AND NOT tgisinternal
+"""
+
+_INDEX_OWNERS_SQL = """
+SELECT n.nspname, ic.relname AS index_name, t.relname AS table_name
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+WHERE (n.nspname, ic.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
+"""
+
+_VOLATILITY_SQL = """
+SELECT lower(proname) AS name, max(provolatile::text) AS vol
+FROM pg_proc WHERE lower(proname) = ANY(%(names)s) GROUP BY 1
+"""
+
+
+def read_catalog(
+    conn: psycopg.Connection[Any],
+    tables: Iterable[tuple[str | None, str]],
+    *,
+    index_names: Iterable[tuple[str | None, str]] = (),
+    functions: Iterable[str] = (),
+    types: Iterable[str] = (),
+) -> Catalog:
+    """Read what the planner needs about ``tables`` (``(schema or None, name)`` pairs).
+
+    Runs a handful of catalog queries in one read-only transaction; takes no table locks.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT current_setting('server_version_num')::int AS v,"
+            " current_schemas(false) AS sp,"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS su"
+        )
+        head = cur.fetchone()
+        assert head is not None
+        cat = Catalog(
+            server_version=head["v"],
+            search_path=tuple(head["sp"]),
+            role_is_superuser=bool(head["su"]),
+        )
+        wanted: set[tuple[str, str]] = set()
+        for schema, name in tables:
+            if schema:
+                wanted.add((schema, name))
+            else:
+                wanted.update((s, name) for s in cat.search_path)
+        _read_tables(cur, cat, wanted)
+
+        idx_wanted: set[tuple[str, str]] = set()
+        for schema, name in index_names:
+            for s in [schema] if schema else cat.search_path:
+                idx_wanted.add((s, name))
+        if idx_wanted:
+            # any relation of that name (an index, or a table in the way of a new index)
+            _read_tables(cur, cat, idx_wanted - set(cat.tables))
+            cur.execute(
+                _INDEX_OWNERS_SQL,
+                {"schemas": [s for s, _ in idx_wanted], "names": [n for _, n in idx_wanted]},
+            )
+            owners = {(r["nspname"], r["table_name"]) for r in cur.fetchall()}
+            # read the owning tables too, so the planner sees the index in full
+            _read_tables(cur, cat, owners - set(cat.tables))
+
+        fnames = sorted({f.lower() for f in functions})
+        if fnames:
+            cur.execute(_VOLATILITY_SQL, {"names": fnames})
+            cat.volatility = {r["name"]: r["vol"] for r in cur.fetchall()}
+
+        for t in sorted(set(types)):
+            cur.execute(
+                "SELECT format_type(ty.oid, NULL) AS name, ty.typtype::text AS typtype,"
+                " EXISTS (SELECT 1 FROM pg_constraint WHERE contypid = ty.oid) AS constrained"
+                " FROM pg_type ty WHERE ty.oid = to_regtype(%(t)s)",
+                {"t": t},
+            )
+            row = cur.fetchone()
+            cat.types[t] = (row["name"], row["typtype"], row["constrained"]) if row else None
+    return cat
+
+
+def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, str]]) -> None:
+    if not wanted:
+        return
+    cur.execute(_TABLES_SQL, {"schemas": [s for s, _ in wanted], "names": [n for _, n in wanted]})
+    rels = cur.fetchall()
+    oids: list[int] = []
+    base: dict[int, dict[str, Any]] = {}
+    for r in rels:
+        if r["relkind"] in ("r", "p"):
+            oids.append(r["oid"])
+            base[r["oid"]] = r
+        else:
+            cat.other_relations.add((r["nspname"], r["relname"]))
+    if not oids:
+        return
+    params = {"oids": oids}
+    columns: dict[int, dict[str, ColumnInfo]] = {o: {} for o in oids}
+    cur.execute(_COLUMNS_SQL, params)
+    for r in cur.fetchall():
+        columns[r["oid"]][r["attname"]] = ColumnInfo(
+            name=r["attname"],
+            type=r["type"],
+            type_oid=r["type_oid"],
+            notnull=r["attnotnull"],
+            default=r["default"],
+            identity=r["attidentity"] or "",
+            generated=r["attgenerated"] or "",
+        )
+    indexes: dict[int, dict[str, IndexInfo]] = {o: {} for o in oids}
+    cur.execute(_INDEXES_SQL, params)
+    for r in cur.fetchall():
+        indexes[r["oid"]][r["name"]] = IndexInfo(
+            name=r["name"],
+            valid=r["indisvalid"],
+            ready=r["indisready"],
+            unique=r["indisunique"],
+            primary=r["indisprimary"],
+            columns=tuple(r["columns"]),
+            partial=r["partial"],
+            definition=r["def"],
+            constraint=r["constraint"],
+        )
+    constraints: dict[int, dict[str, ConstraintInfo]] = {o: {} for o in oids}
+    cur.execute(_CONSTRAINTS_SQL, params)
+    for r in cur.fetchall():
+        constraints[r["oid"]][r["conname"]] = ConstraintInfo(
+            name=r["conname"],
+            type=r["contype"],
+            validated=r["convalidated"],
+            definition=r["def"],
+            columns=tuple(r["columns"]),
+            ref_table=(r["ref_schema"], r["ref_name"]) if r["ref_name"] else None,
+            index=r["index_name"],
+        )
+    triggers: dict[int, list[str]] = {o: [] for o in oids}
+    cur.execute(_TRIGGERS_SQL, params)
+    for r in cur.fetchall():
+        triggers[r["oid"]].append(r["tgname"])
+    refs: dict[int, list[tuple[str, str, str]]] = {o: [] for o in oids}
+    cur.execute(_REFERENCED_BY_SQL, params)
+    for r in cur.fetchall():
+        refs[r["oid"]].append((r["nspname"], r["relname"], r["conname"]))
+    for oid in oids:
+        r = base[oid]
+        pk: tuple[str, ...] = ()
+        for con in constraints[oid].values():
+            if con.type == "p":
+                pk = con.columns
+        info = TableInfo(
+            schema=r["nspname"],
+            name=r["relname"],
+            oid=oid,
+            relkind=r["relkind"],
+            reltuples=r["reltuples"],
+            pages=r["pages"],
+            columns=columns[oid],
+            indexes=indexes[oid],
+            constraints=constraints[oid],
+            triggers=tuple(sorted(triggers[oid])),
+            primary_key=pk,
+            referenced_by=tuple(sorted(refs[oid])),
+        )
+        cat.tables[(info.schema, info.name)] = info
+        for idx in info.indexes:
+            cat.index_owner[(info.schema, idx)] = (info.schema, info.name)

@@ -1,0 +1,319 @@
+"""Migration state kept in the database, in a schema of its own (``onlineschema``).
+
+The state lives next to the data it describes so that a step's work and its "done"
+record, or a backfill batch and its cursor, commit in one transaction: after a crash the
+state never claims more than happened, nor less.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .errors import UnknownMigration
+
+STATES = (
+    "running",
+    "paused",
+    "failed",
+    "awaiting_contract",
+    "completed",
+    "aborting",
+    "aborted",
+)
+
+_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS {s}",
+    """CREATE TABLE IF NOT EXISTS {s}.migrations (
+        name text PRIMARY KEY,
+        state text NOT NULL,
+        changes jsonb NOT NULL,
+        changes_hash text NOT NULL,
+        plan jsonb NOT NULL,
+        plan_hash text NOT NULL,
+        server_version int NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        last_error text
+    )""",
+    """CREATE TABLE IF NOT EXISTS {s}.steps (
+        migration text NOT NULL REFERENCES {s}.migrations (name) ON DELETE CASCADE,
+        step_id text NOT NULL,
+        position int NOT NULL,
+        phase text NOT NULL,
+        state text NOT NULL DEFAULT 'pending',
+        attempts int NOT NULL DEFAULT 0,
+        started_at timestamptz,
+        finished_at timestamptz,
+        last_error text,
+        PRIMARY KEY (migration, step_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS {s}.backfills (
+        migration text NOT NULL,
+        step_id text NOT NULL,
+        strategy text NOT NULL,
+        cursor jsonb,
+        end_key jsonb,
+        rows_done bigint NOT NULL DEFAULT 0,
+        rows_total bigint,
+        batches bigint NOT NULL DEFAULT 0,
+        batch_size bigint,
+        busy_seconds float8 NOT NULL DEFAULT 0,
+        throttled_seconds float8 NOT NULL DEFAULT 0,
+        throttle_reason text,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (migration, step_id),
+        FOREIGN KEY (migration, step_id) REFERENCES {s}.steps ON DELETE CASCADE
+    )""",
+    """CREATE TABLE IF NOT EXISTS {s}.chunks (
+        migration text NOT NULL,
+        step_id text NOT NULL,
+        chunk int NOT NULL,
+        lo jsonb NOT NULL,
+        hi jsonb NOT NULL,
+        cursor jsonb,
+        rows_done bigint NOT NULL DEFAULT 0,
+        done boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (migration, step_id, chunk),
+        FOREIGN KEY (migration, step_id) REFERENCES {s}.steps ON DELETE CASCADE
+    )""",
+    """CREATE TABLE IF NOT EXISTS {s}.control (
+        migration text PRIMARY KEY REFERENCES {s}.migrations (name) ON DELETE CASCADE,
+        paused boolean NOT NULL DEFAULT false,
+        settings jsonb NOT NULL DEFAULT '{{}}',
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )""",
+]
+
+
+class StateStore:
+    """Reads and writes the state schema through the executor's connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str = "onlineschema") -> None:
+        self.conn = conn
+        self.schema = schema
+        self._s = sql.Identifier(schema)
+
+    def t(self, table: str) -> sql.Composable:
+        return sql.Identifier(self.schema, table)
+
+    def ensure(self) -> None:
+        """Create the state schema and tables if they are missing (safe to race)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('onlineschema.state'), hashtext(%s))",
+                (self.schema,),
+            )
+            for stmt in _DDL:
+                cur.execute(sql.SQL(stmt).format(s=self._s))
+
+    def exists(self) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".migrations',))
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+    # --- advisory lock: one executor per migration --------------------------------
+
+    def _lock_args(self, name: str) -> tuple[str, str]:
+        return (f"onlineschema:{self.schema}", name)
+
+    def try_lock(self, name: str) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", self._lock_args(name)
+            )
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+    def unlock(self, name: str) -> None:
+        if self.conn.closed:
+            return
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", self._lock_args(name)
+            )
+
+    # --- migrations ---------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        changes: list[dict[str, Any]],
+        changes_hash: str,
+        plan: dict[str, Any],
+        plan_hash: str,
+        server_version: int,
+        step_ids: list[tuple[str, str]],
+    ) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (name, state, changes, changes_hash, plan, plan_hash,"
+                    " server_version) VALUES (%s, 'running', %s, %s, %s, %s, %s)"
+                ).format(self.t("migrations")),
+                (
+                    name,
+                    json.dumps(changes),
+                    changes_hash,
+                    json.dumps(plan),
+                    plan_hash,
+                    server_version,
+                ),
+            )
+            cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (migration, step_id, position, phase) VALUES (%s, %s, %s, %s)"
+                ).format(self.t("steps")),
+                [(name, sid, i, phase) for i, (sid, phase) in enumerate(step_ids)],
+            )
+            cur.execute(
+                sql.SQL("INSERT INTO {} (migration) VALUES (%s)").format(self.t("control")), (name,)
+            )
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        if not self.exists():
+            return None
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE name = %s").format(self.t("migrations")), (name,)
+            )
+            return cur.fetchone()
+
+    def require(self, name: str) -> dict[str, Any]:
+        row = self.get(name)
+        if row is None:
+            known = [m["name"] for m in self.all()] if self.exists() else []
+            raise UnknownMigration(
+                f"no migration named {name!r} in schema {self.schema}",
+                "run `onlineschema status` to list migrations"
+                + (f" (known: {', '.join(known)})" if known else ""),
+            )
+        return row
+
+    def all(self) -> list[dict[str, Any]]:
+        if not self.exists():
+            return []
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} ORDER BY created_at, name").format(self.t("migrations"))
+            )
+            return cur.fetchall()
+
+    def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        assert state in STATES
+        finished = state in ("completed", "aborted")
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET state = %s, last_error = %s, updated_at = now(),"
+                    " finished_at = CASE WHEN %s THEN now() END WHERE name = %s"
+                ).format(self.t("migrations")),
+                (state, error, finished, name),
+            )
+
+    # --- steps --------------------------------------------------------------------
+
+    def steps(self, name: str) -> dict[str, dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE migration = %s ORDER BY position").format(
+                    self.t("steps")
+                ),
+                (name,),
+            )
+            return {r["step_id"]: r for r in cur.fetchall()}
+
+    def step_started(self, name: str, step_id: str) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET state = 'running', attempts = attempts + 1,"
+                    " started_at = coalesce(started_at, now()), last_error = NULL"
+                    " WHERE migration = %s AND step_id = %s"
+                ).format(self.t("steps")),
+                (name, step_id),
+            )
+
+    def step_state(
+        self,
+        name: str,
+        step_id: str,
+        state: str,
+        error: str | None = None,
+        cur: psycopg.Cursor[Any] | None = None,
+    ) -> None:
+        """Record a step's state; pass the step's own cursor to commit with its work."""
+        q = sql.SQL(
+            "UPDATE {} SET state = %s, last_error = %s,"
+            " finished_at = CASE WHEN %s IN ('done', 'undone') THEN now() END"
+            " WHERE migration = %s AND step_id = %s"
+        ).format(self.t("steps"))
+        if cur is not None:
+            cur.execute(q, (state, error, state, name, step_id))
+            return
+        with self.conn.cursor() as c:
+            c.execute(q, (state, error, state, name, step_id))
+
+    # --- control (pause, live settings) -------------------------------------------
+
+    def control(self, name: str) -> dict[str, Any]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT paused, settings FROM {} WHERE migration = %s").format(
+                    self.t("control")
+                ),
+                (name,),
+            )
+            row = cur.fetchone()
+        return row or {"paused": False, "settings": {}}
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (migration, paused) VALUES (%s, %s) ON CONFLICT (migration)"
+                    " DO UPDATE SET paused = excluded.paused, updated_at = now()"
+                ).format(self.t("control")),
+                (name, paused),
+            )
+
+    def update_settings(self, name: str, settings: dict[str, Any]) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {t} (migration, settings) VALUES (%s, %s) ON CONFLICT (migration)"
+                    " DO UPDATE SET settings = {t}.settings || excluded.settings, updated_at = now()"
+                ).format(t=self.t("control")),
+                (name, json.dumps(settings)),
+            )
+
+    # --- backfill progress ----------------------------------------------------------
+
+    def backfill(self, name: str, step_id: str) -> dict[str, Any] | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE migration = %s AND step_id = %s").format(
+                    self.t("backfills")
+                ),
+                (name, step_id),
+            )
+            return cur.fetchone()
+
+    def backfills(self, name: str) -> list[dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT *, extract(epoch FROM updated_at - started_at)::float8 AS elapsed"
+                    " FROM {} WHERE migration = %s"
+                ).format(self.t("backfills")),
+                (name,),
+            )
+            return cur.fetchall()
