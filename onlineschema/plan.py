@@ -84,14 +84,15 @@ def conflicting_modes(mode: str) -> frozenset[str]:
     return _CONFLICTS.get(mode, frozenset())
 
 
+#: modes that stop ordinary reads or writes while held (or queued for)
+APPLICATION_BLOCKING = frozenset(
+    {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
+)
+
+
 def blocks_application(mode: str) -> bool:
     """Does holding ``mode`` stop ordinary reads or writes (SELECT/INSERT/UPDATE/DELETE)?"""
-    return bool(conflicting_modes(mode) & {"AccessShareLock", "RowExclusiveLock"}) and mode in (
-        "ShareLock",
-        "ShareRowExclusiveLock",
-        "ExclusiveLock",
-        "AccessExclusiveLock",
-    )
+    return mode in APPLICATION_BLOCKING
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,6 @@ class Step:
     tables: tuple[str, ...] = ()  # qualified names of the tables locked
     scans: bool = False
     rewrites: bool = False
-    #: True when the step waits on no lock that blocks the application (SUE and weaker)
     postcondition: str | None = None
     undo: tuple[Action, ...] = ()
     #: kind-specific data: index build state machine, backfill spec
