@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from . import ddl
+
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
 
@@ -26,6 +28,10 @@ class ColumnInfo:
     default: str | None
     identity: str  # '' or 'a' / 'd'
     generated: str  # '' or 's'
+    typmod: int = -1
+    collation: str | None = None  # a non-default collation, as SQL (quoted, qualified)
+    #: the sequence the column owns (serial, identity): (schema, name, format_type of its type)
+    sequence: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ConstraintInfo:
     columns: tuple[str, ...]
     ref_table: tuple[str, str] | None  # (schema, name) of the referenced table (FK)
     index: str | None
+    ref_columns: tuple[str, ...] = ()  # the referenced columns (FK)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class TableInfo:
     triggers: tuple[str, ...]
     primary_key: tuple[str, ...]
     referenced_by: tuple[tuple[str, str, str], ...]  # (schema, table, constraint) of FKs in
+    #: objects that depend on the table or one of its columns and that dropping or
+    #: replacing it would break: (column or '' for the table, catalog, description),
+    #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
+    dependents: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def qualname(self) -> str:
@@ -88,6 +99,14 @@ class Catalog:
     #: relation names (schema, name) that exist but are not tables (views, sequences...)
     other_relations: set[tuple[str, str]] = field(default_factory=set)
     role_is_superuser: bool = False
+    #: index access methods the server has (btree, hash, gin, ...)
+    index_methods: frozenset[str] = frozenset()
+    #: type text as written -> (type oid, typmod, format_type with the typmod)
+    type_mods: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    #: (source type oid, target type oid) of binary-coercible casts (pg_cast castmethod 'b')
+    binary_casts: set[tuple[int, int]] = field(default_factory=set)
+    #: the session's TimeZone setting when the catalog was read
+    timezone: str = ""
 
     @property
     def major(self) -> int:
@@ -120,8 +139,14 @@ WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(nam
 _COLUMNS_SQL = """
 SELECT a.attrelid AS oid, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
        a.atttypid::int AS type_oid, a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity, a.attgenerated
+       pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity, a.attgenerated,
+       a.atttypmod AS typmod,
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation
+            THEN (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+                  FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+                  WHERE co.oid = a.attcollation) END AS collation
 FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+JOIN pg_type ty ON ty.oid = a.atttypid
 WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
@@ -144,7 +169,10 @@ SELECT c.conrelid AS oid, c.conname, c.contype::text AS contype, c.convalidated,
        ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
              ORDER BY k.ord) AS columns,
-       rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name
+       rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name,
+       ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS ref_columns
 FROM pg_constraint c
 LEFT JOIN pg_class r ON r.oid = c.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
@@ -157,6 +185,40 @@ SELECT c.confrelid AS oid, n.nspname, t.relname, c.conname
 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE c.contype = 'f' AND c.confrelid = ANY(%(oids)s)
+"""
+
+_SEQUENCES_SQL = """
+SELECT d.refobjid AS oid, a.attname, sn.nspname, s.relname,
+       format_type(sq.seqtypid, NULL) AS seqtype
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_sequence sq ON sq.seqrelid = s.oid
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = ANY(%(oids)s) AND d.deptype IN ('a', 'i')
+"""
+
+# What would stop a DROP (or make it take more with it): views and rules, policies,
+# user triggers naming columns, functions with SQL bodies, generated columns and
+# extended statistics. Indexes, constraints, defaults and owned sequences are read
+# separately; internal objects (FK triggers) and the table's own row type are skipped.
+_DEPENDENTS_SQL = """
+SELECT d.refobjid AS oid, coalesce(a.attname, '') AS attname,
+       d.classid::regclass::text AS catalog,
+       pg_describe_object(d.classid, d.objid, d.objsubid) AS what
+FROM pg_depend d
+LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+  AND d.refobjsubid > 0
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(oids)s)
+  AND d.deptype IN ('n', 'a')
+  AND (d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_proc'::regclass,
+                     'pg_statistic_ext'::regclass, 'pg_publication_rel'::regclass)
+       OR (d.classid = 'pg_trigger'::regclass AND d.refobjsubid > 0
+           AND NOT (SELECT tgisinternal FROM pg_trigger WHERE oid = d.objid))
+       OR (d.classid = 'pg_class'::regclass AND d.objid = d.refobjid AND d.objsubid > 0))
+  AND NOT (d.classid = 'pg_rewrite'::regclass
+           AND (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid) = d.refobjid)
 """
 
 _TRIGGERS_SQL = """
@@ -201,6 +263,8 @@ def read_catalog(
             search_path=tuple(head["sp"]),
             role_is_superuser=bool(head["su"]),
         )
+        cur.execute("SELECT amname FROM pg_am WHERE amtype = 'i'")
+        cat.index_methods = frozenset(r["amname"] for r in cur.fetchall())
         wanted: set[tuple[str, str]] = set()
         for schema, name in tables:
             if schema:
@@ -224,6 +288,19 @@ def read_catalog(
             # read the owning tables too, so the planner sees the index in full
             _read_tables(cur, cat, owners - set(cat.tables))
 
+        cur.execute("SELECT current_setting('TimeZone') AS tz")
+        tz = cur.fetchone()
+        cat.timezone = tz["tz"] if tz else ""
+        # tables whose foreign keys point at the tables read (a few levels deep): a
+        # change to a referenced column (type, name, drop) must handle them too
+        for _ in range(3):
+            referencing = {
+                (s, n) for info in cat.tables.values() for s, n, _ in info.referenced_by
+            } - set(cat.tables)
+            if not referencing:
+                break
+            _read_tables(cur, cat, referencing)
+
         fnames = sorted({f.lower() for f in functions})
         if fnames:
             cur.execute(_VOLATILITY_SQL, {"names": fnames})
@@ -238,7 +315,34 @@ def read_catalog(
             )
             row = cur.fetchone()
             cat.types[t] = (row["name"], row["typtype"], row["constrained"]) if row else None
+            if row is not None:
+                mod = _type_mod(cur, t)
+                if mod is not None:
+                    cat.type_mods[t] = mod
+        if types:
+            cur.execute(
+                "SELECT castsource::int AS s, casttarget::int AS t FROM pg_cast"
+                " WHERE castmethod = 'b'"
+            )
+            cat.binary_casts = {(r["s"], r["t"]) for r in cur.fetchall()}
     return cat
+
+
+def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | None:
+    """(oid, typmod, format_type) of a type as written (``varchar(20)``): the typmod is
+    read from the result description of ``SELECT NULL::<type>``; PostgreSQL 15 and 16
+    have no function that parses one (``to_regtypemod`` is 17+)."""
+    try:
+        with cur.connection.transaction():
+            cur.execute(ddl.q_type_probe(text))
+            res = cur.pgresult
+            assert res is not None
+            oid, mod = int(res.ftype(0)), int(res.fmod(0))
+            cur.execute("SELECT format_type(%s, %s) AS f", (oid, mod))
+            row = cur.fetchone()
+    except psycopg.Error:
+        return None
+    return (oid, mod, row["f"]) if row else None
 
 
 def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, str]]) -> None:
@@ -268,7 +372,20 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             default=r["default"],
             identity=r["attidentity"] or "",
             generated=r["attgenerated"] or "",
+            typmod=r["typmod"],
+            collation=r["collation"],
         )
+    cur.execute(_SEQUENCES_SQL, params)
+    for r in cur.fetchall():
+        col = columns[r["oid"]].get(r["attname"])
+        if col is not None:
+            columns[r["oid"]][col.name] = dataclasses.replace(
+                col, sequence=(r["nspname"], r["relname"], r["seqtype"])
+            )
+    dependents: dict[int, list[tuple[str, str, str]]] = {o: [] for o in oids}
+    cur.execute(_DEPENDENTS_SQL, params)
+    for r in cur.fetchall():
+        dependents[r["oid"]].append((r["attname"], r["catalog"], r["what"]))
     indexes: dict[int, dict[str, IndexInfo]] = {o: {} for o in oids}
     cur.execute(_INDEXES_SQL, params)
     for r in cur.fetchall():
@@ -294,6 +411,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             columns=tuple(r["columns"]),
             ref_table=(r["ref_schema"], r["ref_name"]) if r["ref_name"] else None,
             index=r["index_name"],
+            ref_columns=tuple(r["ref_columns"]),
         )
     triggers: dict[int, list[str]] = {o: [] for o in oids}
     cur.execute(_TRIGGERS_SQL, params)
@@ -322,6 +440,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             triggers=tuple(sorted(triggers[oid])),
             primary_key=pk,
             referenced_by=tuple(sorted(refs[oid])),
+            dependents=tuple(sorted(set(dependents[oid]))),
         )
         cat.tables[(info.schema, info.name)] = info
         for idx in info.indexes:

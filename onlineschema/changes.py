@@ -276,6 +276,16 @@ class Backfill(Change):
     where: str | None = None
     schema: str | None = None
 
+    if typing.TYPE_CHECKING:  # the constructor also takes a mapping
+
+        def __init__(
+            self,
+            table: str,
+            set: Mapping[str, str] | typing.Iterable[tuple[str, str]] = (),
+            where: str | None = None,
+            schema: str | None = None,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         raw: Any = self.set
         if isinstance(raw, Mapping):
@@ -322,7 +332,14 @@ class RunSQL(Change):
 
 @dataclass(frozen=True)
 class AlterColumnType(Change):
-    """Change a column's type; ``using`` converts existing values (``USING`` clause)."""
+    """Change a column's type; ``using`` converts existing values (``USING`` clause).
+
+    When the change needs a copy of the column (expand/contract), writes by code that
+    already uses the new column are copied back into the old one with ``reverse_using``,
+    an expression over the column's name meaning its new value (default: a cast back to
+    the old type, or none when ``using`` is given: such writes are then refused until
+    the contract phase).
+    """
 
     kind: ClassVar[str] = "alter_column_type"
     breaking: ClassVar[bool] = True
@@ -331,10 +348,12 @@ class AlterColumnType(Change):
     type: str
     using: str | None = None
     schema: str | None = None
+    reverse_using: str | None = None
 
     def describe(self) -> str:
         text = f"change type of {_q(self.schema, self.table)}.{self.column} to {self.type}"
-        return text + (f" using {self.using}" if self.using else "")
+        text += f" using {self.using}" if self.using else ""
+        return text + (f" (back: {self.reverse_using})" if self.reverse_using else "")
 
 
 @dataclass(frozen=True)

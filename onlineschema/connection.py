@@ -30,7 +30,11 @@ def open_dsn(dsn: str, *, application_name: str = APPLICATION_NAME) -> psycopg.C
             " running and that the role may log in"
         ) from None
     except psycopg.ProgrammingError as exc:
-        raise ConnectionFailed(f"invalid connection string: {exc}") from None
+        raise ConnectionFailed(
+            f"invalid connection string: {str(exc).strip()}\n"
+            "  fix: give a URL (postgresql://user@host:5432/dbname) or key=value pairs"
+            " (host=... dbname=...) in --dsn, ONLINESCHEMA_DSN or DATABASE_URL"
+        ) from None
 
 
 @contextlib.contextmanager

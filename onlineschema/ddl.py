@@ -9,8 +9,13 @@ auditing quoting reads this one file.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import pglast
+from pglast import ast
 from psycopg import sql
+
+from .expressions import deparse, walk
 
 
 def render(q: sql.Composable) -> str:
@@ -401,5 +406,357 @@ def q_compile_condition(schema: str, table: str, cond: str) -> str:
     return explain(
         sql.SQL("SELECT 1 FROM {} AS {} WHERE ({})").format(
             qname(schema, table), sql.Identifier(table), sql.SQL(cond)
+        )
+    )
+
+
+# --- breaking changes: type changes, renames, drops (onlineschema.breaking) -----------
+
+
+def q_type_probe(type_: str) -> str:
+    """``SELECT NULL::<type> LIMIT 0``: its result description carries the type's oid and
+    typmod. ``type_`` has been through ``expressions.check_type``."""
+    return render(sql.SQL("SELECT NULL::{} LIMIT 0").format(sql.SQL(type_)))
+
+
+def q_column_type(schema: str, table: str, column: str, formatted: str) -> str:
+    """True when the column's ``format_type`` is ``formatted``."""
+    return render(
+        sql.SQL(
+            "SELECT coalesce((SELECT format_type(atttypid, atttypmod) = {f} FROM pg_attribute"
+            " WHERE attrelid = ({rel}) AND attname = {col} AND NOT attisdropped), false)"
+        ).format(f=sql.Literal(formatted), rel=_rel(schema, table), col=sql.Literal(column))
+    )
+
+
+def q_compile_reverse(column: str, new_type: str, expr: str, old_type: str, alias: str) -> str:
+    """Compiles ``expr`` (which names ``column``, meaning the value in the new type) as
+    the sync trigger evaluates it."""
+    return explain(
+        sql.SQL("SELECT CAST(({e}) AS {old}) FROM (SELECT NULL::{new} AS {col}) AS {alias}").format(
+            e=sql.SQL(expr),
+            old=sql.SQL(old_type),
+            new=sql.SQL(new_type),
+            col=sql.Identifier(column),
+            alias=sql.Identifier(alias),
+        )
+    )
+
+
+def add_plain_column(
+    schema: str, table: str, column: str, type_: str, *, collation: str | None = None
+) -> str:
+    """``ADD COLUMN`` nullable, without a default (catalog only); ``collation`` is SQL
+    already quoted (from the catalog)."""
+    body = sql.SQL("ADD COLUMN {} {}").format(sql.Identifier(column), sql.SQL(type_))
+    if collation:
+        body = sql.SQL("{} COLLATE {}").format(body, sql.SQL(collation))
+    return _alter(schema, table, body)
+
+
+def alter_column_type_plain(
+    schema: str, table: str, column: str, type_: str, collation: str | None = None
+) -> str:
+    """``ALTER COLUMN ... TYPE`` with no ``USING`` (for binary-coercible changes), keeping
+    the column's ``collation`` (SQL from the catalog) when it has one."""
+    body = sql.SQL("ALTER COLUMN {} TYPE {}").format(sql.Identifier(column), sql.SQL(type_))
+    if collation:
+        body = sql.SQL("{} COLLATE {}").format(body, sql.SQL(collation))
+    return _alter(schema, table, body)
+
+
+def set_timezone_local(zone: str) -> str:
+    return render(sql.SQL("SELECT set_config('TimeZone', {}, true)").format(sql.Literal(zone)))
+
+
+def at_time_zone(column: str, zone: str) -> str:
+    return render(sql.SQL("({} AT TIME ZONE {})").format(sql.Identifier(column), sql.Literal(zone)))
+
+
+def cast_expr(expr: str, type_: str) -> str:
+    return render(sql.SQL("CAST(({}) AS {})").format(sql.SQL(expr), sql.SQL(type_)))
+
+
+def sync_trigger_function(
+    schema: str,
+    function: str,
+    table: str,
+    *,
+    old: str,
+    new: str,
+    new_type: str,
+    forward: str,
+    sources: Sequence[str],
+    reverse: str | None,
+    refuse_message: str,
+) -> str:
+    """A row trigger keeping column ``new`` in step with ``old`` both ways.
+
+    ``forward`` computes the new column from the row (it sees the row under the table's
+    own name, as an ``UPDATE`` would); ``reverse`` computes the old column from the new
+    value (it sees only that value, under the old column's name); ``sources`` are the
+    columns ``forward`` reads. A write is attributed to whichever side the writer changed:
+
+    * INSERT: the new column left NULL -> filled from the old; set to a value that
+      disagrees with the old -> the old is filled from it;
+    * UPDATE: a source changed -> the new column follows; else the new column changed
+      to a value that disagrees -> the old follows; else a row not yet backfilled
+      (new column NULL) is filled.
+
+    Values are compared as text so that types without an equality operator work.
+    Without ``reverse`` a disagreeing write to the new column is refused.
+    """
+    n, o = sql.Identifier(new), sql.Identifier(old)
+    if reverse is not None:
+        back: sql.Composable = sql.SQL(
+            "SELECT {rev} INTO NEW.{o} FROM (SELECT NEW.{n} AS {o}) AS {alias};"
+        ).format(rev=sql.SQL(reverse), o=o, n=n, alias=sql.Identifier(table))
+    else:
+        back = sql.SQL(
+            "RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = {msg};"
+        ).format(msg=sql.Literal(refuse_message))
+    src_new = sql.SQL(", ").join(sql.SQL("NEW.{}::text").format(sql.Identifier(c)) for c in sources)
+    src_old = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(sql.Identifier(c)) for c in sources)
+    if len(sources) > 1:
+        src_new = sql.SQL("ROW({})").format(src_new)
+        src_old = sql.SQL("ROW({})").format(src_old)
+    body = sql.SQL(
+        "DECLARE\n"
+        "  fwd {new_type};\n"
+        "BEGIN\n"
+        "  SELECT {forward} INTO fwd FROM (SELECT NEW.*) AS {alias};\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        "    IF NEW.{n} IS NULL THEN\n"
+        "      NEW.{n} := fwd;\n"
+        "    ELSIF NEW.{n}::text IS DISTINCT FROM fwd::text THEN\n"
+        "      {back}\n"
+        "    END IF;\n"
+        "  ELSIF {src_new} IS DISTINCT FROM {src_old} THEN\n"
+        "    NEW.{n} := fwd;\n"
+        "  ELSIF NEW.{n}::text IS DISTINCT FROM OLD.{n}::text THEN\n"
+        "    IF NEW.{n}::text IS DISTINCT FROM fwd::text THEN\n"
+        "      {back}\n"
+        "    END IF;\n"
+        "  ELSIF NEW.{n} IS NULL THEN\n"
+        "    NEW.{n} := fwd;\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END"
+    ).format(
+        new_type=sql.SQL(new_type),
+        forward=sql.SQL(forward),
+        alias=sql.Identifier(table),
+        n=n,
+        back=back,
+        src_new=src_new,
+        src_old=src_old,
+    )
+    return render(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}"
+        ).format(fn=qname(schema, function), body=sql.Literal(render(body)))
+    )
+
+
+def rename_index(schema: str, index: str, new_name: str) -> str:
+    return render(
+        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            qname(schema, index), sql.Identifier(new_name)
+        )
+    )
+
+
+def rename_constraint(schema: str, table: str, name: str, new_name: str) -> str:
+    return _alter(
+        schema,
+        table,
+        sql.SQL("RENAME CONSTRAINT {} TO {}").format(
+            sql.Identifier(name), sql.Identifier(new_name)
+        ),
+    )
+
+
+def add_identity(
+    schema: str, table: str, column: str, always: bool, seq_schema: str, seq_name: str
+) -> str:
+    return _alter(
+        schema,
+        table,
+        sql.SQL("ALTER COLUMN {} ADD GENERATED {} AS IDENTITY (SEQUENCE NAME {})").format(
+            sql.Identifier(column),
+            sql.SQL("ALWAYS" if always else "BY DEFAULT"),
+            qname(seq_schema, seq_name),
+        ),
+    )
+
+
+def drop_identity(schema: str, table: str, column: str) -> str:
+    return _alter(
+        schema,
+        table,
+        sql.SQL("ALTER COLUMN {} DROP IDENTITY IF EXISTS").format(sql.Identifier(column)),
+    )
+
+
+def continue_sequence(seq_schema: str, seq: str, from_schema: str, from_seq: str) -> str:
+    """Make ``seq`` hand out next what ``from_seq`` would have."""
+    return render(
+        sql.SQL("SELECT setval({to}::regclass, nextval({src}::regclass), false)").format(
+            to=sql.Literal(render(qname(seq_schema, seq))),
+            src=sql.Literal(render(qname(from_schema, from_seq))),
+        )
+    )
+
+
+def sequence_owned_by(seq_schema: str, seq: str, schema: str, table: str, column: str) -> str:
+    return render(
+        sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+            qname(seq_schema, seq), sql.Identifier(schema, table, column)
+        )
+    )
+
+
+def sequence_as(seq_schema: str, seq: str, type_: str) -> str:
+    return render(sql.SQL("ALTER SEQUENCE {} AS {}").format(qname(seq_schema, seq), sql.SQL(type_)))
+
+
+def rename_sequence(seq_schema: str, seq: str, new_name: str) -> str:
+    return render(
+        sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(
+            qname(seq_schema, seq), sql.Identifier(new_name)
+        )
+    )
+
+
+def drop_table(schema: str, table: str) -> str:
+    return render(sql.SQL("DROP TABLE {}").format(qname(schema, table)))
+
+
+def drop_columns(schema: str, table: str, columns: Sequence[str]) -> str:
+    return _alter(
+        schema,
+        table,
+        sql.SQL(", ").join(
+            sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in columns
+        ),
+    )
+
+
+def analyze(schema: str, table: str, columns: Sequence[str]) -> str:
+    return render(sql.SQL("ANALYZE {} ({})").format(qname(schema, table), _idents(columns)))
+
+
+def q_columns_absent(schema: str, table: str, columns: Sequence[str]) -> str:
+    return render(
+        sql.SQL(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = ({rel}) "
+            "AND attname = ANY({cols}) AND NOT attisdropped)"
+        ).format(rel=_rel(schema, table), cols=sql.Literal(list(columns)))
+    )
+
+
+# Rebuilding an index or a constraint on other columns starts from the definition
+# PostgreSQL prints (pg_get_indexdef / pg_get_constraintdef): it is parsed with pglast,
+# its column references are renamed, and it is printed again, so opclasses, collations,
+# orderings, INCLUDE lists, predicates, storage parameters and FK actions carry over.
+
+
+def _rename_refs(node: object, columns: dict[str, str]) -> None:
+    for sub in walk(node):
+        if isinstance(sub, ast.ColumnRef) and sub.fields:
+            last = sub.fields[-1]
+            if isinstance(last, ast.String) and last.sval in columns:
+                sub.fields = (*sub.fields[:-1], ast.String(sval=columns[last.sval]))
+        elif isinstance(sub, ast.IndexElem) and sub.name in columns:
+            sub.name = columns[sub.name]
+
+
+def index_references(definition: str, columns: set[str]) -> bool:
+    """Does the index ``definition`` use any of ``columns`` (as a key, in an expression,
+    in INCLUDE or in its predicate)?"""
+    stmt: Any = pglast.parse_sql(definition)[0].stmt
+    for sub in walk(stmt):
+        if isinstance(sub, ast.ColumnRef) and sub.fields:
+            last = sub.fields[-1]
+            if isinstance(last, ast.String) and last.sval in columns:
+                return True
+        elif isinstance(sub, ast.IndexElem) and sub.name in columns:
+            return True
+    return False
+
+
+def rebuild_index(definition: str, new_name: str, columns: dict[str, str]) -> str:
+    """``CREATE [UNIQUE] INDEX CONCURRENTLY new_name ...`` like ``definition`` but on the
+    renamed ``columns`` (old name -> new name)."""
+    stmt: Any = pglast.parse_sql(definition)[0].stmt
+    stmt.idxname = new_name
+    stmt.concurrent = True
+    stmt.if_not_exists = False
+    _rename_refs(stmt, columns)
+    return deparse(stmt)
+
+
+def constraint_references(definition: str, columns: set[str]) -> bool:
+    """Does a CHECK ``definition`` use any of ``columns``?"""
+    stmt: Any = pglast.parse_sql(f"ALTER TABLE x ADD CONSTRAINT x {definition}")[0].stmt
+    for sub in walk(stmt.cmds[0].def_):
+        if isinstance(sub, ast.ColumnRef) and sub.fields:
+            last = sub.fields[-1]
+            if isinstance(last, ast.String) and last.sval in columns:
+                return True
+    return False
+
+
+def rebuild_constraint(
+    schema: str,
+    table: str,
+    name: str,
+    definition: str,
+    columns: dict[str, str],
+    *,
+    ref: tuple[str, str] | None = None,
+    ref_columns: dict[str, str] | None = None,
+) -> str:
+    """``ALTER TABLE ... ADD CONSTRAINT name <definition> NOT VALID`` with the table's
+    ``columns`` renamed; for a foreign key, ``ref`` (schema, table) is written out in
+    full and ``ref_columns`` renames the referenced columns."""
+    stmt: Any = pglast.parse_sql(f"ALTER TABLE x ADD CONSTRAINT x {definition}")[0].stmt
+    con = stmt.cmds[0].def_
+    con.conname = name
+    con.skip_validation = True
+    con.initially_valid = False
+    if con.fk_attrs:
+        con.fk_attrs = tuple(ast.String(sval=columns.get(a.sval, a.sval)) for a in con.fk_attrs)
+        if ref is not None:
+            con.pktable = ast.RangeVar(
+                schemaname=ref[0], relname=ref[1], inh=True, relpersistence="p"
+            )
+        if ref_columns:
+            con.pk_attrs = tuple(
+                ast.String(sval=ref_columns.get(a.sval, a.sval)) for a in con.pk_attrs or ()
+            )
+    else:
+        _rename_refs(con.raw_expr, columns)
+    stmt.relation = ast.RangeVar(schemaname=schema, relname=table, inh=True, relpersistence="p")
+    return deparse(stmt)
+
+
+def q_compile_fk_join(
+    schema: str,
+    table: str,
+    columns: Sequence[str],
+    ref_schema: str,
+    ref_table: str,
+    ref_columns: Sequence[str],
+) -> str:
+    """Compiles only if each referencing column can be compared with its referenced one
+    (what a foreign key needs), without reading either table."""
+    on = sql.SQL(" AND ").join(
+        sql.SQL("a.{} = b.{}").format(sql.Identifier(c), sql.Identifier(r))
+        for c, r in zip(columns, ref_columns, strict=True)
+    )
+    return explain(
+        sql.SQL("SELECT 1 FROM {} AS a JOIN {} AS b ON {}").format(
+            qname(schema, table), qname(ref_schema, ref_table), on
         )
     )

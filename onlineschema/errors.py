@@ -111,4 +111,6 @@ def describe_blocker(b: dict[str, Any]) -> str:
         parts.append(f"holding {b['mode']}")
     if b.get("query"):
         parts.append(f"query {b['query']!r}")
+    elif b.get("query_hidden"):
+        parts.append(f"({b['query_hidden']})")
     return ", ".join(parts)

@@ -230,6 +230,22 @@ def check_type(text: str, what: str = "type") -> str:
     return deparse(node.typeName)
 
 
+def has_subquery(expr: str) -> bool:
+    """Does ``expr`` contain a sub-query? PostgreSQL refuses them in defaults, CHECK
+    constraints and index expressions."""
+    return any(isinstance(n, ast.SubLink) for n in walk(_expression_node(expr, "expression")))
+
+
+def index_element_expression(element: str) -> str | None:
+    """The expression of an index element (``lower(email)`` of ``(lower(email)) DESC``),
+    or None when the element is a plain column."""
+    stmt = pglast.parse_sql(f"CREATE INDEX x ON t (\n{element}\n)")[0].stmt
+    assert isinstance(stmt, ast.IndexStmt) and stmt.indexParams
+    elem = stmt.indexParams[0]
+    assert isinstance(elem, ast.IndexElem)
+    return deparse(elem.expr) if elem.expr is not None else None
+
+
 def function_names(expr: str) -> set[str]:
     """Lower-cased, unqualified names of the functions called in ``expr``.
 

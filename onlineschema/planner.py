@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +31,10 @@ from .changes import (
     AlterColumnType,
     Backfill,
     Change,
-    DropColumn,
     DropConstraint,
     DropDefault,
     DropIndex,
     DropNotNull,
-    DropTable,
-    RenameColumn,
     RunSQL,
     SetDefault,
     SetNotNull,
@@ -50,6 +47,8 @@ from .expressions import (
     check_type,
     column_refs,
     function_names,
+    has_subquery,
+    index_element_expression,
 )
 from .plan import Action, Plan, Step
 
@@ -133,6 +132,13 @@ class _Planner:
     new_tables: set[tuple[str, str]] = field(default_factory=set)
     seq: int = 0
     ids: set[str] = field(default_factory=set)
+    #: run after every change has been seen (changes planned together, e.g. the
+    #: expand/contract copies of onlineschema.breaking)
+    finalizers: list[Callable[[_Planner], None]] = field(default_factory=list)
+    #: (schema, table, column) -> the NOT NULL change already planned for it
+    nullness: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: (schema, table, column) of new columns whose existing rows get a value
+    filled: set[tuple[str, str, str]] = field(default_factory=set)
 
     # --- model -------------------------------------------------------------------
 
@@ -233,6 +239,22 @@ class _Planner:
         self.relations.add((schema, name))
         return True
 
+    def new_type(self, type_: str) -> bool:
+        """Is ``type_`` (as ``check_type`` returns it) created earlier in this migration
+        (``CREATE TYPE`` / ``CREATE DOMAIN`` through ``RunSQL.creates``)?"""
+        base = type_.removesuffix("[]").removesuffix("[]")
+        for schema, name in self.new_tables:
+            try:
+                forms = {
+                    check_type(ddl.ident(name)),
+                    check_type(f"{ddl.ident(schema)}.{ddl.ident(name)}"),
+                }
+            except Refused:
+                continue
+            if base in forms:
+                return True
+        return False
+
     def expr(self, text: str, what: str) -> str | None:
         try:
             return check_expression(text, what)
@@ -258,6 +280,46 @@ class _Planner:
                 "fix the expression; it must be valid in UPDATE ... SET col = <expression>",
             )
         )
+
+    def no_subquery(self, expr: str, what: str) -> bool:
+        """PostgreSQL refuses sub-queries in defaults, CHECK constraints and indexes."""
+        if has_subquery(expr):
+            self.refuse(
+                f"{what} {expr!r} contains a subquery, which PostgreSQL does not allow there",
+                "use an expression over the row's own columns (or a function)",
+            )
+            return False
+        return True
+
+    def default_ok(self, t: _Table, column: str, default: str) -> bool:
+        """PostgreSQL refuses column references in a DEFAULT; the compile probe (an
+        UPDATE ... SET expression) would accept them, so check here."""
+        if not self.no_subquery(default, f"default of {t.qual}.{column}"):
+            return False
+        refs = sorted(column_refs(default))
+        if refs:
+            self.refuse(
+                f"default {default!r} of {t.qual}.{column} references column(s)"
+                f" {', '.join(refs)}; a DEFAULT cannot refer to other columns",
+                "use a constant or a function call as the default; to fill existing rows"
+                " from other columns use a backfill expression",
+            )
+            return False
+        return True
+
+    def not_null_once(self, t: _Table, column: str, change: str) -> bool:
+        """Refuse setting and dropping NOT NULL on one column in one migration: the
+        phases would run them out of the order they were asked in."""
+        key = (t.schema, t.name, column)
+        other = self.nullness.get(key)
+        if other is not None:
+            self.refuse(
+                f"conflicting changes: {other} and {change} on {t.qual}.{column} in one migration",
+                "keep only the one you want, or put them in two migrations",
+            )
+            return False
+        self.nullness[key] = change
+        return True
 
     def probe_cond(self, t: _Table, cond: str, what: str) -> None:
         if t.new or any(t.columns.get(c, _Col("", False, None)).new for c in column_refs(cond)):
@@ -428,7 +490,9 @@ class _Planner:
             )
             return
         resolved = self.catalog.types.get(c.type, ("", "b", False))
-        if resolved is None and not t.new:
+        # a type made earlier in this migration does not exist yet for the probes
+        probe_type = None if resolved is None else type_
+        if resolved is None and not t.new and not self.new_type(type_):
             self.refuse(
                 f"type {c.type!r} does not exist",
                 "check the type name, or create the type earlier in the migration",
@@ -444,11 +508,15 @@ class _Planner:
         fill = self.expr(c.backfill, "backfill expression") if c.backfill is not None else None
         if (c.default is not None and default is None) or (c.backfill is not None and fill is None):
             return
+        if default is not None and not self.default_ok(t, c.column, default):
+            return
         s, n = t.schema, t.name
+        if default is not None or fill is not None:
+            self.filled.add((s, n, c.column))
         if default is not None:
-            self.probe_expr(t, default, type_, "default")
+            self.probe_expr(t, default, probe_type, "default")
         if fill is not None:
-            self.probe_expr(t, fill, type_, "backfill expression")
+            self.probe_expr(t, fill, probe_type, "backfill expression")
         volatile = default is not None and self.volatile(default)
         t.columns[c.column] = _Col(type_, not c.nullable, default, new=True)
         undo = [Action(ddl.drop_column(s, n, c.column))]
@@ -497,8 +565,11 @@ class _Planner:
         )
         value = fill if fill is not None else default
         assert value is not None
-        if not c.nullable and default is None:
-            # rows written by code that does not know the column yet get the value too
+        # Rows written by code that does not know the column yet get the value from a
+        # trigger when nothing else gives them one (NOT NULL, no default); on a table
+        # without a key it also catches rows the application updates during the fill:
+        # such a row moves behind the ctid cursor and would otherwise stay NULL.
+        if (not c.nullable and default is None) or not t.primary_key:
             fn = helper_name("onlineschema_fill", n, c.column)
             trg = helper_name("onlineschema_fill", c.column)
             drop = [Action(ddl.drop_trigger(s, n, trg)), Action(ddl.drop_function(s, fn))]
@@ -516,7 +587,7 @@ class _Planner:
                 post=ddl.q_trigger_exists(s, n, trg),
                 undo=drop,
             )
-            self.brief(
+            dropper = self.brief(
                 f"drop_fill_trigger.{t.qual}.{c.column}",
                 "contract",
                 "drop_trigger",
@@ -525,6 +596,12 @@ class _Planner:
                 [t.qual],
                 post=ddl.q_trigger_exists(s, n, trg, exists=False),
             )
+            dropper.details["squawk_ignore"] = [
+                {
+                    "rule": "ban-drop-function",
+                    "why": "the fill function was created by this plan; only its trigger used it",
+                }
+            ]
         self.backfill_step(t, ((c.column, value),), None, only_null=c.column)
         if not c.nullable:
             self.not_null_steps(t, c.column)
@@ -589,8 +666,35 @@ class _Planner:
         col = self.column(t, c.column) if t else None
         if t is None or col is None:
             return
+        if not self.not_null_once(t, c.column, "SET NOT NULL"):
+            return
+        # PostgreSQL 18: attnotnull is already true under a NOT VALID NOT NULL constraint;
+        # SET NOT NULL then means "validate it", which VALIDATE does without AE
+        pending = [
+            name
+            for name, con in t.constraints.items()
+            if con.type == "n" and not con.validated and con.columns == (c.column,)
+        ]
+        if col.notnull and pending:
+            t.constraints[pending[0]].validated = True
+            self.validate_step(
+                t,
+                pending[0],
+                f"validate NOT NULL {pending[0]} on {t.qual}.{c.column} (scans, reads and"
+                " writes go on)",
+                rank=RANK_DEFAULT,
+            )
+            return
         if col.notnull:
             self.refuse(f"column {t.qual}.{c.column} is already NOT NULL", "remove this change")
+            return
+        if col.new and not t.new and (t.schema, t.name, c.column) not in self.filled:
+            self.refuse(
+                f"column {t.qual}.{c.column} is added by this migration without a value for"
+                " the existing rows, so it cannot be made NOT NULL",
+                "give the new column a default or a backfill expression (or an UPDATE before"
+                " SET NOT NULL), or leave it nullable",
+            )
             return
         col.notnull = True
         if t.new:
@@ -610,6 +714,8 @@ class _Planner:
         col = self.column(t, c.column) if t else None
         if t is None or col is None:
             return
+        if not self.not_null_once(t, c.column, "DROP NOT NULL"):
+            return
         if not col.notnull and not t.new:
             self.refuse(f"column {t.qual}.{c.column} is already nullable", "remove this change")
             return
@@ -628,13 +734,37 @@ class _Planner:
             [ddl.drop_not_null(t.schema, t.name, c.column)],
             [t.qual],
             post=ddl.q_column_notnull(t.schema, t.name, c.column, False),
+            undo=[] if t.new else self.restore_not_null(t, c.column),
         )
+
+    def restore_not_null(self, t: _Table, column: str) -> list[Action]:
+        """Abort of a DROP NOT NULL: put it back without scanning under ACCESS EXCLUSIVE
+        (fails, leaving the migration abortable again, if NULLs were written meanwhile)."""
+        s, n = t.schema, t.name
+        if self.major >= 18:
+            con = next(
+                (k for k, v in t.constraints.items() if v.type == "n" and v.columns == (column,)),
+                helper_name(n, column, "not_null"),
+            )
+            return [
+                Action(ddl.add_not_null_constraint(s, n, con, column)),
+                Action(ddl.validate_constraint(s, n, con), scans=True),
+            ]
+        chk = helper_name("onlineschema_nn", n, column)
+        return [
+            Action(ddl.add_check(s, n, chk, ddl.check_not_null_expr(column), not_valid=True)),
+            Action(ddl.validate_constraint(s, n, chk), scans=True),
+            Action(ddl.set_not_null(s, n, column)),
+            Action(ddl.drop_constraint(s, n, chk)),
+        ]
 
     def set_default(self, c: SetDefault) -> None:
         t = self.table(c.schema, c.table)
         col = self.column(t, c.column) if t else None
         default = self.expr(c.default, "default")
         if t is None or col is None or default is None:
+            return
+        if not self.default_ok(t, c.column, default):
             return
         if not col.new:
             self.probe_expr(t, default, col.type, "default")
@@ -712,7 +842,17 @@ class _Planner:
                 statement_timeout=0,
                 postcondition=ddl.q_index_valid(s, name),
                 undo=(Action(ddl.drop_index(s, name), transactional=False),),
-                details={"index": {"schema": s, "name": name, "table": t.name}},
+                details={
+                    "index": {"schema": s, "name": name, "table": t.name},
+                    "squawk_ignore": [
+                        {
+                            "rule": "prefer-robust-stmts",
+                            "why": "no IF NOT EXISTS on purpose: it would silently keep an"
+                            " invalid index left by a failed build; onlineschema checks"
+                            " pg_index.indisvalid and rebuilds such an index instead",
+                        }
+                    ],
+                },
             ),
             RANK_INDEX,
         )
@@ -733,10 +873,21 @@ class _Planner:
                 elements.append(check_index_element(e))
             except Refused as exc:
                 self.problems.append(exc)
+                continue
+            expr = index_element_expression(elements[-1])
+            if expr is not None and self.no_subquery(expr, "index expression"):
+                self.probe_expr(t, expr, None, "index expression")
         where = self.expr(c.where, "index predicate") if c.where else None
-        if where:
+        if where and self.no_subquery(where, "index predicate"):
             self.probe_cond(t, where, "index predicate")
         if not self._name_ok(c.using, "index method"):
+            return
+        if self.catalog.index_methods and c.using not in self.catalog.index_methods:
+            self.refuse(
+                f"index method {c.using!r} does not exist on this server",
+                "use one of " + ", ".join(sorted(self.catalog.index_methods))
+                + " (or create the extension that provides it first)",
+            )
             return
         name = c.name or auto_name(
             t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
@@ -842,6 +993,16 @@ class _Planner:
                 "add one first (AddUnique, in this migration or an earlier one)",
             )
             return
+        new_cols = any(t.columns.get(col, _Col("", False, None)).new for col in c.columns)
+        if not (t.new or ref.new or new_cols):
+            self.probes.append(
+                Probe(
+                    ddl.q_compile_fk_join(t.schema, t.name, c.columns, ref.schema, ref.name, ref_cols),
+                    f"foreign key columns {t.qual} ({', '.join(c.columns)}) cannot be compared"
+                    f" with {ref.qual} ({', '.join(ref_cols)})",
+                    "give the referencing columns the referenced columns' types",
+                )
+            )
         for action in (c.on_delete, c.on_update):
             if action is not None and action.upper() not in ddl.FK_ACTIONS:
                 self.refuse(
@@ -888,12 +1049,15 @@ class _Planner:
                 ref=ref,
                 rank=RANK_FK,
             )
-        if not t.new and not any(
-            i.columns[: len(c.columns)] == tuple(c.columns) for i in t.indexes.values()
-        ):
+        if not t.new:
+            # checked once every change is seen: the index may come later in the script
+            self.finalizers.append(lambda p: p.note_missing_fk_index(t, ref, tuple(c.columns)))
+
+    def note_missing_fk_index(self, t: _Table, ref: _Table, columns: tuple[str, ...]) -> None:
+        if not any(i.columns[: len(columns)] == columns for i in t.indexes.values()):
             self.notes.append(
-                f"no index on {t.qual} ({', '.join(c.columns)}): deletes and updates on"
-                f" {ref.qual} will scan {t.qual}; consider AddIndex({t.name!r}, columns={tuple(c.columns)!r})"
+                f"no index on {t.qual} ({', '.join(columns)}): deletes and updates on"
+                f" {ref.qual} will scan {t.qual}; consider AddIndex({t.name!r}, columns={columns!r})"
             )
 
     def _has_unique(self, t: _Table, cols: Sequence[str]) -> bool:
@@ -909,6 +1073,8 @@ class _Planner:
         t = self.table(c.schema, c.table)
         expr = self.expr(c.expression, "check expression")
         if t is None or expr is None:
+            return
+        if not self.no_subquery(expr, "check expression"):
             return
         cols = sorted(column_refs(expr))
         for col in cols:
@@ -1085,6 +1251,7 @@ class _Planner:
                 return
             self.probe_expr(t, expr, col.type if not col.new else None, "backfill expression")
             sets.append((colname, expr))
+            self.filled.add((t.schema, t.name, colname))
         where = self.expr(c.where, "backfill condition") if c.where else None
         if c.where and where is None:
             return
@@ -1127,13 +1294,6 @@ class _Planner:
                 f"step {step.id} runs raw SQL as written (only the lock guard applies)"
             )
 
-    def not_yet(self, c: Change) -> None:
-        self.refuse(
-            f"{c.describe()}: type changes, renames and drops are breaking changes that need"
-            " the expand/contract support of a later onlineschema release",
-            "split it into additive changes for now",
-        )
-
 
 def helper_name(*parts: str) -> str:
     """A deterministic name for an object the plan creates, at most 63 bytes."""
@@ -1165,10 +1325,6 @@ HANDLERS = {
     DropConstraint: _Planner.drop_constraint,
     Backfill: _Planner.backfill,
     RunSQL: _Planner.run_sql,
-    AlterColumnType: _Planner.not_yet,
-    RenameColumn: _Planner.not_yet,
-    DropColumn: _Planner.not_yet,
-    DropTable: _Planner.not_yet,
 }
 
 
@@ -1234,7 +1390,11 @@ def catalog_request(changes: Iterable[Change]) -> dict[str, Any]:
         if isinstance(ch, (AddIndex, AddUnique)) and ch.name:
             indexes.add((schema, ch.name))
         if isinstance(ch, (AddColumn, AlterColumnType)):
-            types.add(ch.type)
+            try:
+                check_type(ch.type)  # to_regtype() raises on a malformed name
+                types.add(ch.type)
+            except Refused:
+                pass  # reported by the planner
         for text in _expressions(ch):
             try:
                 functions |= function_names(text)
@@ -1275,6 +1435,8 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
             )
             continue
         handler(p, ch)  # type: ignore[operator]
+    for finalize in p.finalizers:
+        finalize(p)
     if p.problems:
         raise PreflightError(p.problems)
     ordered = [s for *_, s in sorted(p.steps, key=lambda x: x[:3])]
@@ -1285,3 +1447,10 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
         notes=tuple(p.notes),
     )
     return PlanResult(plan, tuple(p.probes))
+
+
+# Breaking changes (type changes, renames, drops) live in their own module, which uses
+# the planner's model: imported last to avoid an import cycle.
+from .breaking import install_handlers  # noqa: E402
+
+install_handlers(HANDLERS)

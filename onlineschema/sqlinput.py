@@ -340,8 +340,19 @@ def _create_touches(node: Any) -> list[str]:
 
 
 def _creates(node: Any, schema: str | None = None) -> list[str]:
-    """Relations (tables, sequences, views) a statement creates."""
+    """Relations (tables, sequences, views) and types a statement creates (a type's name
+    is taken in the namespace of relations too: a table has a row type of its name)."""
     rel: Any = None
+    type_name: Any = None
+    if isinstance(node, (ast.CreateEnumStmt, ast.CreateRangeStmt)):
+        type_name = node.typeName
+    elif isinstance(node, ast.CreateDomainStmt):
+        type_name = node.domainname
+    elif isinstance(node, ast.CompositeTypeStmt):
+        rel = node.typevar
+    if type_name:
+        type_schema, name = _object_name(type_name)
+        return [_qualified(type_schema or schema, name)]
     if isinstance(node, ast.CreateStmt):
         rel = node.relation
     elif isinstance(node, ast.CreateSeqStmt):

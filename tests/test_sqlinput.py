@@ -1016,7 +1016,7 @@ DROP INDEX "User_name_idx";
 
 def test_prisma_more() -> None:
     changes = parse_sql(PRISMA_MORE)
-    assert changes[0] == RunSQL("CREATE TYPE \"Role\" AS ENUM ('USER', 'ADMIN')")
+    assert changes[0] == RunSQL("CREATE TYPE \"Role\" AS ENUM ('USER', 'ADMIN')", creates=("Role",))
     assert isinstance(changes[1], RunSQL)
     assert changes[1].sql.startswith('CREATE TABLE "Post" (')
     assert changes[1].sql.endswith(")")
