@@ -1,0 +1,711 @@
+#!/usr/bin/env python
+"""Lock-impact benchmark: what a live workload sees while a migration runs, for the same
+migration run directly (plain SQL, one transaction) and through onlineschema.
+
+A pgbench workload (the ``pgbench`` that ships with the server) runs against ``orders``
+(``--rows``, default 1M) with every transaction logged (``pgbench --log``): a baseline
+window, then the migration, then a tail window. The migration adds a NOT NULL column
+filled from existing data, an index on it, a foreign key and a check (``MIGRATION_SQL``).
+
+Runs, each on a fresh copy of the same database:
+
+* contestants: ``direct`` (the script in one transaction) and ``onlineschema``;
+* scenarios: ``none``, and ``blocker``: a session holding a read lock on ``orders`` in a
+  transaction that lasts ``--blocker`` seconds (15) after the migration starts (it takes
+  the lock 1 s before);
+* modes: ``closed`` (``--clients`` clients as fast as they can: saturating) and ``open``
+  (``pgbench --rate``: a fixed arrival rate, so a stall is counted in requests that wait,
+  not in clients that stop asking).
+
+For each run: migration time; throughput during the migration as a ratio of the
+baseline's; p50/p99/max latency of the transactions that overlap the migration; the
+longest gap between completed transactions during it; transactions slower than 1 s;
+errors; and a correctness check of the final table. Results go to ``--out`` as JSON and
+are printed as a Markdown table (the one in benchmarks/README.md).
+
+    python benchmarks/lock_impact.py                 # full size (a quiet machine, ~10 min)
+    python benchmarks/lock_impact.py --rows 50000 --baseline 5 --tail 5
+    python benchmarks/lock_impact.py --report benchmarks/results/lock_impact.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from onlineschema import Executor, Settings
+from onlineschema.errors import OnlineSchemaError
+from onlineschema.logs import configure
+from onlineschema.sqlinput import parse_sql
+from onlineschema.testing.postgres import LocalServer, find_bindir
+
+MIGRATION_SQL = """\
+ALTER TABLE orders ADD COLUMN created_day date;
+UPDATE orders SET created_day = (created_at AT TIME ZONE 'UTC')::date;
+ALTER TABLE orders ALTER COLUMN created_day SET NOT NULL,
+    ALTER COLUMN created_day SET DEFAULT CURRENT_DATE;
+CREATE INDEX orders_created_day_idx ON orders (created_day);
+ALTER TABLE orders ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (id);
+ALTER TABLE orders ADD CONSTRAINT orders_amount_nonnegative CHECK (amount >= 0);
+"""
+
+SCHEMA_SQL = """\
+CREATE TABLE users (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    email text NOT NULL,
+    created_at timestamptz NOT NULL
+);
+INSERT INTO users (email, created_at)
+SELECT 'user' || g || '@example.com', now() - g * interval '1 minute'
+FROM generate_series(1, %(users)s) AS g;
+CREATE TABLE orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id bigint NOT NULL,
+    amount numeric(12, 2) NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    note text
+);
+INSERT INTO orders (user_id, amount, created_at, updated_at, note)
+SELECT 1 + (g * 7919) %% %(users)s, (g %% 50000) / 100.0,
+       now() - (g %% 20000) * interval '37 minutes', now(),
+       CASE WHEN g %% 4 = 0 THEN 'gift wrap, leave at the door' END
+FROM generate_series(1, %(rows)s) AS g;
+CREATE INDEX orders_user_id_idx ON orders (user_id);
+"""
+
+#: pgbench scripts and their weights: point reads, updates, inserts.
+PGBENCH_SCRIPTS: dict[str, tuple[str, int]] = {
+    "read": (
+        "\\set id random(1, :rows)\n"
+        "SELECT id, user_id, amount, created_at FROM orders WHERE id = :id;\n",
+        6,
+    ),
+    "update": (
+        "\\set id random(1, :rows)\n"
+        "UPDATE orders SET amount = amount + 1, updated_at = now() WHERE id = :id;\n",
+        3,
+    ),
+    "insert": (
+        "\\set uid random(1, :users)\nINSERT INTO orders (user_id, amount) VALUES (:uid, 1);\n",
+        1,
+    ),
+}
+
+CONTESTANTS = ("direct", "onlineschema")
+SCENARIOS = ("none", "blocker")
+MODES = ("closed", "open")
+SLOW = 1.0  # a transaction slower than this counts as slow
+
+
+# --- measurements ---------------------------------------------------------------------
+
+
+@dataclass
+class Txn:
+    end: float  # completion, epoch seconds
+    latency: float  # seconds (under --rate: from the scheduled start, lag included)
+    script: int
+    failed: bool = False
+
+    @property
+    def start(self) -> float:
+        return self.end - self.latency
+
+
+def read_logs(directory: Path, prefix: str) -> list[Txn]:
+    """Parse pgbench's per-transaction logs (one file per thread)."""
+    out: list[Txn] = []
+    for path in sorted(directory.glob(prefix + ".*")):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 6:
+                continue  # a line cut short
+            end = int(parts[4]) + int(parts[5]) / 1e6
+            if parts[2] in ("failed", "skipped"):
+                out.append(Txn(end, 0.0, int(parts[3]), failed=True))
+                continue
+            out.append(Txn(end, int(parts[2]) / 1e6, int(parts[3])))
+    out.sort(key=lambda t: t.end)
+    return out
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
+
+
+def window_stats(txns: Sequence[Txn], start: float, end: float) -> dict[str, Any]:
+    """Throughput, latency percentiles and the longest gap inside ``[start, end]``."""
+    seconds = max(end - start, 1e-9)
+    ok = [t for t in txns if not t.failed]
+    finished = [t.end for t in ok if start <= t.end <= end]
+    overlapping = [t.latency for t in ok if t.end >= start and t.start <= end]
+    points = [start, *finished, end]
+    gap = max((b - a for a, b in itertools.pairwise(points)), default=seconds)
+    return {
+        "seconds": round(seconds, 3),
+        "transactions": len(finished),
+        "tps": round(len(finished) / seconds, 1),
+        "p50_ms": round(_pct(overlapping, 50) * 1000, 2),
+        "p99_ms": round(_pct(overlapping, 99) * 1000, 2),
+        "max_ms": round(max(overlapping, default=0.0) * 1000, 2),
+        "longest_gap_ms": round(gap * 1000, 2),
+        "slower_than_1s": sum(1 for x in overlapping if x > SLOW),
+        "failed": sum(1 for t in txns if t.failed and start <= t.end <= end),
+    }
+
+
+# --- one run --------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    contestant: str
+    scenario: str
+    mode: str
+    rate: float | None = None
+    migration_seconds: float = 0.0
+    finished: bool = False
+    outcome: str = ""
+    baseline: dict[str, Any] = field(default_factory=dict)
+    during: dict[str, Any] = field(default_factory=dict)
+    tail: dict[str, Any] = field(default_factory=dict)
+    throughput_ratio: float = 0.0
+    slower_than_1s_total: int = 0
+    errors: int = 0
+    error_detail: list[str] = field(default_factory=list)
+    correct: bool = False
+    checks: dict[str, Any] = field(default_factory=dict)
+    blocker_seconds: float | None = None
+    #: for the plots, not saved: (seconds since the migration started, latency) samples,
+    #: completions per 0.25 s bin, and the blocker's window
+    series: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Pgbench:
+    """pgbench in the background, its stderr lines timestamped as they arrive (so that
+    errors before the end of the run can be told from the clients we end on purpose)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: list[tuple[float, str]] = []
+        self.stopped_at = math.inf
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append((time.time(), line.rstrip("\n")))
+
+    def stop(self, dsn: str) -> None:
+        """End the run: terminate pgbench's sessions; it then exits and closes its logs."""
+        self.stopped_at = time.time()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'pgbench' AND datname = current_database()"
+            )
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+
+    def errors(self) -> list[str]:
+        """Clients aborted by an error before the run was ended."""
+        return [
+            line.strip()
+            for at, line in self.lines
+            if at < self.stopped_at and "aborted" in line and "Run was aborted" not in line
+        ]
+
+
+class Blocker(threading.Thread):
+    """Holds ACCESS SHARE on orders in an open transaction for ``seconds``."""
+
+    def __init__(self, dsn: str, seconds: float) -> None:
+        super().__init__(name="blocker", daemon=True)
+        self.dsn, self.seconds = dsn, seconds
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.took = self.released = 0.0
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, application_name="long-report") as conn:
+                conn.execute("SELECT count(*) FROM orders WHERE id <= 1000")
+                self.took = time.time()
+                self.ready.set()
+                time.sleep(self.seconds)
+                conn.rollback()
+                self.released = time.time()
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+            self.ready.set()
+
+
+def migrate(contestant: str, dsn: str) -> tuple[bool, str]:
+    if contestant == "direct":
+        with psycopg.connect(dsn, application_name="direct-migration") as conn:
+            conn.execute(MIGRATION_SQL)  # one transaction, committed on exit
+        return True, "completed"
+    with Executor(dsn, Settings()) as ex:
+        result = ex.apply(parse_sql(MIGRATION_SQL), name="bench")
+    return result.state == "completed", result.state
+
+
+def check_table(dsn: str, rows: int, updates: int, inserts: int, slack: int) -> dict[str, Any]:
+    """The migrated table is what the script says, and no write of the workload was lost.
+
+    ``slack``: transactions that may have committed without being logged (those in flight
+    when the workload was stopped: at most one per client)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def one(query: str, params: Sequence[Any] = ()) -> Any:
+            row = conn.execute(query.encode(), params).fetchone()
+            return row[0] if row else None
+
+        count = int(one("SELECT count(*) FROM orders"))
+        total = float(one("SELECT sum(amount) FROM orders"))
+        checks: dict[str, Any] = {
+            "column_not_null": bool(
+                one(
+                    "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'orders'::regclass"
+                    " AND attname = 'created_day'"
+                )
+            ),
+            "constraints_validated": not one(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass"
+                " AND NOT convalidated"
+            ),
+            "fk_and_check_present": one(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass"
+                " AND conname IN ('orders_user_id_fkey', 'orders_amount_nonnegative')"
+            )
+            == 2,
+            "index_valid": bool(
+                one(
+                    "SELECT i.indisvalid AND i.indisready FROM pg_index i"
+                    " WHERE i.indexrelid = 'orders_created_day_idx'::regclass"
+                )
+            ),
+            "no_nulls": not one("SELECT count(*) FROM orders WHERE created_day IS NULL"),
+            "existing_rows_filled_from_data": not one(
+                "SELECT count(*) FROM orders WHERE id <= %s"
+                " AND created_day IS DISTINCT FROM (created_at AT TIME ZONE 'UTC')::date",
+                (rows,),
+            ),
+            "row_count": count,
+            "expected_row_count": rows + inserts,
+            "rows_ok": 0 <= count - (rows + inserts) <= slack,
+        }
+        # each logged update added 1 to an amount and each insert brought 1
+        initial = float(
+            one("SELECT sum((g %% 50000) / 100.0) FROM generate_series(1, %s) g", (rows,))
+        )
+        gained = round(total - initial)
+        checks["amount_gained"] = gained
+        checks["expected_amount_gained"] = updates + inserts
+        checks["no_lost_writes"] = 0 <= gained - (updates + inserts) <= 2 * slack
+    checks["ok"] = all(v for k, v in checks.items() if isinstance(v, bool))
+    return checks
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server: LocalServer | None = None
+        self.pgbench = find_bindir(args.pg) / "pgbench"
+        self.workdir = Path(tempfile.mkdtemp(prefix="lock-impact-"))
+        self.users = args.users or max(args.rows // 20, 100)
+        for name, (text, _weight) in PGBENCH_SCRIPTS.items():
+            (self.workdir / f"{name}.sql").write_text(text)
+
+    def setup(self) -> None:
+        self.server = LocalServer(
+            self.args.pg,
+            basedir=Path(self.args.basedir) if self.args.basedir else None,
+            settings={"max_connections": "100", "log_min_messages": "warning"},
+        ).start()
+        base = self.server.create_database("bench_base")
+        t0 = time.monotonic()
+        with psycopg.connect(base, autocommit=True) as conn:
+            with psycopg.ClientCursor(conn) as cur:  # client-side binding: several statements
+                cur.execute(SCHEMA_SQL, {"rows": self.args.rows, "users": self.users})
+            conn.execute("VACUUM ANALYZE users, orders")
+        print(f"built orders ({self.args.rows:,} rows) in {time.monotonic() - t0:.1f}s",
+              file=sys.stderr)  # fmt: skip
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def _pgbench(self, dbname: str, prefix: str, rate: float | None) -> Pgbench:
+        assert self.server is not None
+        a = self.args
+        argv = [
+            str(self.pgbench), "-n", "-M", "prepared",
+            "-c", str(a.clients), "-j", str(a.threads), "-T", "3600",
+            "-D", f"rows={a.rows}", "-D", f"users={self.users}",
+            "-l", f"--log-prefix={self.workdir / prefix}",
+            "-h", "127.0.0.1", "-p", str(self.server.port), "-U", "postgres",
+        ]  # fmt: skip
+        for name, (_text, weight) in PGBENCH_SCRIPTS.items():
+            argv += ["-f", f"{self.workdir / name}.sql@{weight}"]
+        if rate:
+            argv += ["--rate", str(rate)]
+        argv.append(dbname)
+        return Pgbench(argv)
+
+    def run(self, contestant: str, scenario: str, mode: str, rate: float | None) -> Run:
+        assert self.server is not None
+        a = self.args
+        dbname = f"bench_{contestant}_{scenario}_{mode}"
+        self.server.drop_database(dbname)
+        dsn = self.server.create_database(dbname, template="bench_base")
+        prefix = f"{dbname}.log"
+        run = Run(contestant, scenario, mode, rate if mode == "open" else None)
+        blocker: Blocker | None = None
+        print(f"run {dbname} ...", file=sys.stderr)
+        t_launch = time.time()
+        proc = self._pgbench(dbname, prefix, run.rate)
+        try:
+            time.sleep(a.baseline - (1.0 if scenario == "blocker" else 0.0))
+            if scenario == "blocker":
+                run.blocker_seconds = a.blocker
+                blocker = Blocker(dsn, a.blocker + 1.0)
+                blocker.start()
+                blocker.ready.wait(10)
+                time.sleep(1.0)  # the blocker is an old transaction when the migration starts
+            t_start = time.time()
+            try:
+                run.finished, run.outcome = migrate(contestant, dsn)
+            except (OnlineSchemaError, psycopg.Error) as exc:
+                run.finished, run.outcome = False, f"failed: {str(exc).splitlines()[0]}"
+            t_end = time.time()
+            if blocker is not None:
+                blocker.join()
+            time.sleep(a.tail)
+            t_stop = time.time()
+        finally:
+            proc.stop(dsn)
+        txns = read_logs(self.workdir, prefix)
+        run.migration_seconds = round(t_end - t_start, 3)
+        run.baseline = window_stats(txns, t_launch + 1.0, t_start)
+        run.during = window_stats(txns, t_start, t_end)
+        run.tail = window_stats(txns, t_end, t_stop)
+        if run.baseline["tps"]:
+            run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
+        run.slower_than_1s_total = sum(1 for t in txns if not t.failed and t.latency > SLOW)
+        run.series = plot_series(txns, t_start, t_end, t_launch + 1.0, t_stop)
+        if blocker is not None:
+            run.series["blocker"] = (blocker.took - t_start, blocker.released - t_start)
+        aborted = proc.errors()
+        run.errors = sum(1 for t in txns if t.failed) + len(aborted)
+        run.error_detail = aborted[:5]
+        if blocker is not None and blocker.error is not None:
+            run.error_detail.append(f"blocker: {blocker.error!r}")
+        script_ids = {name: i for i, name in enumerate(PGBENCH_SCRIPTS)}
+        updates = sum(1 for t in txns if not t.failed and t.script == script_ids["update"])
+        inserts = sum(1 for t in txns if not t.failed and t.script == script_ids["insert"])
+        if run.finished:
+            run.checks = check_table(dsn, a.rows, updates, inserts, slack=a.clients)
+            run.correct = bool(run.checks["ok"])
+        if not a.keep:
+            self.server.drop_database(dbname)
+            for path in self.workdir.glob(prefix + ".*"):
+                path.unlink()
+        print(
+            f"  {contestant}/{scenario}/{mode}: migration {run.migration_seconds:.2f}s"
+            f" ({run.outcome}), gap {run.during['longest_gap_ms']:.0f} ms,"
+            f" max {run.during['max_ms']:.0f} ms, ratio {run.throughput_ratio:.2f},"
+            f" slow {run.slower_than_1s_total}, errors {run.errors}, correct {run.correct}",
+            file=sys.stderr,
+        )
+        return run
+
+
+# --- plots ----------------------------------------------------------------------------
+
+
+def plot_series(
+    txns: Sequence[Txn], t0: float, t_end: float, first: float, last: float, keep: int = 15000
+) -> dict[str, Any]:
+    """A sample of the transactions small enough to plot: every one slower than 20 ms and
+    an even spread of the others; and completions per 0.25 s."""
+    ok = [t for t in txns if not t.failed and first <= t.end <= last]
+    slow = [t for t in ok if t.latency > 0.02]
+    rest = [t for t in ok if t.latency <= 0.02]
+    stride = max(len(rest) // max(keep - len(slow), 1), 1)
+    sample = slow + rest[::stride]
+    bins: dict[int, int] = {}
+    for t in ok:
+        b = int((t.end - t0) // 0.25)
+        bins[b] = bins.get(b, 0) + 1
+    lo, hi = int((first - t0) // 0.25), int((last - t0) // 0.25)
+    return {
+        "points": [(t.start - t0, t.latency) for t in sample],
+        "tps": [(b * 0.25, bins.get(b, 0) / 0.25) for b in range(lo, hi)],
+        "migration": (0.0, t_end - t0),
+    }
+
+
+def plot(runs: Sequence[Run], mode: str, path: Path) -> None:
+    """One figure per mode: scenarios in rows, contestants in columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in runs if r.mode == mode and r.series]
+    scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in chosen)]
+    contestants = [c for c in CONTESTANTS if any(r.contestant == c for r in chosen)]
+    if not chosen:
+        return
+    top_tps = max((v for r in chosen for _, v in r.series["tps"]), default=1.0)
+    fig, axes = plt.subplots(
+        len(scenarios), len(contestants), figsize=(6 * len(contestants), 3.4 * len(scenarios)),
+        sharex=True, sharey=True, squeeze=False,
+    )  # fmt: skip
+    for i, scenario in enumerate(scenarios):
+        for j, contestant in enumerate(contestants):
+            ax = axes[i][j]
+            r = next(
+                (x for x in chosen if x.scenario == scenario and x.contestant == contestant), None
+            )
+            if r is None:
+                ax.set_visible(False)
+                continue
+            pts = r.series["points"]
+            ax.scatter(
+                [p[0] for p in pts], [max(p[1], 1e-4) * 1000 for p in pts],
+                s=2, alpha=0.35, linewidths=0, color="#1f77b4", label="transaction latency",
+            )  # fmt: skip
+            lo, hi = r.series["migration"]
+            ax.axvspan(lo, hi, color="orange", alpha=0.15, label="migration")
+            if "blocker" in r.series:
+                b0, b1 = r.series["blocker"]
+                ax.axvspan(b0, b1, ymin=0, ymax=0.04, color="black", alpha=0.6,
+                           label="blocker's transaction")  # fmt: skip
+            ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            twin = ax.twinx()
+            tps = r.series["tps"]
+            twin.plot([t for t, _ in tps], [v for _, v in tps], color="#555555",
+                      linewidth=0.8, alpha=0.7, label="throughput (tps)")  # fmt: skip
+            twin.set_ylim(0, top_tps * 1.05)
+            if j == len(contestants) - 1:
+                twin.set_ylabel("tps")
+            d = r.during
+            ax.set_title(
+                f"{contestant}, {'no blocker' if scenario == 'none' else 'blocker'}:"
+                f" migration {r.migration_seconds:.1f} s, gap {d['longest_gap_ms']:.0f} ms,"
+                f" max {d['max_ms']:.0f} ms",
+                fontsize=9, loc="left",
+            )  # fmt: skip
+            if j == 0:
+                ax.set_ylabel("latency (ms)")
+            if i == len(scenarios) - 1:
+                ax.set_xlabel("seconds since the migration started")
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=len(handles),
+               fontsize=8, markerscale=4)  # fmt: skip
+    loop = "closed loop (saturating)" if mode == "closed" else "open loop (pgbench --rate)"
+    fig.suptitle(f"Lock impact, {loop}: pgbench latency and throughput", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- targets and report ---------------------------------------------------------------
+
+
+def targets(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, checked on the onlineschema runs."""
+    ours = [r for r in runs if r["contestant"] == "onlineschema"]
+    out = []
+
+    def add(name: str, rs: list[dict[str, Any]], ok: bool, value: str) -> None:
+        if rs:
+            out.append({"target": name, "met": ok, "value": value})
+
+    gaps = [r for r in ours if r["mode"] == "closed"]
+    add(
+        "longest workload gap < 0.25 s (closed loop, both scenarios)",
+        gaps,
+        all(r["during"]["longest_gap_ms"] < 250 for r in gaps),
+        ", ".join(f"{r['scenario']}: {r['during']['longest_gap_ms']:.0f} ms" for r in gaps),
+    )
+    blocked = [r for r in ours if r["scenario"] == "blocker"]
+    add(
+        "finishes with the blocker in the way, unattended",
+        blocked,
+        all(r["finished"] for r in blocked),
+        ", ".join(f"{r['mode']}: {r['outcome']}" for r in blocked),
+    )
+    opened = [r for r in ours if r["mode"] == "open"]
+    add(
+        "no request over 1 s (open loop)",
+        opened,
+        all(r["slower_than_1s_total"] == 0 for r in opened),
+        ", ".join(f"{r['scenario']}: {r['slower_than_1s_total']}" for r in opened),
+    )
+    add(
+        "throughput during the migration >= 0.7 of baseline (closed loop)",
+        gaps,
+        all(r["throughput_ratio"] >= 0.7 for r in gaps),
+        ", ".join(f"{r['scenario']}: {r['throughput_ratio']:.2f}" for r in gaps),
+    )
+    add(
+        "final table correct, no lost writes (every run, both contestants)",
+        list(runs),
+        all(r["correct"] for r in runs),
+        f"{sum(1 for r in runs if r['correct'])}/{len(runs)} runs",
+    )
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p = result["params"]
+    lines = [
+        f"{p['rows']:,} rows; {p['clients']} clients / {p['threads']} threads; baseline"
+        f" {p['baseline']} s, tail {p['tail']} s; blocker {p['blocker']} s;"
+        f" open-loop rate {result.get('open_rate') or '-'} tps;"
+        f" PostgreSQL {result['server']['version']}; {result['machine']['cpus']} CPUs.",
+        "",
+        "| mode | scenario | contestant | migration | finished | tps ratio | p50 | p99 |"
+        " max | longest gap | > 1 s | errors | correct |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["runs"]:
+        d = r["during"]
+        lines.append(
+            f"| {r['mode']} | {r['scenario']} | {r['contestant']} |"
+            f" {r['migration_seconds']:.2f} s | {'yes' if r['finished'] else 'no'} |"
+            f" {r['throughput_ratio']:.2f} | {d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms |"
+            f" {d['max_ms']:.0f} ms | {d['longest_gap_ms']:.0f} ms |"
+            f" {r['slower_than_1s_total']} | {r['errors']} | {'yes' if r['correct'] else 'NO'} |"
+        )
+    lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | {t['value']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=None, help="default: rows / 20")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline", type=float, default=10.0, help="seconds before the migration")
+    ap.add_argument("--tail", type=float, default=10.0, help="seconds after the migration")
+    ap.add_argument("--blocker", type=float, default=15.0, help="seconds the blocker holds on")
+    ap.add_argument(
+        "--rate", type=float, default=None,
+        help="open-loop rate in tps (default: half the closed-loop baseline throughput)",
+    )  # fmt: skip
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--contestants", default=",".join(CONTESTANTS))
+    ap.add_argument("--pg", type=int, default=18, help="server major version")
+    ap.add_argument("--basedir", default=None, help="server directory (default: a RAM disk)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lock_impact.json"))
+    ap.add_argument("--keep", action="store_true", help="keep databases and pgbench logs")
+    ap.add_argument(
+        "--plots", default=str(Path(__file__).parent.parent / "docs" / "img"),
+        help="directory for lock_impact_closed.png and lock_impact_open.png ('' for none)",
+    )  # fmt: skip
+    ap.add_argument("--report", metavar="JSON", help="only print the Markdown table of a result")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return 0
+    configure("console", "warning")
+    bench = Bench(args)
+    runs: list[Run] = []
+    rate = args.rate
+    try:
+        bench.setup()
+        assert bench.server is not None
+        with psycopg.connect(bench.server.dsn(), autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            version = row[0] if row else "?"
+            settings: dict[str, str] = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                    (["fsync", "synchronous_commit", "shared_buffers", "max_connections"],),
+                ).fetchall()
+            )
+        for mode in args.modes.split(","):
+            for scenario in args.scenarios.split(","):
+                for contestant in args.contestants.split(","):
+                    if mode == "open" and rate is None:
+                        closed = [r for r in runs if r.mode == "closed" and r.baseline]
+                        rate = round(closed[0].baseline["tps"] * 0.5, -1) if closed else 500.0
+                    runs.append(bench.run(contestant, scenario, mode, rate))
+    finally:
+        bench.close()
+    result: dict[str, Any] = {
+        "benchmark": "lock_impact",
+        "command": "python benchmarks/lock_impact.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "server": {"version": version, "settings": settings},
+        "params": {
+            k: getattr(args, k)
+            for k in ("rows", "clients", "threads", "baseline", "tail", "blocker")
+        }
+        | {"users": bench.users},
+        "open_rate": rate,
+        "migration_sql": MIGRATION_SQL,
+        "runs": [{k: v for k, v in asdict(r).items() if k != "series"} for r in runs],
+    }
+    result["targets"] = targets(result["runs"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plots:
+        for mode in sorted({r.mode for r in runs}):
+            plot(runs, mode, Path(args.plots) / f"lock_impact_{mode}.png")
+    print(markdown(result))
+    print(f"\nresults: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
