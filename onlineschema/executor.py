@@ -22,9 +22,9 @@ from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
 from . import ddl
-from .backfill import BackfillRunner, BackfillSettings
+from .backfill import BackfillRunner, BackfillSettings, NotJoinable
 from .catalog import read_catalog
-from .changes import Change, change_from_dict, changes_to_json
+from .changes import Backfill, Change, change_from_dict, changes_to_json
 from .connection import ConnectLike, connection
 from .errors import (
     AlreadyRunning,
@@ -125,6 +125,9 @@ class Executor:
         self.settings = settings or Settings()
         self.sleep = sleep
         self.observer = observer
+        self._workers = 1  # backfill workers of the current apply/resume
+        #: True when the last resume joined another process's backfill as a guest
+        self.joining = False
         self._cm = connection(target)
         self.conn: psycopg.Connection[Any] = self._cm.__enter__()
         self.store = StateStore(self.conn, self.settings.state_schema)
@@ -183,18 +186,24 @@ class Executor:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[Change], name: str | None = None) -> Result:
+    def apply(
+        self, changes: Sequence[Change], name: str | None = None, *, workers: int | None = None
+    ) -> Result:
         """Plan and run ``changes`` as migration ``name``; with the same name and the same
-        changes again, resume it; with other changes under that name, refuse."""
+        changes again, resume it; with other changes under that name, refuse.
+        ``workers``: parallel backfill workers (see :meth:`resume` for joining)."""
         changes = list(changes)
         digest = changes_hash(changes)
         name = name or f"migration_{digest[:10]}"
         existing = self.store.get(name)
         if existing is not None:
             if existing["changes_hash"] != digest:
+                unfinished = existing["state"] not in ("completed", "aborted")
                 raise Refused(
-                    f"migration {name!r} already exists with different changes",
-                    "use another --name, or `onlineschema abort` the old one first",
+                    f"migration {name!r} already exists with different changes"
+                    f" (it is {existing['state']})",
+                    "use another --name"
+                    + (f", or `onlineschema abort {name}` first" if unfinished else ""),
                 )
             if existing["state"] in ("completed", "awaiting_contract"):
                 log.info("migration_already_applied", migration=name, state=existing["state"])
@@ -204,7 +213,7 @@ class Executor:
                     f"migration {name!r} was aborted",
                     "apply it again under a new --name",
                 )
-            return self.resume(name)
+            return self.resume(name, workers=workers)
         result = self._plan(changes)  # refuses bad input before any write
         self.store.ensure()
         self._lock(name)
@@ -222,14 +231,26 @@ class Executor:
                 step_ids=[(s.id, s.phase) for s in plan.steps],
             )
             log.info("migration_started", migration=name, steps=len(plan), plan_hash=plan.hash)
+            self._workers = workers or 1
             return self._run(name, plan)
         finally:
             self.store.unlock(name)
 
-    def resume(self, name: str) -> Result:
-        """Carry on from the first unfinished step (after a crash, a pause or exit 3)."""
+    def resume(self, name: str, *, workers: int | None = None) -> Result:
+        """Carry on from the first unfinished step (after a crash, a pause or exit 3).
+
+        ``workers``: parallel backfill workers. When another process runs the migration
+        and is in a backfill, ``workers`` makes this process join it: it works on the
+        backfill's chunks and returns when none is left to claim (without ``workers`` it
+        is refused with AlreadyRunning)."""
         self.store.require(name)
-        self._lock(name)
+        self.joining = False
+        try:
+            self._lock(name)
+        except AlreadyRunning:
+            if workers is None:
+                raise
+            return self._join(name, workers)
         try:
             row = self.store.require(name)
             if row["state"] in ("completed", "aborted"):
@@ -242,6 +263,7 @@ class Executor:
                 )
             self.store.set_paused(name, False)
             self.store.set_state(name, "running")
+            self._workers = workers or 1
             return self._run(name, Plan.from_dict(row["plan"]))
         finally:
             self.store.unlock(name)
@@ -354,21 +376,23 @@ class Executor:
                 }
                 b = fills.get(s.id)
                 if b:
-                    busy = (b["busy_seconds"] or 0) + (b["throttled_seconds"] or 0)
-                    elapsed = b["elapsed"] or 0.0
-                    rate = b["rows_done"] / elapsed if elapsed > 0 else None
-                    remaining = (b["rows_total"] - b["rows_done"]) if b["rows_total"] else None
+                    # rate and ETA as the running backfill measured them (wall time, so
+                    # throttled time counts); ETA only while the step is unfinished
+                    rate = b["rows_per_second"]
+                    eta = b["eta_seconds"] if st.get("state") != "done" else 0.0
                     entry["backfill"] = {
                         "rows_done": b["rows_done"],
                         "rows_total": b["rows_total"],
+                        "progress": b["progress"],
                         "rows_per_second": round(rate, 1) if rate else None,
-                        "eta_seconds": round(max(remaining, 0) / rate, 1)
-                        if rate and remaining is not None
-                        else None,
+                        "eta_seconds": round(eta, 1) if eta is not None else None,
                         "batches": b["batches"],
                         "batch_size": b["batch_size"],
-                        "busy_seconds": round(busy, 3),
+                        "busy_seconds": round(b["busy_seconds"] or 0.0, 3),
+                        "throttled_seconds": round(b["throttled_seconds"] or 0.0, 3),
                         "throttle_reason": b["throttle_reason"],
+                        "workers": b["workers"],
+                        "chunks": b["chunks"],
                     }
                 steps.append(entry)
             out.append(
@@ -389,16 +413,29 @@ class Executor:
     def _lock(self, name: str) -> None:
         self.store.ensure()
         if not self.store.try_lock(name):
-            raise AlreadyRunning(
-                f"migration {name!r} is being run by another process",
-                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
-            )
+            holder = self.store.lock_holder(name)
+            who = ""
+            fix = "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`"
+            if holder:
+                who = (f" (database session pid {holder['pid']}, application"
+                       f" {holder.get('application_name') or '?'}, {holder.get('state') or '?'})")
+                fix += (
+                    f". If that process died, its session may still be finishing a statement;"
+                    f" it ends by itself, or end it with SELECT pg_terminate_backend({holder['pid']})"
+                )
+            raise AlreadyRunning(f"migration {name!r} is being run by another process{who}", fix)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         t0 = time.monotonic()
         run = skipped = 0
         states = self.store.steps(name)
         total = len(plan.steps)
+        # once `contract` has started a breaking step, a resume (after a crash or a
+        # lock-budget pause) finishes the contract phase instead of stopping in it
+        contract = contract or any(
+            s.phase == "contract" and s.breaking and states[s.id]["state"] != "pending"
+            for s in plan.steps
+        )
         try:
             for i, step in enumerate(plan.steps):
                 if states[step.id]["state"] == "done":
@@ -420,6 +457,12 @@ class Executor:
                 skipped += not did
                 if self.observer:
                     self.observer.step_finished(step, i, total, not did)
+            # a pause asked for while the last step ran still stops here: the migration
+            # stays resumable (and abortable) instead of silently completing
+            if self.store.control(name).get("paused"):
+                raise Paused(
+                    f"migration {name} was paused; `onlineschema resume {name}` continues it"
+                )
         except (LockBudgetExhausted, Paused) as exc:
             self.store.set_state(name, "paused", str(exc))
             log.warning("migration_paused", migration=name, reason=str(exc))
@@ -508,6 +551,7 @@ class Executor:
             policy=self.settings.retry,
             long_transaction=self.settings.lock_timeout if long_tx is None else long_tx,
             sleep=self.sleep,
+            waits_for_snapshots=step.action == "create_index",
         )
 
     def _transactional(self, name: str, step: Step) -> None:
@@ -580,7 +624,10 @@ class Executor:
                     "remove the duplicates, then `onlineschema resume`",
                 ) from exc
 
-        self._guard(step, attempt)
+        # The build takes SHARE UPDATE EXCLUSIVE but, like a SHARE lock, waits for every
+        # transaction that may write the table: wait those out before it starts, so a
+        # build is never left half-done (invalid) behind them.
+        self._guard(step, attempt, mode="ShareLock")
         if self._index_state(schema, index) != (True, True):
             raise StepFailed(step.id, f"index {index} is not valid after its build")
         self.store.step_state(name, step.id, "done")
@@ -631,20 +678,77 @@ class Executor:
             retry=self.settings.retry,
             sleep=self.sleep,
             observer=self.observer,
+            workers=self._workers,
         )
         runner.run()
         self.store.step_state(name, step.id, "done")
 
+    def _join(self, name: str, workers: int) -> Result:
+        """Work on the chunks of the backfill another process is running for ``name``."""
+        t0 = time.monotonic()
+        row = self.store.require(name)
+        plan = Plan.from_dict(row["plan"])
+        states = self.store.steps(name)
+        current = next((s for s in plan.steps if states[s.id]["state"] != "done"), None)
+        if (
+            current is None
+            or current.action != "backfill"
+            or states[current.id]["state"] != "running"
+        ):
+            raise AlreadyRunning(
+                f"migration {name!r} is being run by another process and is not in a backfill"
+                " that workers could join",
+                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
+            )
+        runner = BackfillRunner(
+            self.conn,
+            self.store,
+            name,
+            current.id,
+            current.details,
+            self.settings.backfill,
+            lock_timeout=self.settings.lock_timeout,
+            retry=self.settings.retry,
+            sleep=self.sleep,
+            workers=workers,
+            join=True,
+        )
+        self.joining = True
+        try:
+            runner.run()
+        except NotJoinable as exc:
+            raise AlreadyRunning(str(exc), "try again in a moment") from None
+        state = (self.store.get(name) or row)["state"]
+        log.info("backfill_join_done", migration=name, step=current.id)
+        return Result(name, state, 0, 0, time.monotonic() - t0, plan)
+
+    def backfill(
+        self,
+        table: str,
+        set: dict[str, str] | Sequence[tuple[str, str]],
+        *,
+        where: str | None = None,
+        schema: str | None = None,
+        name: str | None = None,
+        workers: int | None = None,
+    ) -> Result:
+        """``UPDATE table SET ... [WHERE ...]`` as a batched, resumable, throttled
+        migration of its own (data only): same state, pause, ``set`` and progress as the
+        backfill phase of any migration; running it again with the same name resumes it
+        (or, with ``workers``, joins the process running it)."""
+        change = Backfill(table, set, where=where, schema=schema)
+        return self.apply([change], name, workers=workers)
+
     def _undo(self, name: str, step: Step) -> None:
         log.info("step_undo", migration=name, step=step.id)
         for action in step.undo:
-            mode = "AccessExclusiveLock" if action.transactional else "ShareUpdateExclusiveLock"
+            brief = action.transactional and not action.scans
             undo_step = replace(
                 step,
                 id=f"undo.{step.id}",
-                lock=mode,
+                lock="AccessExclusiveLock" if brief else "ShareUpdateExclusiveLock",
                 statements=(action.sql,),
-                statement_timeout=None if action.transactional else 0,
+                statement_timeout=None if brief else 0,
             )
             if action.transactional:
                 lt, st = self._timeouts(undo_step)

@@ -49,12 +49,16 @@ UPDATE_USER = (
 )
 
 
-def fast_retry(max_attempts: int = 400) -> Settings:
-    """lock_timeout 200ms; retries close together so the test ends soon after the holder."""
+def fast_retry(max_attempts: int = 400, max_wait: float = 120.0) -> Settings:
+    """lock_timeout 200ms; retries close together so the test ends soon after the holder.
+
+    A long transaction holding the table is waited out *outside* the lock queue, which
+    counts against ``max_wait`` only (no attempt is made): a test that wants the budget
+    spent while such a blocker stays sets a short ``max_wait``."""
     return Settings(
         lock_timeout=LOCK_TIMEOUT,
         retry=RetryPolicy(
-            max_attempts=max_attempts, max_wait=120.0, backoff_initial=0.05, backoff_max=0.4
+            max_attempts=max_attempts, max_wait=max_wait, backoff_initial=0.05, backoff_max=0.4
         ),
     )
 
@@ -180,7 +184,9 @@ def test_lock_budget_exhausted_names_blocker_then_resume(tables: str) -> None:
     with Blocker(dsn, "SELECT 1 FROM orders LIMIT 1") as blocker:
         blocker.start()
         with pytest.raises(LockBudgetExhausted) as caught, capture_logs() as logs:
-            onlineschema.apply(dsn, [change], name=name, settings=fast_retry(max_attempts=4))
+            onlineschema.apply(
+                dsn, [change], name=name, settings=fast_retry(max_attempts=4, max_wait=3.0)
+            )
         err = caught.value
         assert err.exit_code == 3
         assert f"pid {blocker.pid}" in str(err), str(err)
@@ -265,21 +271,40 @@ def test_index_build_waiting_for_an_old_snapshot_names_that_session(tables: str)
     snapshot; they hold no lock on the table, yet the report must name them."""
     dsn = tables
     name = "orders_amount_idx"
-    settings = replace(
-        fast_retry(max_attempts=2), index_lock_timeout=1.0
-    )  # each build waits 1s for the old snapshot, then gives up
+    # the build is not started while the old snapshot is there (it would wait for it and
+    # be left invalid): the guard waits outside, for at most max_wait
+    settings = replace(fast_retry(max_attempts=2, max_wait=3.0), index_lock_timeout=1.0)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE audit (x int)")
     with Blocker(dsn, "SELECT count(*) FROM audit", isolation="repeatable read") as blocker:
         blocker.start()
+        # old enough to count as a long transaction (not one about to end by itself)
+        wait_until(
+            lambda: (
+                query_value(
+                    dsn,
+                    "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
+                    " WHERE pid = %s",
+                    (blocker.pid,),
+                )
+                or 0
+            )
+            > 2 * LOCK_TIMEOUT,
+            timeout=10,
+            what="the blocker's transaction to be old",
+        )
         with pytest.raises(LockBudgetExhausted) as caught, capture_logs() as logs:
             onlineschema.apply(
                 dsn, [AddIndex("orders", columns=("amount",))], name=name, settings=settings
             )
         assert f"pid {blocker.pid}" in str(caught.value), str(caught.value)
         assert "old snapshot" in str(caught.value)
-        retries = [e for e in logs if e["event"] == "lock_retry"]
-        assert retries and any(b.get("pid") == blocker.pid for b in retries[0]["blockers"])
+        waits = [e for e in logs if e["event"] in ("waiting_for_blockers", "lock_retry")]
+        assert waits and any(b.get("pid") == blocker.pid for b in waits[0]["blockers"])
+        # no half-built (invalid) index was left behind the old snapshot
+        assert not query_value(
+            dsn, "SELECT count(*) FROM pg_class WHERE relname = 'orders_amount_idx'"
+        )
         assert migration_state(dsn, name) == "paused"
     with Executor(dsn, fast_retry()) as ex:
         assert ex.resume(name).state == "completed"
