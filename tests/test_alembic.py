@@ -311,7 +311,9 @@ def test_lock_budget_spent_then_upgrade_again_resumes(
     seed(db, 200)
     with Blocker(dsn, "UPDATE users SET email = email WHERE id = 1") as blocker:
         blocker.start()
-        failed = project.run("upgrade", "0002", env={"OSC_MAX_ATTEMPTS": "3"}, check=False)
+        failed = project.run(
+            "upgrade", "0002", env={"OSC_MAX_ATTEMPTS": "3", "OSC_MAX_WAIT": "3s"}, check=False
+        )
         assert failed.returncode != 0
         assert "LockBudgetExhausted" in failed.stderr
         assert "run the same `alembic upgrade` again to resume migration 'orders_user_fk'" in (
