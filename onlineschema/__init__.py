@@ -89,6 +89,7 @@ __all__ = [
     "UnsupportedStatement",
     "ValidateConstraint",
     "apply",
+    "backfill",
     "change_from_dict",
     "plan",
 ]
@@ -110,3 +111,26 @@ def apply(
     """Plan and run ``changes`` online as migration ``name`` (resumes it if it exists)."""
     with Executor(target, settings) as ex:
         return ex.apply(changes, name)
+
+
+def backfill(
+    target: Any,
+    table: str,
+    set: dict[str, str] | Sequence[tuple[str, str]],
+    *,
+    where: str | None = None,
+    schema: str | None = None,
+    name: str | None = None,
+    workers: int | None = None,
+    settings: Settings | None = None,
+) -> Result:
+    """``UPDATE table SET ... [WHERE ...]`` online: in short batches, exactly once,
+    throttled, resumable (run it again with the same ``name``), pausable and observable
+    like any migration (``onlineschema status/pause/set/resume NAME``).
+
+    >>> import onlineschema as osc                                       # doctest: +SKIP
+    >>> osc.backfill(dsn, "orders", {"total": "price * qty"},            # doctest: +SKIP
+    ...              where="total IS NULL", name="orders_total", workers=2)
+    """
+    with Executor(target, settings) as ex:
+        return ex.backfill(table, set, where=where, schema=schema, name=name, workers=workers)

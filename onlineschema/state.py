@@ -66,6 +66,12 @@ _DDL = [
         busy_seconds float8 NOT NULL DEFAULT 0,
         throttled_seconds float8 NOT NULL DEFAULT 0,
         throttle_reason text,
+        active_seconds float8 NOT NULL DEFAULT 0,
+        rows_per_second float8,
+        eta_seconds float8,
+        progress float8,
+        workers int,
+        chunks int,
         started_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (migration, step_id),
@@ -78,8 +84,16 @@ _DDL = [
         lo jsonb NOT NULL,
         hi jsonb NOT NULL,
         cursor jsonb,
+        est_rows float8 NOT NULL DEFAULT 0,
         rows_done bigint NOT NULL DEFAULT 0,
+        scanned float8 NOT NULL DEFAULT 0,
+        batches bigint NOT NULL DEFAULT 0,
+        busy_seconds float8 NOT NULL DEFAULT 0,
         done boolean NOT NULL DEFAULT false,
+        claimed_by int,
+        claimed_at timestamptz,
+        claims int NOT NULL DEFAULT 0,
+        updated_at timestamptz,
         PRIMARY KEY (migration, step_id, chunk),
         FOREIGN KEY (migration, step_id) REFERENCES {s}.steps ON DELETE CASCADE
     )""",
@@ -131,6 +145,20 @@ class StateStore:
             )
             row = cur.fetchone()
             return bool(row and row[0])
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        """The session holding ``name``'s advisory lock (pid, application, state, query)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT l.pid, a.application_name, a.state, a.client_addr::text AS client,"
+                " extract(epoch FROM now() - a.state_change)::float8 AS state_age_s"
+                " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
+                " AND l.classid = (hashtext(%s)::bigint & 4294967295)::oid"
+                " AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid",
+                self._lock_args(name),
+            )
+            return cur.fetchone()
 
     def unlock(self, name: str) -> None:
         if self.conn.closed:
@@ -206,6 +234,17 @@ class StateStore:
                 sql.SQL("SELECT * FROM {} ORDER BY created_at, name").format(self.t("migrations"))
             )
             return cur.fetchall()
+
+    def forget(self, name: str) -> None:
+        """Delete a migration's record (steps, backfill cursors and control cascade).
+
+        Used by the Alembic integration, in the transaction that writes
+        ``alembic_version``, once a migration has finished or been aborted.
+        """
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE name = %s").format(self.t("migrations")), (name,)
+            )
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
         assert state in STATES

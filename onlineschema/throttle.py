@@ -1,0 +1,548 @@
+"""Throttling a backfill on signals PostgreSQL reports.
+
+Each signal has a threshold to pause at and a (lower or equal) threshold to resume at, so
+the backfill does not flap around one value. Engaging and releasing are logged as
+``backfill_throttled`` (with the reason and the values read) and ``backfill_unthrottled``
+(with how long it lasted); the current reason and the total throttled time are written to
+the backfill's row in the state table by the runner.
+
+Signals (all read by the backfill's coordinating connection, at most every
+``signal_interval`` seconds, except ``lock_waiters``, which each batch samples itself):
+
+* ``replica_lag``: ``pg_stat_replication`` on the primary: ``replay_lag`` (seconds) and the
+  bytes between ``pg_current_wal_lsn()`` and each standby's ``replay_lsn``;
+* ``replica_lag_dsn``: the same read on a standby given by ``replica_dsn``
+  (``pg_last_wal_replay_lsn()``, ``pg_last_xact_replay_timestamp()``);
+* ``lock_waiters``: sessions waiting on a lock held by a batch (``pg_blocking_pids``),
+  sampled inside the batch's transaction just before it commits, when they have waited
+  longest; the backfill then pauses for ``blocked_cooldown`` seconds and halves its batch;
+* ``long_transaction``: transactions that hold a lock on the table and hold back the
+  vacuum horizon (``backend_xmin``/``backend_xid``) for longer than the limit: the dead
+  rows the backfill leaves cannot be cleaned while they run;
+* ``vacuum`` (off by default): a vacuum of the table (autovacuum or manual, not the
+  backfill's own) is running.
+
+A signal that cannot be read (no permission, no replica, replica unreachable) is reported
+once (``backfill_signal_unreadable``); ``on_unreadable_signal`` decides whether the backfill
+carries on (``continue``, the default: a missing signal must not stop a data migration that
+was fine without it) or waits until the signal can be read again (``pause``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+import structlog
+from psycopg.rows import dict_row
+
+log = structlog.stdlib.get_logger("onlineschema.throttle")
+
+HIDDEN_QUERY = "<insufficient privilege>"
+
+
+class Limits(Protocol):
+    """The thresholds (a BackfillSettings; a Protocol so this module does not import it)."""
+
+    @property
+    def max_replica_lag(self) -> float: ...
+    @property
+    def resume_replica_lag(self) -> float: ...
+    @property
+    def max_replica_lag_bytes(self) -> int: ...
+    @property
+    def resume_replica_lag_bytes(self) -> int: ...
+    @property
+    def replica_dsn(self) -> str | None: ...
+    @property
+    def max_blocked_wait(self) -> float: ...
+    @property
+    def blocked_cooldown(self) -> float: ...
+    @property
+    def max_transaction_age(self) -> float: ...
+    @property
+    def resume_transaction_age(self) -> float: ...
+    @property
+    def pause_on_vacuum(self) -> bool: ...
+    @property
+    def on_unreadable_signal(self) -> str: ...
+
+
+@dataclass
+class Reading:
+    """What a signal read: its values, or why it could not be read."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    problem: str | None = None
+    #: a problem that is not worth a warning (e.g. there is no replica at all)
+    benign: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What signals need to read: the coordinator's connection and who we are."""
+
+    conn: psycopg.Connection[Any]
+    table_oid: int
+    our_pids: Callable[[], Sequence[int]]
+
+
+def _resume_limit(pause: float, resume: float) -> float:
+    return min(resume, pause)
+
+
+class Signal:
+    """One signal: ``read`` it, then ``over`` says why to pause (or None), ``clear`` says
+    whether it is back under the resume threshold."""
+
+    name = "signal"
+
+    def enabled(self, s: Limits) -> bool:
+        return True
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        raise NotImplementedError
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        raise NotImplementedError
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the signal holds (e.g. a connection to a replica)."""
+
+
+class _LagMixin:
+    """Pause while replay lag (seconds) or bytes behind exceed their limits."""
+
+    def enabled(self, s: Limits) -> bool:
+        return s.max_replica_lag > 0 or s.max_replica_lag_bytes > 0
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        secs, nbytes = r.values.get("seconds", 0.0), r.values.get("bytes", 0.0)
+        if s.max_replica_lag > 0 and secs > s.max_replica_lag:
+            return f"replay lag {secs:.1f}s > {s.max_replica_lag:g}s"
+        if s.max_replica_lag_bytes > 0 and nbytes > s.max_replica_lag_bytes:
+            return f"{int(nbytes)} bytes behind > {s.max_replica_lag_bytes}"
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        secs, nbytes = r.values.get("seconds", 0.0), r.values.get("bytes", 0.0)
+        ok = True
+        if s.max_replica_lag > 0:
+            ok &= secs <= _resume_limit(s.max_replica_lag, s.resume_replica_lag)
+        if s.max_replica_lag_bytes > 0:
+            ok &= nbytes <= _resume_limit(s.max_replica_lag_bytes, s.resume_replica_lag_bytes)
+        return ok
+
+
+class ReplicaLag(_LagMixin, Signal):
+    """Lag of every standby (and logical consumer) as the primary sees it."""
+
+    name = "replica_lag"
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with ctx.conn.cursor() as cur:
+            # replay_lag is the last measured lag, shown for a while after the standby
+            # caught up: it only counts while the standby has WAL left to replay
+            cur.execute(
+                "SELECT count(*), count(replay_lsn),"
+                " coalesce(max(CASE WHEN behind > 0 THEN extract(epoch FROM replay_lag) END),"
+                " 0)::float8, coalesce(max(behind), 0)::float8"
+                " FROM (SELECT replay_lsn, replay_lag,"
+                "   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) AS behind"
+                "   FROM pg_stat_replication) s"
+            )
+            row = cur.fetchone()
+        assert row is not None
+        total, visible, secs, nbytes = int(row[0]), int(row[1]), float(row[2]), float(row[3])
+        if total == 0:
+            return Reading(
+                problem="no standby is connected (pg_stat_replication is empty)", benign=True
+            )
+        if visible == 0:
+            return Reading(
+                problem=f"{total} standby(s) connected but their positions are hidden:"
+                " grant pg_monitor (or pg_read_all_stats) to the backfill's role"
+            )
+        return Reading(values={"seconds": secs, "bytes": nbytes}, detail={"standbys": total})
+
+
+class ReplicaLagFromDsn(_LagMixin, Signal):
+    """Lag read on a standby the user names (``replica_dsn``)."""
+
+    name = "replica_lag_dsn"
+    retry_every = 10.0
+
+    def __init__(self) -> None:
+        self._conn: psycopg.Connection[Any] | None = None
+        self._dsn: str | None = None
+        self._next_try = 0.0
+        self._last_problem: str | None = None
+
+    def enabled(self, s: Limits) -> bool:
+        return bool(s.replica_dsn) and super().enabled(s)
+
+    def _connect(self, dsn: str) -> psycopg.Connection[Any] | None:
+        if self._conn is not None and (self._dsn != dsn or self._conn.closed):
+            self.close()
+        if self._conn is None:
+            now = time.monotonic()
+            if now < self._next_try:
+                return None
+            self._next_try = now + self.retry_every
+            try:
+                self._conn = psycopg.connect(
+                    dsn, autocommit=True, connect_timeout=5, application_name="onlineschema"
+                )
+                self._dsn = dsn
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                self._last_problem = f"cannot connect to replica_dsn: {first}"
+                return None
+        return self._conn
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        assert s.replica_dsn
+        conn = self._connect(s.replica_dsn)
+        if conn is None:
+            return Reading(problem=self._last_problem or "cannot connect to replica_dsn")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
+                    " CASE WHEN pg_last_wal_receive_lsn() IS NULL"
+                    "   OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0"
+                    "  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+                    " END::float8"
+                )
+                row = cur.fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return Reading(problem=f"cannot read the replica's position: {first}")
+        assert row is not None
+        in_recovery, replay_lsn, secs = row
+        if not in_recovery or replay_lsn is None:
+            return Reading(problem="replica_dsn does not point to a standby in recovery")
+        with ctx.conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::float8", (replay_lsn,)
+            )
+            drow = cur.fetchone()
+        nbytes = max(float(drow[0]) if drow and drow[0] is not None else 0.0, 0.0)
+        return Reading(values={"seconds": float(secs or 0.0), "bytes": nbytes})
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+class LockWaiters(Signal):
+    """Sessions that waited on the backfill's locks, sampled by the batches themselves.
+
+    A batch holds row locks (and ROW EXCLUSIVE on the table) until it commits; just before
+    committing it asks ``pg_locks`` who waits on it and for how long (``feed``). The value
+    decays to 0 after ``blocked_cooldown`` seconds, which is how long the backfill pauses.
+    """
+
+    name = "lock_waiters"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wait = 0.0
+        self._waiters = 0
+        self._at = -1e9
+
+    def enabled(self, s: Limits) -> bool:
+        return s.max_blocked_wait > 0
+
+    def feed(self, waiters: int, longest_wait: float, cooldown: float) -> None:
+        with self._lock:
+            if waiters and longest_wait >= self._current(cooldown):
+                self._wait, self._waiters, self._at = longest_wait, waiters, self._clock()
+
+    def _current(self, cooldown: float | None = None) -> float:
+        if cooldown is not None and self._clock() - self._at > cooldown:
+            return 0.0
+        return self._wait
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with self._lock:
+            wait = self._current(s.blocked_cooldown)
+            if wait == 0.0:
+                self._wait, self._waiters = 0.0, 0
+            return Reading(values={"seconds": wait, "sessions": float(self._waiters)})
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        wait = r.values.get("seconds", 0.0)
+        if wait > s.max_blocked_wait:
+            n = int(r.values.get("sessions", 0))
+            return f"{n} session(s) waited {wait:.2f}s > {s.max_blocked_wait:g}s on a batch's locks"
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("seconds", 0.0) == 0.0
+
+
+#: sampled inside a batch's transaction, just before COMMIT: who waits on us, how long
+LOCK_WAITERS_SQL = (
+    "SELECT count(*)::int, coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)),"
+    " 0)::float8 FROM pg_locks WHERE CASE WHEN granted OR pid = pg_backend_pid() THEN false"
+    " ELSE pg_backend_pid() = ANY(pg_blocking_pids(pid)) END"
+)
+
+
+class LongTransaction(Signal):
+    """Transactions holding a lock on the table and holding back the vacuum horizon."""
+
+    name = "long_transaction"
+
+    def enabled(self, s: Limits) -> bool:
+        return s.max_transaction_age > 0
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with ctx.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state, a.query,"
+                " extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS age,"
+                " (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AS holds_horizon"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'relation' AND l.relation = %s AND l.granted"
+                "   AND l.database = (SELECT oid FROM pg_database"
+                "                     WHERE datname = current_database())"
+                "   AND NOT (a.pid = ANY(%s))",
+                (ctx.table_oid, [pg_backend_pid(ctx.conn), *ctx.our_pids()]),
+            )
+            rows = cur.fetchall()
+        hidden = [r for r in rows if r["age"] is None and r["query"] == HIDDEN_QUERY]
+        visible = [r for r in rows if r["age"] is not None and r["holds_horizon"]]
+        oldest = max(visible, key=lambda r: r["age"], default=None)
+        values = {"seconds": float(oldest["age"]) if oldest else 0.0}
+        detail: dict[str, Any] = {}
+        if oldest:
+            detail = {
+                "pid": oldest["pid"],
+                "application_name": oldest["application_name"],
+                "state": oldest["state"],
+            }
+        if hidden and not visible:
+            return Reading(
+                problem=f"{len(hidden)} session(s) of other roles hold locks on the table and"
+                " their transaction age is hidden: grant pg_read_all_stats to the backfill's role",
+                detail={"pids": [r["pid"] for r in hidden]},
+            )
+        return Reading(values=values, detail=detail)
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        age = r.values.get("seconds", 0.0)
+        if age > s.max_transaction_age:
+            return (
+                f"a transaction on the table has held back vacuum for {age:.0f}s"
+                f" > {s.max_transaction_age:g}s"
+            )
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        limit = _resume_limit(s.max_transaction_age, s.resume_transaction_age)
+        return r.values.get("seconds", 0.0) <= limit
+
+
+class VacuumRunning(Signal):
+    """A vacuum of the table that is not the backfill's own (``pause_on_vacuum``)."""
+
+    name = "vacuum"
+
+    def enabled(self, s: Limits) -> bool:
+        return s.pause_on_vacuum
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with ctx.conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE relid = %s)::int,"
+                " count(*) FILTER (WHERE relid IS NULL)::int"
+                " FROM pg_stat_progress_vacuum"
+                " WHERE datname = current_database() AND NOT (pid = ANY(%s))",
+                (ctx.table_oid, list(ctx.our_pids())),
+            )
+            row = cur.fetchone()
+        assert row is not None
+        running, hidden = int(row[0]), int(row[1])
+        if hidden and not running:
+            return Reading(
+                problem=f"{hidden} vacuum(s) run on tables this role cannot see:"
+                " grant pg_read_all_stats to the backfill's role"
+            )
+        return Reading(values={"vacuums": float(running)})
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        n = int(r.values.get("vacuums", 0))
+        return f"{n} vacuum(s) of the table running" if n else None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("vacuums", 0) == 0
+
+
+def pg_backend_pid(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.info.backend_pid)
+
+
+def default_signals() -> list[Signal]:
+    return [ReplicaLag(), ReplicaLagFromDsn(), LockWaiters(), LongTransaction(), VacuumRunning()]
+
+
+class Throttle:
+    """Decides, from the signals, whether batches may run; thread-safe.
+
+    ``poll`` reads the signals (the coordinator calls it at most every signal_interval);
+    workers call ``engaged`` before each batch and ``feed_lock_wait`` after each.
+    """
+
+    def __init__(
+        self,
+        signals: Sequence[Signal] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        self.signals = list(signals) if signals is not None else default_signals()
+        self._clock = clock
+        self._log = logger if logger is not None else log
+        self._lock = threading.Lock()
+        #: signal name -> (since, why) for every engaged signal
+        self._engaged: dict[str, tuple[float, str]] = {}
+        self._reported: set[str] = set()
+        self._closed_seconds = 0.0
+        self._since: float | None = None
+        self.changed = False
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def reason(self) -> str | None:
+        """The engaged signals' names, e.g. ``replica_lag`` (None when not throttled)."""
+        with self._lock:
+            return ",".join(sorted(self._engaged)) or None
+
+    @property
+    def engaged(self) -> bool:
+        with self._lock:
+            return bool(self._engaged)
+
+    def throttled_seconds(self) -> float:
+        """Wall time spent throttled (by any signal) since this object was made."""
+        with self._lock:
+            open_part = self._clock() - self._since if self._since is not None else 0.0
+            return self._closed_seconds + open_part
+
+    def signal(self, name: str) -> Signal | None:
+        return next((s for s in self.signals if s.name == name), None)
+
+    # --- updates -------------------------------------------------------------------
+
+    def _engage(
+        self, name: str, why: str, values: dict[str, float], detail: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            if name in self._engaged:
+                return
+            if not self._engaged:
+                self._since = self._clock()
+            self._engaged[name] = (self._clock(), why)
+            self.changed = True
+        self._log.warning(
+            "backfill_throttled",
+            reason=name,
+            why=why,
+            **{k: round(v, 3) for k, v in values.items()},
+            **detail,
+        )
+
+    def _release(self, name: str, values: dict[str, float]) -> None:
+        with self._lock:
+            if name not in self._engaged:
+                return
+            since, _ = self._engaged.pop(name)
+            if not self._engaged and self._since is not None:
+                self._closed_seconds += self._clock() - self._since
+                self._since = None
+            self.changed = True
+            seconds = self._clock() - since
+        self._log.info(
+            "backfill_unthrottled",
+            reason=name,
+            throttled_for=round(seconds, 3),
+            **{k: round(v, 3) for k, v in values.items()},
+        )
+
+    def apply(self, sig: Signal, r: Reading, s: Limits) -> None:
+        """Update ``sig``'s state from a reading (engage, release, report unreadable)."""
+        name = sig.name
+        unreadable = f"{name}_unreadable"
+        if r.problem is not None:
+            if name not in self._reported:
+                self._reported.add(name)
+                level = self._log.info if r.benign else self._log.warning
+                level(
+                    "backfill_signal_unreadable",
+                    signal=name,
+                    problem=r.problem,
+                    then=s.on_unreadable_signal,
+                    **r.detail,
+                )
+            self._release(name, {})
+            if s.on_unreadable_signal == "pause":
+                self._engage(unreadable, r.problem, {}, {})
+            else:
+                self._release(unreadable, {})
+            return
+        self._release(unreadable, {})
+        with self._lock:
+            engaged = name in self._engaged
+        if not engaged:
+            why = sig.over(r, s)
+            if why is not None:
+                self._engage(name, why, r.values, r.detail)
+        elif sig.clear(r, s):
+            self._release(name, r.values)
+
+    def poll(self, ctx: Context, s: Limits) -> None:
+        """Read every enabled signal once; release the ones that were turned off."""
+        for sig in self.signals:
+            if not sig.enabled(s):
+                self._release(sig.name, {})
+                self._release(f"{sig.name}_unreadable", {})
+                continue
+            try:
+                r = sig.read(ctx, s)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                r = Reading(problem=f"no permission: {(exc.diag.message_primary or '').strip()}")
+            self.apply(sig, r, s)
+
+    def feed_lock_wait(self, waiters: int, longest_wait: float, s: Limits) -> None:
+        """A batch saw ``waiters`` sessions waiting on it, the longest for ``longest_wait``s."""
+        sig = self.signal(LockWaiters.name)
+        if not isinstance(sig, LockWaiters) or not sig.enabled(s):
+            return
+        sig.feed(waiters, longest_wait, s.blocked_cooldown)
+        with self._lock:
+            engaged = sig.name in self._engaged
+        if not engaged:
+            r = Reading(values={"seconds": longest_wait, "sessions": float(waiters)})
+            why = sig.over(r, s)
+            if why is not None:
+                self._engage(sig.name, why, r.values, {})
+
+    def close(self) -> None:
+        for sig in self.signals:
+            sig.close()

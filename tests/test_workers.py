@@ -1,0 +1,407 @@
+"""Parallel backfill workers (issue 3): chunks claimed from the state table, each worker
+on its own connection; a dead worker's chunk is claimable again at once with nothing done
+twice; a second process joins a running backfill with ``resume(name, workers=N)``; and the
+fault test: worker processes killed with SIGKILL at 20 random moments of a non-idempotent
+backfill, every row updated exactly once in the end.
+
+Worker processes are forked from the test process (``multiprocessing`` "fork"), so that
+starting one costs milliseconds instead of a Python start-up, and killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from scenario_tools import wait_until
+from structlog.testing import capture_logs
+
+from onlineschema import (
+    AddColumn,
+    AddIndex,
+    AlreadyRunning,
+    Backfill,
+    BackfillSettings,
+    Executor,
+    OnlineSchemaError,
+    RetryPolicy,
+    Settings,
+)
+from onlineschema.state import StateStore
+from onlineschema.workers import Claims, split_blocks, split_keys, split_range
+
+Conn = psycopg.Connection[Any]
+ROWS = 3000
+FORK = multiprocessing.get_context("fork")
+
+
+def settings(**backfill: Any) -> Settings:
+    base = dict(
+        duty_cycle=1.0,
+        max_replica_lag=0.0,
+        control_interval=0.1,
+        signal_interval=0.2,
+        vacuum=False,
+    )
+    return Settings(
+        retry=RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.1),
+        backfill=BackfillSettings(**{**base, **backfill}),
+    )
+
+
+def one(conn: Conn, query: str, params: Any = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def make_range(conn: Conn, rows: int = ROWS) -> None:
+    conn.execute("CREATE TABLE r (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0)")
+    conn.execute("INSERT INTO r (id) SELECT g FROM generate_series(1, %s) g", (rows,))
+
+
+def rows_done(conn: Conn, name: str) -> int:
+    if one(conn, "SELECT to_regclass('onlineschema.chunks')") is None:
+        return 0
+    query = "SELECT coalesce(sum(rows_done), 0) FROM onlineschema.chunks WHERE migration = %s"
+    return int(one(conn, query, (name,)))
+
+
+def migration_state(conn: Conn, name: str) -> str | None:
+    if one(conn, "SELECT to_regclass('onlineschema.migrations')") is None:
+        return None
+    row = conn.execute(
+        "SELECT state FROM onlineschema.migrations WHERE name = %s", (name,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def claimers(conn: Conn, name: str) -> set[int]:
+    rows = conn.execute(
+        "SELECT DISTINCT claimed_by FROM onlineschema.chunks WHERE migration = %s"
+        " AND claimed_by IS NOT NULL",
+        (name,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def exactly_once(conn: Conn, table: str = "r", rows: int = ROWS) -> None:
+    got = conn.execute(f"SELECT n, count(*) FROM {table} GROUP BY n").fetchall()  # noqa: S608
+    assert got == [(1, rows)], got
+
+
+# --- splitting --------------------------------------------------------------------------------
+
+
+def test_split_helpers_cover_the_range_without_overlap() -> None:
+    assert split_range(1, 10, 3) == [(1, 3), (4, 6), (7, 10)]
+    assert split_range(5, 6, 8) == [(5, 5), (6, 6)]
+    pieces = split_range(-7, 1_000_003, 16)
+    assert pieces[0][0] == -7 and pieces[-1][1] == 1_000_003
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(pieces))
+    assert split_blocks(10, 4) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert split_blocks(0, 4) == []
+    sample = [[str(i)] for i in range(100)]
+    keyed = split_keys(sample, ["99"], 4)
+    assert keyed[0][0] is None and keyed[-1][1] == ["99"]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(keyed))
+    assert split_keys([], ["x"], 4) == [(None, ["x"])]
+
+
+# --- threads in one process -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["range", "keyset", "ctid"])
+def test_two_workers_each_row_once(dsn: str, conn: Conn, strategy: str) -> None:
+    if strategy == "range":
+        make_range(conn)
+        change: Any = Backfill("r", {"n": "n + 1"})
+    elif strategy == "keyset":
+        conn.execute("CREATE TABLE r (a text, b int, n int NOT NULL DEFAULT 0, PRIMARY KEY (a, b))")
+        conn.execute(
+            "INSERT INTO r (a, b) SELECT 'k' || (g %% 5), g FROM generate_series(1, %s) g",
+            (ROWS,),
+        )
+        change = Backfill("r", {"n": "n + 1"})
+    else:
+        conn.execute("CREATE TABLE r (x int, n int NOT NULL DEFAULT 0)")
+        conn.execute("INSERT INTO r (x) SELECT g FROM generate_series(1, %s) g", (ROWS,))
+        change = AddColumn("r", "filled", "int", backfill="n + 1")
+    with Executor(dsn, settings(batch_initial=40, batch_max=40, sleep=0.002)) as ex:
+        assert ex.apply([change], "two", workers=2).state == "completed"
+    if strategy == "ctid":
+        assert one(conn, "SELECT count(*) FROM r WHERE filled = 1") == ROWS
+    else:
+        exactly_once(conn)
+    assert len(claimers(conn, "two")) == 2  # both workers claimed chunks
+    b = conn.execute(
+        "SELECT rows_done, workers, chunks, progress FROM onlineschema.backfills"
+    ).fetchone()
+    assert b is not None and (b[0], b[1], b[3]) == (ROWS, 2, 1.0)
+    # 16 chunks; the ctid strategy cuts the table's 14 blocks into 14
+    assert b[2] == (16 if strategy != "ctid" else 14)
+    assert one(conn, "SELECT bool_and(done) FROM onlineschema.chunks") is True
+
+
+def test_claims_are_exclusive_and_die_with_the_session(dsn: str, conn: Conn) -> None:
+    """Two claimers never hold the same chunk; a chunk whose holder's session ends (a
+    dead worker) is claimable again at once; a released chunk too."""
+    make_range(conn)
+    with Executor(dsn, settings(chunks=4)) as ex:
+        ex.apply([Backfill("r", {"n": "n + 1"})], "claims")  # leaves 4 done chunks
+        conn.execute("UPDATE onlineschema.chunks SET done = false")
+        store = StateStore(ex.conn)
+        step = one(conn, "SELECT step_id FROM onlineschema.chunks LIMIT 1")
+        with (
+            psycopg.connect(dsn, autocommit=True) as a,
+            psycopg.connect(dsn, autocommit=True) as b,
+        ):
+            ca, cb = Claims(a, store, "claims", step), Claims(b, store, "claims", step)
+            got_a = [ca.claim(), ca.claim()]
+            got_b = [cb.claim(), cb.claim(), cb.claim()]
+            assert [c.chunk for c in got_a if c] == [0, 1]
+            assert [c.chunk for c in got_b if c] == [2, 3]
+            assert got_b[2] is None
+            cb.release(3)
+            assert (cb.claim() or pytest.fail("released chunk not claimable")).chunk == 3
+            conn.execute("SELECT pg_terminate_backend(%s)", (a.info.backend_pid,))
+            wait_until(
+                lambda: one(
+                    conn,
+                    "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s",
+                    (a.info.backend_pid,),
+                ),
+                timeout=10,
+                what="the terminated session to end",
+            )
+            again = [cb.claim(), cb.claim(), cb.claim()]
+            assert sorted(c.chunk for c in again if c) == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dead_workers_chunk_is_finished_by_another(dsn: str, conn: Conn, workers: int) -> None:
+    """A session holding a chunk's claim (as a worker that is stuck, then dies) keeps
+    that chunk from the others; the backfill does everything else, waits, and finishes
+    the chunk as soon as that session is gone (with one worker, and with two, whose
+    threads end while one worker of the process waits)."""
+    make_range(conn)
+    step_id = "backfill.public.r.n"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with Executor(dsn, settings(batch_initial=50, batch_max=50, chunks=4)) as ex:
+                ex.apply([Backfill("r", {"n": "n + 1"})], "dead", workers=workers)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        # hold chunk 2's claim before anybody: the advisory lock Claims takes
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext(%s), 2)",
+            (f"onlineschema-chunk:onlineschema:dead:{step_id}",),
+        )
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        wait_until(
+            lambda: (
+                one(
+                    conn,
+                    "SELECT count(*) FILTER (WHERE done) = 3 FROM onlineschema.chunks"
+                    " WHERE migration = 'dead'",
+                )
+                if migration_state(conn, "dead")
+                else False
+            ),
+            timeout=30,
+            what="the other three chunks to be done",
+        )
+        time.sleep(0.5)
+        assert one(conn, "SELECT count(*) FROM r WHERE n = 0") > 0  # chunk 2 waits
+        assert migration_state(conn, "dead") == "running"
+    # the stuck worker's session ended: its chunk is taken over
+    t.join(30)
+    assert not t.is_alive() and not errors, errors
+    exactly_once(conn)
+    assert one(conn, "SELECT step_id FROM onlineschema.chunks LIMIT 1") == step_id
+
+
+# --- another process joins ----------------------------------------------------------------------
+
+
+def _child(dsn: str, name: str, workers: int | None, backfill: dict[str, Any]) -> None:
+    """Body of a forked worker process: run (or resume, or join) the backfill."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    code = 0
+    try:
+        with Executor(dsn, settings(**backfill)) as ex:
+            ex.backfill("r", {"n": "n + 1"}, name=name, workers=workers)
+    except OnlineSchemaError as exc:
+        code = exc.exit_code
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+def fork(dsn: str, name: str, workers: int | None, **backfill: Any) -> Any:
+    p = FORK.Process(target=_child, args=(dsn, name, workers, backfill), daemon=True)
+    p.start()
+    return p
+
+
+SLOW = dict(batch_initial=20, batch_max=20, sleep=0.02)
+
+
+def test_second_process_joins_with_workers(dsn: str, conn: Conn) -> None:
+    make_range(conn)
+    primary = fork(dsn, "joined", 1, **SLOW)
+    try:
+        wait_until(lambda: rows_done(conn, "joined") > 0, timeout=30, what="the backfill")
+        with Executor(dsn, settings(**SLOW)) as ex:
+            with pytest.raises(AlreadyRunning):  # without workers: refused
+                ex.resume("joined")
+            with capture_logs() as logs:
+                result = ex.resume("joined", workers=2)  # returns when nothing is left
+            assert result.steps_run == 0
+        assert [e for e in logs if e["event"] == "backfill_joined"]
+        primary.join(60)
+        assert primary.exitcode == 0
+    finally:
+        if primary.is_alive():
+            primary.kill()
+    exactly_once(conn)
+    assert migration_state(conn, "joined") == "completed"
+    assert len(claimers(conn, "joined")) >= 2
+
+
+def test_joining_is_refused_outside_a_backfill(dsn: str, conn: Conn) -> None:
+    """With workers, joining needs the running step to be a chunked backfill: another
+    step (here an index build) is refused as running, exit code 2."""
+    make_range(conn)
+    changes = [AddIndex("r", ["n"], name="r_n")]
+    with Executor(dsn, settings()) as ex:
+        ex.store.ensure()
+        plan = ex.plan(changes)
+        ex.store.create(
+            "indexing",
+            changes=[c.to_dict() for c in changes],
+            changes_hash="-",
+            plan=plan.to_dict(),
+            plan_hash=plan.hash,
+            server_version=plan.server_version,
+            step_ids=[(s.id, s.phase) for s in plan.steps],
+        )
+        ex.store.step_started("indexing", plan.steps[0].id)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            assert StateStore(other).try_lock("indexing")  # "another process runs it"
+            with pytest.raises(AlreadyRunning, match="not in a backfill") as caught:
+                ex.resume("indexing", workers=2)
+            assert caught.value.exit_code == 2
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onlineschema", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_workers(dsn: str, conn: Conn) -> None:
+    """`onlineschema backfill --workers 2` runs two workers; `onlineschema resume NAME
+    --workers N` joins a running backfill and exits 0 when no chunk is left; without
+    --workers it is refused with exit 2."""
+    make_range(conn, 10_000)
+    done = cli("backfill", "--dsn", dsn, "--table", "r", "--set", "n = n + 1", "--name",
+               "cli2", "--workers", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    exactly_once(conn, rows=10_000)
+    assert len(claimers(conn, "cli2")) == 2
+    primary = fork(dsn, "clijoin", 1, batch_initial=20, batch_max=20, sleep=0.05)
+    try:
+        wait_until(lambda: rows_done(conn, "clijoin") > 0, timeout=30, what="the backfill")
+        refused = cli("resume", "--dsn", dsn, "clijoin")
+        assert refused.returncode == 2, refused.stderr
+        assert "another process" in refused.stderr
+        joined = cli("resume", "--dsn", dsn, "clijoin", "--workers", "1")
+        assert joined.returncode == 0, joined.stderr
+        assert "joined its backfill" in joined.stdout
+        primary.join(60)
+        assert primary.exitcode == 0
+    finally:
+        if primary.is_alive():
+            primary.kill()
+    assert conn.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(2, 10_000)]
+    assert len(claimers(conn, "clijoin")) == 2
+
+
+# --- the fault test ---------------------------------------------------------------------------------
+
+FAULT_ROWS = 30_000
+
+
+@pytest.mark.slow
+def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
+    """Two worker processes (each joins whichever is running the migration) on a
+    non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random, is killed
+    with SIGKILL at a random moment while rows are being updated, and a new one takes its
+    place (resuming, or joining). At the end every row was updated exactly once and the
+    chunks' counters agree."""
+    make_range(conn, FAULT_ROWS)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    name = "fault"
+    backfill = dict(batch_initial=20, batch_max=20, sleep=0.01, chunks=8)
+    procs: list[Any] = []
+    kills = 0
+    t0 = time.monotonic()
+    try:
+        while kills < 20:
+            procs = [p for p in procs if p.is_alive()]
+            while len(procs) < 2:
+                procs.append(fork(dsn, name, 1, **backfill))
+            before = rows_done(conn, name)
+            wait_until(
+                lambda b=before: rows_done(conn, name) > b,  # type: ignore[misc]
+                timeout=30,
+                what=f"progress before kill {kills + 1} (seed {seed})",
+            )
+            time.sleep(rng.uniform(0.0, 0.2))
+            victim = rng.choice([p for p in procs if p.is_alive()] or procs)
+            victim.kill()
+            victim.join(10)
+            procs.remove(victim)
+            kills += 1
+            assert migration_state(conn, name) != "completed", (
+                f"the backfill finished after {kills} kills: make it longer (seed {seed})"
+            )
+        for p in procs:
+            p.join(120)
+            assert p.exitcode in (0, 2), p.exitcode  # done, or refused while starting
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    print(f"20 kills in {time.monotonic() - t0:.1f}s (seed {seed})")
+    with Executor(dsn, settings()) as ex:
+        if migration_state(conn, name) != "completed":
+            ex.resume(name)
+        assert ex.status(name)[0]["state"] == "completed"
+    exactly_once(conn, rows=FAULT_ROWS)
+    assert rows_done(conn, name) == FAULT_ROWS
+    claims = one(conn, "SELECT sum(claims) FROM onlineschema.chunks WHERE migration = %s", (name,))
+    assert claims > 8  # chunks were taken over after their workers died
