@@ -822,20 +822,8 @@ def _finalize(p: _Planner) -> None:
     for r in rebuilt:
         if r.kind != "index":
             continue
-        s = r.table.schema
-        p.add(
-            Step(
-                id=f"drop_index.{s}.{r.old_temp}",
-                phase="contract",
-                action="drop_index",
-                description=f"drop the old index {r.old_temp} (was {r.name}) concurrently",
-                statements=(ddl.drop_index(s, r.old_temp),),
-                transactional=False,
-                lock="ShareUpdateExclusiveLock",
-                tables=(r.table.qual,),
-                statement_timeout=0,
-                postcondition=ddl.q_relation_absent(s, r.old_temp),
-            )
+        p.drop_index_step(
+            r.table, r.old_temp, f"drop the old index {r.old_temp} (was {r.name}) concurrently"
         )
     for t in tables:
         olds = [_old_name(cp) for cp in _copies(st, t)]
@@ -1248,22 +1236,8 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
                 t.indexes.pop(idx.name, None)
                 depends.append(f"constraint {idx.constraint}")
                 continue
-        t.indexes.pop(idx.name, None)
-        p.relations.discard((s, idx.name))
-        p.add(
-            Step(
-                id=f"drop_index.{s}.{idx.name}",
-                phase="contract",
-                action="drop_index",
-                description=f"drop index {s}.{idx.name} concurrently (uses {c.column})",
-                statements=(ddl.drop_index(s, idx.name),),
-                transactional=False,
-                lock="ShareUpdateExclusiveLock",
-                tables=(t.qual,),
-                statement_timeout=0,
-                postcondition=ddl.q_relation_absent(s, idx.name),
-                breaking=True,
-            )
+        p.drop_index_step(
+            t, idx.name, f"drop index {s}.{idx.name} concurrently (uses {c.column})", breaking=True
         )
         depends.append(f"index {idx.name}")
     along = [f"check {k.name}" for k in _checks_using(t.info, {c.column})]
@@ -1354,21 +1328,12 @@ def drop_table(p: _Planner, c: DropTable) -> None:
     for idx in sorted(info.indexes.values(), key=lambda i: i.name):
         if idx.constraint:
             continue  # goes with its constraint, with the table
-        p.add(
-            Step(
-                id=f"drop_index.{s}.{idx.name}",
-                phase="contract",
-                action="drop_index",
-                description=f"drop index {s}.{idx.name} concurrently (so that the DROP TABLE"
-                " holds its lock for less)",
-                statements=(ddl.drop_index(s, idx.name),),
-                transactional=False,
-                lock="ShareUpdateExclusiveLock",
-                tables=(t.qual,),
-                statement_timeout=0,
-                postcondition=ddl.q_relation_absent(s, idx.name),
-                breaking=True,
-            )
+        p.drop_index_step(
+            t,
+            idx.name,
+            f"drop index {s}.{idx.name} concurrently (so that the DROP TABLE holds its lock"
+            " for less)",
+            breaking=True,
         )
         depends.append(f"index {idx.name}")
     along = sorted(

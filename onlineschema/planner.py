@@ -933,20 +933,28 @@ class _Planner:
                 f"drop the constraint instead (DropConstraint({t.name!r}, {backing!r}))",
             )
             return
-        t.indexes.pop(c.name, None)
-        self.relations.discard((schema, c.name))
+        self.drop_index_step(t, c.name, f"drop index {schema}.{c.name} concurrently")
+
+    def drop_index_step(
+        self, t: _Table, index: str, description: str, *, breaking: bool = False
+    ) -> None:
+        """``DROP INDEX CONCURRENTLY`` in the contract phase (indexes live in their
+        table's schema)."""
+        t.indexes.pop(index, None)
+        self.relations.discard((t.schema, index))
         self.add(
             Step(
-                id=f"drop_index.{schema}.{c.name}",
+                id=f"drop_index.{t.schema}.{index}",
                 phase="contract",
                 action="drop_index",
-                description=f"drop index {schema}.{c.name} concurrently",
-                statements=(ddl.drop_index(schema, c.name),),
+                description=description,
+                statements=(ddl.drop_index(t.schema, index),),
                 transactional=False,
                 lock="ShareUpdateExclusiveLock",
                 tables=(t.qual,),
                 statement_timeout=0,
-                postcondition=ddl.q_relation_absent(schema, c.name),
+                postcondition=ddl.q_relation_absent(t.schema, index),
+                breaking=breaking,
             )
         )
 

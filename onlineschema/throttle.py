@@ -30,6 +30,7 @@ was fine without it) or waits until the signal can be read again (``pause``).
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,7 +97,7 @@ def _resume_limit(pause: float, resume: float) -> float:
     return min(resume, pause)
 
 
-class Signal:
+class Signal(abc.ABC):
     """One signal: ``read`` it, then ``over`` says why to pause (or None), ``clear`` says
     whether it is back under the resume threshold."""
 
@@ -105,16 +106,16 @@ class Signal:
     def enabled(self, s: Limits) -> bool:
         return True
 
-    def read(self, ctx: Context, s: Limits) -> Reading:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, ctx: Context, s: Limits) -> Reading: ...
 
-    def over(self, r: Reading, s: Limits) -> str | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def over(self, r: Reading, s: Limits) -> str | None: ...
 
-    def clear(self, r: Reading, s: Limits) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def clear(self, r: Reading, s: Limits) -> bool: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most signals hold nothing
         """Release what the signal holds (e.g. a connection to a replica)."""
 
 
