@@ -726,15 +726,18 @@ class _Planner:
             )
             return
         col.notnull = False
+        # A drop is contract-only: `apply` stops before it (awaiting_contract) and
+        # `onlineschema contract` runs it once the application is ready for NULLs.
         self.brief(
             f"drop_not_null.{t.qual}.{c.column}",
-            "expand",
+            "contract",
             "drop_not_null",
-            f"drop NOT NULL on {t.qual}.{c.column}",
+            f"drop NOT NULL on {t.qual}.{c.column} (new rows may then leave it NULL)",
             [ddl.drop_not_null(t.schema, t.name, c.column)],
             [t.qual],
             post=ddl.q_column_notnull(t.schema, t.name, c.column, False),
             undo=[] if t.new else self.restore_not_null(t, c.column),
+            breaking=not t.new,
         )
 
     def restore_not_null(self, t: _Table, column: str) -> list[Action]:
@@ -885,7 +888,8 @@ class _Planner:
         if self.catalog.index_methods and c.using not in self.catalog.index_methods:
             self.refuse(
                 f"index method {c.using!r} does not exist on this server",
-                "use one of " + ", ".join(sorted(self.catalog.index_methods))
+                "use one of "
+                + ", ".join(sorted(self.catalog.index_methods))
                 + " (or create the extension that provides it first)",
             )
             return
@@ -1005,7 +1009,9 @@ class _Planner:
         if not (t.new or ref.new or new_cols):
             self.probes.append(
                 Probe(
-                    ddl.q_compile_fk_join(t.schema, t.name, c.columns, ref.schema, ref.name, ref_cols),
+                    ddl.q_compile_fk_join(
+                        t.schema, t.name, c.columns, ref.schema, ref.name, ref_cols
+                    ),
                     f"foreign key columns {t.qual} ({', '.join(c.columns)}) cannot be compared"
                     f" with {ref.qual} ({', '.join(ref_cols)})",
                     "give the referencing columns the referenced columns' types",
@@ -1219,14 +1225,32 @@ class _Planner:
         tables = [t.qual]
         if con.ref and con.ref != (t.schema, t.name):
             tables.append(f"{con.ref[0]}.{con.ref[1]}")
+        # what goes with it, said in the plan before it runs
+        kind = {
+            "c": "check",
+            "f": "foreign key",
+            "u": "unique constraint",
+            "p": "primary key",
+            "n": "NOT NULL constraint",
+            "x": "exclusion constraint",
+        }
+        what = kind.get(con.type, "constraint")
+        if con.type == "f" and con.ref:
+            what += f" to {con.ref[0]}.{con.ref[1]}"
+        if con.index:
+            what += f"; its index {con.index} is dropped with it"
+        if con.type == "p":
+            what += "; the table is left without a primary key (batched backfills need one)"
+        # contract-only: `apply` stops before it, `onlineschema contract` runs it
         self.brief(
             f"drop_constraint.{t.qual}.{c.name}",
             "contract",
             "drop_constraint",
-            f"drop constraint {c.name} on {t.qual}",
+            f"drop constraint {c.name} on {t.qual} ({what})",
             [ddl.drop_constraint(t.schema, t.name, c.name)],
             tables,
             post=ddl.q_constraint_absent(t.schema, t.name, c.name),
+            breaking=not t.new,
         )
 
     def backfill(self, c: Backfill) -> None:

@@ -496,21 +496,69 @@ def test_set_not_null_on_a_column_with_nulls_fails_at_validate_and_aborts_clean(
     assert vacuumed_snapshots(orders, ["orders"]) == before
 
 
-def test_drop_not_null(dsn: str, orders: Conn) -> None:
+def contract_lifecycle(
+    dsn: str, conn: Conn, changes: Sequence[Change], *, before_contract: Check, after: Check
+) -> None:
+    """A contract-only change: apply stops before it (awaiting_contract) -> abort leaves
+    the table as it was -> apply under a new name -> contract -> final check; abort after
+    the contract is refused."""
+    before = vacuumed_snapshots(conn, ["orders"])
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "first").state == "awaiting_contract"
+    assert migration_state(conn, "first") == "awaiting_contract"
+    before_contract(conn)
+    with Executor(dsn) as ex:
+        assert ex.abort("first").state == "aborted"
+    assert vacuumed_snapshots(conn, ["orders"]) == before
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "second").state == "awaiting_contract"
+        assert ex.contract("second").state == "completed"
+    assert migration_state(conn, "second") == "completed"
+    after(conn)
+    with Executor(dsn) as ex, pytest.raises(Refused) as refused:
+        ex.abort("second")
+    assert "already completed" in str(refused.value)
+
+
+def test_drop_not_null_is_contract_only(dsn: str, orders: Conn) -> None:
+    with Executor(dsn) as ex:
+        (step,) = ex.plan([DropNotNull("orders", "n")]).steps
+    assert (step.phase, step.breaking) == ("contract", True)
+
     def dropped(conn: Conn) -> None:
         column_must_exist(conn, "orders", "n", nullable=True)
         must_insert(conn, "INSERT INTO orders (user_id, n) VALUES (1, NULL)")
 
-    lifecycle(
+    contract_lifecycle(
         dsn,
         orders,
         [DropNotNull("orders", "n")],
-        after_expand=dropped,
-        after_abort=lambda c: column_must_exist(c, "orders", "n", nullable=False),
-        after_finish=dropped,
-        # PostgreSQL 18 keeps NOT NULL as a constraint row: put back, it has a new oid
-        mask_oids=True,
+        before_contract=lambda c: column_must_exist(c, "orders", "n", nullable=False),
+        after=dropped,
     )
+
+
+def test_abort_after_drop_not_null_puts_it_back(dsn: str, orders: Conn) -> None:
+    """Paused after the DROP NOT NULL ran (the contract phase): abort restores it through
+    a validated constraint, with no scan under ACCESS EXCLUSIVE."""
+    before = vacuumed_snapshots(orders, ["orders"], mask_oids=True)
+    changes = [DropNotNull("orders", "n"), AddIndex("orders", columns=("amount",))]
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "nn").state == "awaiting_contract"
+    run_until_paused_in_contract(dsn, "nn", lambda step: step.action == "drop_not_null")
+    column_must_exist(orders, "orders", "n", nullable=True)
+    with Executor(dsn) as ex:
+        assert ex.abort("nn").state == "aborted"
+    column_must_exist(orders, "orders", "n", nullable=False)
+    # PostgreSQL 18 keeps NOT NULL as a constraint row: put back, it has a new oid
+    assert vacuumed_snapshots(orders, ["orders"], mask_oids=True) == before
+
+
+def run_until_paused_in_contract(dsn: str, name: str, stop: Callable[[Step], bool]) -> None:
+    observer = PauseAt(dsn, name, stop, False)
+    with Executor(dsn, observer=observer) as ex, pytest.raises(Paused):
+        ex.contract(name)
+    assert observer.requested
 
 
 def _default_is(conn: Conn, column: str, default: str | None) -> None:
@@ -663,15 +711,32 @@ def test_drop_index(dsn: str, orders: Conn) -> None:
     )
 
 
-def test_drop_constraint(dsn: str, orders: Conn) -> None:
+def test_drop_constraint_is_contract_only(dsn: str, orders: Conn) -> None:
     orders.execute("ALTER TABLE orders ADD CONSTRAINT orders_amount_small CHECK (amount < 1000)")
-    _drop_lifecycle(
+    with Executor(dsn) as ex:
+        (step,) = ex.plan([DropConstraint("orders", "orders_amount_small")]).steps
+    assert (step.phase, step.breaking) == ("contract", True)
+    assert "(check)" in step.description
+
+    def gone(conn: Conn) -> None:
+        constraint_must_not_exist(conn, "orders", "orders_amount_small")
+        must_insert(conn, "INSERT INTO orders (user_id, amount) VALUES (1, 5000)")
+
+    contract_lifecycle(
         dsn,
         orders,
-        DropConstraint("orders", "orders_amount_small"),
-        lambda c: constraint_must_not_exist(c, "orders", "orders_amount_small"),
+        [DropConstraint("orders", "orders_amount_small")],
+        before_contract=lambda c: constraint_must_exist(c, "orders", "orders_amount_small"),
+        after=gone,
     )
-    must_insert(orders, "INSERT INTO orders (user_id, amount) VALUES (1, 5000)")
+
+
+def test_drop_primary_key_says_what_goes_with_it(dsn: str, orders: Conn) -> None:
+    with Executor(dsn) as ex:
+        plan = ex.plan([DropConstraint("orders", "orders_pkey")])
+    (step,) = plan.steps
+    assert "its index orders_pkey is dropped with it" in step.description
+    assert "without a primary key" in step.description
 
 
 # --- constraints -------------------------------------------------------------------------
