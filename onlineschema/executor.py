@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from . import ddl
 from .backfill import BackfillRunner, BackfillSettings, NotJoinable
+from .backfill import Observer as BackfillObserver
 from .catalog import read_catalog
 from .changes import Backfill, Change, change_from_dict, changes_to_json
 from .connection import ConnectLike, connection
@@ -74,20 +75,11 @@ class Settings:
     state_schema: str = "onlineschema"
 
 
-class Observer(Protocol):
+class Observer(BackfillObserver, Protocol):
     """What the CLI's progress display hooks into (every method optional in practice)."""
 
     def step_started(self, step: Step, index: int, total: int) -> None: ...
     def step_finished(self, step: Step, index: int, total: int, skipped: bool) -> None: ...
-    def backfill_progress(
-        self,
-        step_id: str,
-        rows_done: int,
-        rows_total: int | None,
-        rate: float,
-        eta: float | None,
-        throttle: str | None,
-    ) -> None: ...
 
 
 @dataclass
