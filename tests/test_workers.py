@@ -4,8 +4,10 @@ twice; a second process joins a running backfill with ``resume(name, workers=N)`
 fault test: worker processes killed with SIGKILL at 20 random moments of a non-idempotent
 backfill, every row updated exactly once in the end.
 
-Worker processes are forked from the test process (``multiprocessing`` "fork"), so that
-starting one costs milliseconds instead of a Python start-up, and killed with SIGKILL.
+Worker processes come from a ``multiprocessing`` "forkserver" (a clean single-threaded
+process that forks each worker, so starting one costs milliseconds instead of a Python
+start-up) and are killed with SIGKILL. Not plain "fork": threads left by earlier tests
+(writers, workloads) may hold a lock at the moment of the fork and hang the child.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from onlineschema.workers import Claims, split_blocks, split_keys, split_range
 
 Conn = psycopg.Connection[Any]
 ROWS = 3000
-FORK = multiprocessing.get_context("fork")
+FORK = multiprocessing.get_context("forkserver")
 
 
 def settings(**backfill: Any) -> Settings:
