@@ -22,6 +22,7 @@ from onlineschema.workload import OrdersTable, Sample, Workload, check_loopback,
 
 
 @pytest.mark.slow
+@pytest.mark.server_independent  # the demo always runs its own embedded PostgreSQL 18
 def test_demo_side_by_side_with_a_blocker(tmp_path: Path) -> None:
     plot = tmp_path / "latency.png"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONLINESCHEMA_")}

@@ -7,7 +7,12 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from onlineschema.sqlinput import SUPPORTED_TEXT
+
+# parses, type-checks or renders text only: run once (PostgreSQL 18), see .ci/run
+pytestmark = pytest.mark.server_independent
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -41,6 +41,9 @@ from onlineschema.expressions import (
 )
 from onlineschema.sqlinput import SUPPORTED_TEXT, parse_sql
 
+# parses, type-checks or renders text only: run once (PostgreSQL 18), see .ci/run
+pytestmark = pytest.mark.server_independent
+
 
 def one(text: str, **kwargs: bool) -> Change:
     changes = parse_sql(text, **kwargs)

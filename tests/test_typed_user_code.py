@@ -13,6 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# parses, type-checks or renders text only: run once (PostgreSQL 18), see .ci/run
+pytestmark = pytest.mark.server_independent
+
 TESTS = Path(__file__).resolve().parent
 
 DYNAMIC = """\
