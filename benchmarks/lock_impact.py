@@ -83,7 +83,7 @@ CREATE TABLE orders (
     note text
 );
 INSERT INTO orders (user_id, amount, created_at, updated_at, note)
-SELECT 1 + (g * 7919) %% %(users)s, (g %% 50000) / 100.0,
+SELECT 1 + (g::bigint * 7919) %% %(users)s, (g %% 50000) / 100.0,
        now() - (g %% 20000) * interval '37 minutes', now(),
        CASE WHEN g %% 4 = 0 THEN 'gift wrap, leave at the door' END
 FROM generate_series(1, %(rows)s) AS g;
