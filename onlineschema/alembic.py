@@ -84,7 +84,7 @@ from .changes import (
 from .errors import OnlineSchemaError, Refused, UnknownMigration
 from .executor import Executor, Result, Settings, changes_hash
 from .expressions import column_refs
-from .plan import Plan, Step, render_sql_script
+from .plan import Plan, Step, render_sql_script, with_backfill_command
 from .planner import PlanResult, build_plan, catalog_request
 from .sqlinput import parse_sql
 from .state import StateStore
@@ -799,7 +799,6 @@ def render_offline(
     """The SQL script for ``alembic upgrade --sql``: ``changes`` planned against
     :func:`assumed_catalog`, the steps of ``phase`` rendered with their timeouts and
     transaction boundaries; backfills become marked ``onlineschema apply`` commands."""
-    from .cli import with_backfill_command  # the CLI's own rendering of the command
 
     settings = settings or Settings()
     major = server_version // 10000
@@ -846,7 +845,7 @@ def render_offline(
     for s in steps:
         if s.action == "backfill":
             commands += 1
-            s = with_backfill_command(s)
+            s = with_backfill_command(s)  # its command, for the marked line
             s = dataclasses.replace(
                 s,
                 description=(

@@ -20,7 +20,6 @@ import importlib
 import json
 import os
 import re
-import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -31,14 +30,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 import psycopg
 import structlog
-from psycopg import sql
 
 from .backfill import BackfillSettings
 from .changes import Backfill, Change
 from .errors import ConnectionFailed, OnlineSchemaError, Refused
 from .executor import Executor, Result, Settings, changes_hash, parse_duration
 from .locks import RetryPolicy
-from .plan import Plan, Step, render_sql_script
+from .plan import Plan, render_sql_script
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -370,7 +368,7 @@ def plan(
     elif fmt == "sql":
         click.echo(
             render_sql_script(
-                [with_backfill_command(s) for s in the_plan.steps],
+                the_plan.steps,
                 lock_timeout=_ms(settings.lock_timeout),
                 statement_timeout=_ms(settings.statement_timeout),
             )
@@ -664,38 +662,6 @@ def backfill(
     change = backfill_change(table, sets, where)
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
         return _apply(ex, [change], name, yes=True, workers=workers)
-
-
-def with_backfill_command(step: Step) -> Step:
-    """Give a backfill step the ``onlineschema backfill`` command line that does its work
-    on its own, for the SQL script rendering."""
-    d = step.details
-    if step.action != "backfill" or "command" in d or "table" not in d:
-        return step
-    table = f"{_ident(d['schema'])}.{_ident(d['table'])}"
-    parts = ["onlineschema", "backfill", "--table", table]
-    for column, expr in d.get("set", ()):
-        parts += ["--set", f"{_ident(column)} = {expr}"]
-    conds = []
-    if d.get("only_null"):
-        conds.append(f"{_ident(d['only_null'])} IS NULL")
-    if d.get("where"):
-        conds.append(f"({d['where']})" if d.get("only_null") else d["where"])
-    if conds:
-        parts += ["--where", " AND ".join(conds)]
-    command = " ".join(shlex.quote(p) for p in parts)
-    return replace(step, details={**d, "command": command})
-
-
-def _ident(name: str) -> str:
-    """An identifier as a person would write it: bare when that reads back the same."""
-    from pglast import keywords
-
-    if re.fullmatch(r"[a-z_][a-z0-9_]*", name) and name not in (
-        keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
-    ):
-        return name
-    return sql.Identifier(name).as_string(None)
 
 
 def backfill_change(table: str, sets: Sequence[str], where: str | None) -> Backfill:

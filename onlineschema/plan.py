@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pglast import keywords
+from psycopg import sql
 
 PHASES = ("expand", "backfill", "validate", "contract")
 Phase = Literal["expand", "backfill", "validate", "contract"]
@@ -285,6 +290,7 @@ def render_sql_script(
         for sup in s.details.get("squawk_ignore", ()):
             out.append(f"-- (squawk {sup['rule']} ignored: {sup['why']})")
         if s.action == "backfill":
+            s = with_backfill_command(s)
             out.append("-- This step updates existing rows in batches; run it with:")
             out.append(f"--   {s.details.get('command', backfill_command)}")
             out.append("")
@@ -309,6 +315,36 @@ def render_sql_script(
             out.append("RESET statement_timeout;")
         out.append("")
     return "\n".join(out)
+
+
+def with_backfill_command(step: Step) -> Step:
+    """Give a backfill step the ``onlineschema backfill`` command line that does its work
+    on its own, for the SQL script rendering."""
+    d = step.details
+    if step.action != "backfill" or "command" in d or "table" not in d:
+        return step
+    table = f"{_ident(d['schema'])}.{_ident(d['table'])}"
+    parts = ["onlineschema", "backfill", "--table", table]
+    for column, expr in d.get("set", ()):
+        parts += ["--set", f"{_ident(column)} = {expr}"]
+    conds = []
+    if d.get("only_null"):
+        conds.append(f"{_ident(d['only_null'])} IS NULL")
+    if d.get("where"):
+        conds.append(f"({d['where']})" if d.get("only_null") else d["where"])
+    if conds:
+        parts += ["--where", " AND ".join(conds)]
+    command = " ".join(shlex.quote(p) for p in parts)
+    return dataclasses.replace(step, details={**d, "command": command})
+
+
+def _ident(name: str) -> str:
+    """An identifier as a person would write it: bare when that reads back the same."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name) and name not in (
+        keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
+    ):
+        return name
+    return sql.Identifier(name).as_string(None)
 
 
 def _terminated(stmts: Sequence[str], before: Sequence[str] = ()) -> list[str]:
