@@ -287,7 +287,7 @@ def pgbench_argv(
 
 
 def run_workload(server: Any, dsn: str, rows: int, args: argparse.Namespace) -> dict[str, Any]:
-    from onlineschema.testing.postgres import find_bindir
+    from onlineschema.embedded.server import find_bindir
 
     bindir = find_bindir(args.pg)
     params = {"host": "127.0.0.1", "port": str(server.port), "user": "postgres"}
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return run_child(json.loads(args.child))
 
-    from onlineschema.testing.postgres import LocalServer
+    from onlineschema.embedded.server import LocalServer
 
     sizes = [int(x) for x in args.rows.split(",") if x.strip()]
     command = "python benchmarks/backfill.py " + " ".join(

@@ -50,10 +50,10 @@ from typing import Any
 import psycopg
 
 from onlineschema import Executor, Settings
+from onlineschema.cli.logs import configure
+from onlineschema.embedded.server import LocalServer, find_bindir
 from onlineschema.errors import OnlineSchemaError
-from onlineschema.logs import configure
 from onlineschema.sqlinput import parse_sql
-from onlineschema.testing.postgres import LocalServer, find_bindir
 
 MIGRATION_SQL = """\
 ALTER TABLE orders ADD COLUMN created_day date;

@@ -46,8 +46,8 @@ from onlineschema import (
     SetDefault,
 )
 from onlineschema.catalog import read_catalog
+from onlineschema.embedded.server import LocalServer
 from onlineschema.planner import build_plan, catalog_request
-from onlineschema.testing.postgres import LocalServer
 
 
 def table_changes(t: str) -> list[Change]:

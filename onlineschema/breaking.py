@@ -39,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ddl
 from .catalog import ColumnInfo, ConstraintInfo, IndexInfo, TableInfo
 from .changes import (
     AlterColumnType,
@@ -64,6 +63,7 @@ from .planner import (
     _Table,
     helper_name,
 )
+from .sql import ddl
 
 VARCHAR, TEXT, NUMERIC, VARBIT = 1043, 25, 1700, 1562
 TIMESTAMP, TIMESTAMPTZ = 1114, 1184

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import ddl
+from .sql import ddl
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from pg_server import server_from_env, version_matches
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from onlineschema.testing.postgres import LocalServer, server_from_env, version_matches
+from onlineschema.embedded.server import LocalServer
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from onlineschema.workload import OrdersTable, Sample, Workload, check_loopback, summarize
+from onlineschema.demo.workload import OrdersTable, Sample, Workload, check_loopback, summarize
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from scenario_tools import wait_until
 from structlog.testing import capture_logs
 
 from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Settings
-from onlineschema.testing.postgres import LocalServer, start_standby
+from onlineschema.embedded.server import LocalServer, start_standby
 
 Conn = psycopg.Connection[Any]
 ROWS = 20_000

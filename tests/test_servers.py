@@ -9,14 +9,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pg_server import version_matches
 from psycopg.conninfo import conninfo_to_dict
 
-from onlineschema.testing.postgres import (
+from onlineschema.embedded.server import (
     LocalServer,
     ServerUnavailable,
     find_bindir,
     start_standby,
-    version_matches,
 )
 
 _USER_RELATIONS = """

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import operator
 import os
 import pwd
 import re
@@ -33,7 +32,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,9 +49,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "find_bindir",
-    "server_from_env",
     "start_standby",
-    "version_matches",
 ]
 
 #: Name of the database superuser created by ``initdb``.
@@ -74,7 +71,7 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 }
 
 _HBA_CONF = """\
-# Written by onlineschema.testing.postgres: a throwaway server, trust everyone local.
+# Written by onlineschema.embedded.server: a throwaway server, trust everyone local.
 local   all             all                             trust
 host    all             all             127.0.0.1/32    trust
 local   replication     all                             trust
@@ -485,7 +482,7 @@ class LocalServer:
             )  # fmt: skip
             self._write_file(self.datadir / "pg_hba.conf", _HBA_CONF)
             with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as f:
-                f.write(f"\n# Added by onlineschema.testing.postgres\ninclude '{_CONF_FILE}'\n")
+                f.write(f"\n# Added by onlineschema.embedded.server\ninclude '{_CONF_FILE}'\n")
             self._launch()
         except BaseException:
             self._cleanup()
@@ -647,7 +644,7 @@ class LocalServer:
             "port": str(port),
             "unix_socket_directories": str(self.basedir),
         }
-        lines = ["# Written by onlineschema.testing.postgres; rewritten at each start."]
+        lines = ["# Written by onlineschema.embedded.server; rewritten at each start."]
         lines += [f"{key} = {_conf_value(value)}" for key, value in settings.items()]
         self._write_file(self.datadir / _CONF_FILE, "\n".join(lines) + "\n")
 
@@ -744,46 +741,3 @@ def start_standby(
         standby._cleanup()
         raise
     return standby
-
-
-_OPERATORS: dict[str, Callable[[int, int], bool]] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-    ">": operator.gt,
-    "<": operator.lt,
-}
-_CLAUSE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\d+)\s*$")
-
-
-def version_matches(spec: str, version: int) -> bool:
-    """Whether major ``version`` satisfies ``spec``: comma-separated clauses such as
-    ``">=16"``, ``"==18"`` or ``">=15,<18"``, all of which must hold (the syntax of the
-    test suite's ``@pytest.mark.pg(spec)``).  Raises ValueError for a malformed spec."""
-    results = []
-    for clause in spec.split(","):
-        match = _CLAUSE.match(clause)
-        if match is None:
-            raise ValueError(f"bad PostgreSQL version spec {spec!r} (e.g. '>=16', '==18')")
-        results.append(_OPERATORS[match.group(1)](version, int(match.group(2))))
-    return all(results)
-
-
-def server_from_env() -> tuple[str, LocalServer | None]:
-    """The database to test against: ``(dsn, None)`` if ``ONLINESCHEMA_TEST_DSN`` is set,
-    else a new LocalServer of major version ``ONLINESCHEMA_TEST_PG`` (default 18) and its
-    superuser DSN.  Raises ServerUnavailable if that version can't be had here: the caller
-    must stop the returned server."""
-    dsn = os.environ.get("ONLINESCHEMA_TEST_DSN")
-    if dsn:
-        return dsn, None
-    raw = os.environ.get("ONLINESCHEMA_TEST_PG", "18")
-    try:
-        version = int(raw)
-    except ValueError:
-        raise ServerUnavailable(
-            f"ONLINESCHEMA_TEST_PG={raw!r}: expected a major version such as 18"
-        ) from None
-    server = LocalServer(version).start()
-    return server.dsn(), server

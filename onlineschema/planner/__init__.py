@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ddl
-from .catalog import INTEGER_TYPES, Catalog, TableInfo
-from .changes import (
+from ..catalog import INTEGER_TYPES, Catalog, TableInfo
+from ..changes import (
     AddCheck,
     AddColumn,
     AddForeignKey,
@@ -40,8 +39,8 @@ from .changes import (
     SetNotNull,
     ValidateConstraint,
 )
-from .errors import PreflightError, Refused
-from .expressions import (
+from ..errors import PreflightError, Refused
+from ..expressions import (
     check_expression,
     check_index_element,
     check_type,
@@ -50,7 +49,8 @@ from .expressions import (
     has_subquery,
     index_element_expression,
 )
-from .plan import Action, Plan, Step
+from ..plan import Action, Plan, Step
+from ..sql import ddl
 
 MAX_IDENTIFIER_BYTES = 63
 SERIAL_TYPES = frozenset({"serial", "bigserial", "smallserial", "serial4", "serial8", "serial2"})
@@ -1483,6 +1483,6 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
 
 # Breaking changes (type changes, renames, drops) live in their own module, which uses
 # the planner's model: imported last to avoid an import cycle.
-from .breaking import install_handlers  # noqa: E402
+from ..breaking import install_handlers  # noqa: E402
 
 install_handlers(HANDLERS)

@@ -21,13 +21,12 @@ import structlog
 from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
-from . import ddl
-from .backfill import BackfillRunner, BackfillSettings, NotJoinable
-from .backfill import Observer as BackfillObserver
-from .catalog import read_catalog
-from .changes import Backfill, Change, change_from_dict, changes_to_json
-from .connection import ConnectLike, connection
-from .errors import (
+from ..backfill import BackfillRunner, BackfillSettings, NotJoinable
+from ..backfill import Observer as BackfillObserver
+from ..catalog import read_catalog
+from ..changes import Backfill, Change, change_from_dict, changes_to_json
+from ..connection import ConnectLike, connection
+from ..errors import (
     AlreadyRunning,
     LockBudgetExhausted,
     OnlineSchemaError,
@@ -36,10 +35,11 @@ from .errors import (
     Refused,
     StepFailed,
 )
-from .locks import RetryPolicy, guarded
-from .plan import Plan, Step
-from .planner import PlanResult, build_plan, catalog_request
-from .state import StateStore
+from ..locks import RetryPolicy, guarded
+from ..plan import Plan, Step
+from ..planner import PlanResult, build_plan, catalog_request
+from ..sql import ddl
+from ..state import StateStore
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
 

@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .plan import Step
+from ..plan import Step
 
 
 class RichProgress:

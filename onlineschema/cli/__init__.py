@@ -31,12 +31,12 @@ import click
 import psycopg
 import structlog
 
-from .backfill import BackfillSettings
-from .changes import Backfill, Change
-from .errors import ConnectionFailed, OnlineSchemaError, Refused
-from .executor import Executor, Result, Settings, changes_hash, parse_duration
-from .locks import RetryPolicy
-from .plan import Plan, render_sql_script
+from ..backfill import BackfillSettings
+from ..changes import Backfill, Change
+from ..errors import ConnectionFailed, OnlineSchemaError, Refused
+from ..executor import Executor, Result, Settings, changes_hash, parse_duration
+from ..locks import RetryPolicy
+from ..plan import Plan, render_sql_script
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -180,7 +180,7 @@ def workers_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def read_changes(sql_text: str | None, file: IO[str] | None, allow_raw: bool) -> list[Change]:
-    from .sqlinput import parse_sql
+    from ..sqlinput import parse_sql
 
     if (sql_text is None) == (file is None):
         raise click.UsageError("give the migration with exactly one of --sql TEXT or --file PATH")
@@ -669,7 +669,7 @@ def backfill_change(table: str, sets: Sequence[str], where: str | None) -> Backf
     so no text given here can smuggle in a second statement."""
     import pglast
 
-    from .sqlinput import parse_sql
+    from ..sqlinput import parse_sql
 
     # Parsed, never executed: the statement's parts are re-composed by ddl.py.
     text = f"UPDATE {table} SET {', '.join(sets)}" + (f" WHERE {where}" if where else "")  # noqa: S608

@@ -15,7 +15,7 @@ import pglast
 from pglast import ast
 from psycopg import sql
 
-from .expressions import deparse, walk
+from ..expressions import deparse, walk
 
 
 def render(q: sql.Composable) -> str:

@@ -35,11 +35,11 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from .errors import OnlineSchemaError
-from .executor import Executor, Settings
-from .plan import Step
-from .sqlinput import parse_sql
-from .testing.postgres import LocalServer, ServerError, ServerUnavailable
+from ..embedded.server import LocalServer, ServerError, ServerUnavailable
+from ..errors import OnlineSchemaError
+from ..executor import Executor, Settings
+from ..plan import Step
+from ..sqlinput import parse_sql
 from .workload import OrdersTable, Sample, Summary, Workload, summarize
 
 __all__ = ["MIGRATION_SQL", "RunResult", "run_demo"]
@@ -442,7 +442,7 @@ class _Display:
 
     def __enter__(self) -> _Display:
         try:
-            from .progress import RichProgress, stderr_is_terminal
+            from ..cli.progress import RichProgress, stderr_is_terminal
         except ImportError:  # pragma: no cover - progress ships with the package
             return self
         if stderr_is_terminal():

@@ -37,11 +37,11 @@ import structlog
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from .errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, StepFailed
-from .locks import RetryPolicy
-from .state import StateStore
-from .throttle import LOCK_WAITERS_SQL, Context, Throttle
-from .workers import (
+from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, StepFailed
+from ..locks import RetryPolicy
+from ..state import StateStore
+from ..throttle import LOCK_WAITERS_SQL, Context, Throttle
+from ..workers import (
     Chunk,
     Claims,
     clone_connection,

@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL servers (the ``embedded`` extra): the demo, benchmarks and tests."""

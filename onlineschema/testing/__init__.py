@@ -1,1 +1,0 @@
-"""Helpers for tests, demos and benchmarks: throwaway PostgreSQL servers."""
