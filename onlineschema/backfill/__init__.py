@@ -8,7 +8,7 @@
 * The work is bounded at start: the largest key (or the table's last block) is frozen;
   rows written later get their value from the column default or the plan's trigger.
 * The range is cut into chunks (``onlineschema.chunks``); workers claim chunks (see
-  ``workers.py``), each on its own connection. Each batch commits its rows and its chunk's
+  ``chunks.py``), each on its own connection. Each batch commits its rows and its chunk's
   cursor in one transaction: a crash loses nothing and repeats nothing, even for a
   non-idempotent ``SET n = n + 1``.
 * Batch size follows a target time per batch; a batch that hits its statement timeout is
@@ -41,7 +41,7 @@ from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, St
 from ..locks import RetryPolicy
 from ..state import StateStore
 from ..throttle import LOCK_WAITERS_SQL, Context, Throttle
-from ..workers import (
+from .chunks import (
     Chunk,
     Claims,
     clone_connection,
