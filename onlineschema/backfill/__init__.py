@@ -39,6 +39,8 @@ from psycopg import sql
 
 from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, StepFailed
 from ..locks import RetryPolicy
+from ..sql import batches
+from ..sql.batches import Spec
 from ..state import StateStore
 from ..throttle import LOCK_WAITERS_SQL, Context, Throttle
 from .chunks import (
@@ -67,77 +69,6 @@ class Observer(Protocol):
         eta: float | None,
         throttle: str | None,
     ) -> None: ...
-
-
-@dataclass
-class Spec:
-    schema: str
-    table: str
-    set: list[list[str]]
-    where: str | None
-    only_null: str | None
-    key: list[str]
-    key_types: list[str]
-    strategy: str
-
-    @classmethod
-    def from_details(cls, d: dict[str, Any]) -> Spec:
-        return cls(
-            schema=d["schema"],
-            table=d["table"],
-            set=d["set"],
-            where=d.get("where"),
-            only_null=d.get("only_null"),
-            key=list(d.get("key", [])),
-            key_types=list(d.get("key_types", [])),
-            strategy=d["strategy"],
-        )
-
-    @property
-    def rel(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.table)
-
-    @property
-    def regclass(self) -> str:
-        return sql.Identifier(self.schema, self.table).as_string(None)
-
-    def set_clause(self) -> sql.Composable:
-        return sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(e)) for c, e in self.set
-        )
-
-    def filters(self) -> list[sql.Composable]:
-        out: list[sql.Composable] = []
-        if self.only_null:
-            out.append(sql.SQL("{} IS NULL").format(sql.Identifier(self.only_null)))
-        if self.where:
-            out.append(sql.SQL("({})").format(sql.SQL(self.where)))
-        return out
-
-    def key_row(self) -> sql.Composable:
-        return sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in self.key))
-
-    def key_value(self, values: Sequence[str]) -> sql.Composable:
-        parts = [
-            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
-            for v, t in zip(values, self.key_types, strict=True)
-        ]
-        # one key column: key_row() is a plain value, so compare with a plain value
-        # (``ROW(x)`` would be a record: "operator does not exist: text <= record")
-        if len(parts) == 1:
-            return sql.SQL("({})").format(parts[0])
-        return sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
-
-    def key_text(self) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.key)
-
-    def key_order(self, direction: str = "") -> sql.Composable:
-        """``ORDER BY`` list of the key, qualified so that a bare name never resolves to
-        the ``col::text`` output column of the same name (which would sort as text)."""
-        return sql.SQL(", ").join(
-            sql.SQL("{}{}").format(sql.Identifier(self.schema, self.table, k), sql.SQL(direction))
-            for k in self.key
-        )
 
 
 @dataclass
@@ -173,14 +104,14 @@ class _Worker:
 class _Vacuum:
     """A plain VACUUM of the table on a connection of its own, in a thread."""
 
-    def __init__(self, conn: psycopg.Connection[Any], table: sql.Composable, rows: int) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], statement: sql.Composed, rows: int) -> None:
         self.conn = conn
         self.pid = int(conn.info.backend_pid)
         self.rows = rows
         self.started = time.monotonic()
         self.error: BaseException | None = None
         self.cancelled = False
-        self._table = table
+        self._statement = statement
         self.thread = threading.Thread(target=self._run, name="onlineschema-vacuum", daemon=True)
         self.thread.start()
 
@@ -188,13 +119,7 @@ class _Vacuum:
         try:
             with self.conn.cursor() as cur:
                 cur.execute("SET statement_timeout = 0")
-                # INDEX_CLEANUP OFF: the heap's dead versions are pruned and their space is
-                # reused by the next batches, without a pass over every index each time;
-                # the indexes' dead entries are left to autovacuum (the dead-row count
-                # the backfill leaves triggers it)
-                cur.execute(
-                    sql.SQL("VACUUM (SKIP_LOCKED, INDEX_CLEANUP OFF) {}").format(self._table)
-                )
+                cur.execute(self._statement)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -330,11 +255,7 @@ class BackfillRunner:
             return int(reltuples / relpages * blocks), blocks
         # never analyzed: count a sample of about 100 blocks
         pct = min(100.0, 100.0 * 100 / blocks)
-        cur.execute(
-            sql.SQL("SELECT count(*) FROM {} TABLESAMPLE SYSTEM ({})").format(
-                self.spec.rel, sql.Literal(pct)
-            )
-        )
+        cur.execute(batches.sample_count(self.spec, pct))
         crow = cur.fetchone()
         return int((crow[0] if crow else 0) * 100.0 / pct), blocks
 
@@ -350,8 +271,7 @@ class BackfillRunner:
             estimate, blocks = self._estimate_rows(cur)
             end: Any = None
             if s.strategy == "range":
-                k = sql.Identifier(s.key[0])
-                cur.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=k, t=s.rel))
+                cur.execute(batches.key_bounds(s))
                 lo, hi = cur.fetchone() or (None, None)
                 if lo is not None and hi is not None:
                     end = hi
@@ -359,20 +279,12 @@ class BackfillRunner:
                     for a, b in split_range(lo, hi, n):
                         pieces.append((a, b, estimate * (b - a + 1) / span))
             elif s.strategy == "keyset":
-                cur.execute(
-                    sql.SQL("SELECT {c} FROM {t} ORDER BY {o} LIMIT 1").format(
-                        c=s.key_text(), t=s.rel, o=s.key_order(" DESC")
-                    )
-                )
+                cur.execute(batches.last_key(s))
                 last = cur.fetchone()
                 if last is not None:
                     end = list(last)
                     pct = min(100.0, 100.0 * 200 / max(blocks, 1))
-                    cur.execute(
-                        sql.SQL("SELECT {c} FROM {t} TABLESAMPLE SYSTEM ({p}) ORDER BY {o}").format(
-                            c=s.key_text(), t=s.rel, p=sql.Literal(pct), o=s.key_order()
-                        )
-                    )
+                    cur.execute(batches.key_sample(s, pct))
                     sample = [list(r) for r in cur.fetchall()]
                     keyed = split_keys(sample, end, n)
                     for a, b in keyed:
@@ -447,12 +359,12 @@ class BackfillRunner:
 
     def batch_locals(self) -> sql.Composed:
         """The transaction-local settings every batch runs under."""
-        return sql.SQL(
-            "SELECT set_config('lock_timeout', {}, true), set_config('statement_timeout', {},"
-            " true), set_config('enable_seqscan', 'off', true)"
-        ).format(
-            sql.Literal(f"{int(self.lock_timeout * 1000)}ms"),
-            sql.Literal(f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms"),
+        return batches.set_locals(
+            {
+                "lock_timeout": f"{int(self.lock_timeout * 1000)}ms",
+                "statement_timeout": f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
+                "enable_seqscan": "off",
+            }
         )
 
     def batch_statement(
@@ -468,54 +380,26 @@ class BackfillRunner:
                 return None
             width = max(1, math.ceil(size / self._density))
             upper = min(chunk.cursor + width, chunk.hi + 1)
-            k = sql.Identifier(s.key[0])
-            conds = [
-                sql.SQL("{k} >= {lo} AND {k} < {hi}").format(
-                    k=k, lo=sql.Literal(chunk.cursor), hi=sql.Literal(upper)
-                ),
-                *conds,
-            ]
-            return Batch(self._update(conds), upper, upper > chunk.hi, upper - chunk.cursor)
+            conds = [batches.key_range(s, chunk.cursor, upper), *conds]
+            return Batch(batches.update(s, conds), upper, upper > chunk.hi, upper - chunk.cursor)
         if s.strategy == "keyset":
             if chunk.cursor is not None and chunk.cursor == chunk.hi:
                 return None
-            key = s.key_row()
-            lower = (
-                [sql.SQL("{} > {}").format(key, s.key_value(chunk.cursor))]
-                if chunk.cursor is not None
-                else []
-            )
-            upper = sql.SQL("{} <= {}").format(key, s.key_value(chunk.hi))
+            lower = [batches.key_after(s, chunk.cursor)] if chunk.cursor is not None else []
+            upper = batches.key_upto(s, chunk.hi)
             with (conn or self.conn).cursor() as cur:
-                cur.execute(
-                    sql.SQL("SELECT {c} FROM {t} WHERE {w} ORDER BY {o} OFFSET {n} LIMIT 1").format(
-                        c=s.key_text(),
-                        t=s.rel,
-                        w=sql.SQL(" AND ").join([*lower, upper]),
-                        o=s.key_order(),
-                        n=sql.Literal(max(size - 1, 0)),
-                    )
-                )
+                cur.execute(batches.keyset_upper(s, [*lower, upper], size))
                 row = cur.fetchone()
             hi = list(row) if row else chunk.hi
-            conds = [*lower, sql.SQL("{} <= {}").format(key, s.key_value(hi)), *conds]
-            return Batch(self._update(conds), hi, hi == chunk.hi, float(size))
+            conds = [*lower, batches.key_upto(s, hi), *conds]
+            return Batch(batches.update(s, conds), hi, hi == chunk.hi, float(size))
         # ctid
         if chunk.cursor >= chunk.hi:
             return None
         upper = min(chunk.cursor + max(math.ceil(size / self._density), 1), chunk.hi)
-        conds = [
-            sql.SQL("ctid >= {}::tid AND ctid < {}::tid").format(
-                sql.Literal(f"({chunk.cursor},0)"), sql.Literal(f"({upper},0)")
-            ),
-            *conds,
-        ]
-        return Batch(self._update(conds), upper, upper >= chunk.hi, float(upper - chunk.cursor))
-
-    def _update(self, conds: list[sql.Composable]) -> sql.Composed:
-        s = self.spec
-        return sql.SQL("UPDATE {t} AS {a} SET {s} WHERE {w}").format(
-            t=s.rel, a=sql.Identifier(s.table), s=s.set_clause(), w=sql.SQL(" AND ").join(conds)
+        conds = [batches.block_range(chunk.cursor, upper), *conds]
+        return Batch(
+            batches.update(s, conds), upper, upper >= chunk.hi, float(upper - chunk.cursor)
         )
 
     def explain_batch(self, size: int, chunk: Chunk | None = None) -> dict[str, Any]:
@@ -526,7 +410,7 @@ class BackfillRunner:
             cur.execute(self.batch_locals())
             batch = self.batch_statement(chunk, size, self.conn)
             assert batch is not None, "the chunk is finished"
-            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(batch.statement))
+            cur.execute(batches.explain(batch.statement))
             row = cur.fetchone()
         assert row is not None
         plan: dict[str, Any] = row[0][0]["Plan"]
@@ -841,19 +725,8 @@ class BackfillRunner:
     # --- vacuum ---------------------------------------------------------------------------
 
     def _vacuum_allowed(self) -> bool:
-        maintain = sql.SQL(
-            " OR has_table_privilege(c.oid, 'MAINTAIN')" if self._server_version >= 170000 else ""
-        )
         with self.conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE')"
-                    " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user){}"
-                    " FROM pg_class c, pg_database d"
-                    " WHERE c.oid = %s AND d.datname = current_database()"
-                ).format(maintain),
-                (self._table_oid,),
-            )
+            cur.execute(batches.may_vacuum(self._server_version), (self._table_oid,))
             row = cur.fetchone()
         return bool(row and row[0])
 
@@ -903,7 +776,7 @@ class BackfillRunner:
             self.log.warning("backfill_vacuum_unavailable", reason=str(exc))
             return
         self._vacuum_rows = self._rows_done
-        self._vacuum = _Vacuum(conn, self.spec.rel, self._rows_done)
+        self._vacuum = _Vacuum(conn, batches.vacuum(self.spec), self._rows_done)
 
     def _guard_vacuum(self, v: _Vacuum) -> None:
         """A manual VACUUM does not step aside for a waiting lock as autovacuum does:
