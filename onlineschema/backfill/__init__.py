@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -41,7 +40,7 @@ from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, St
 from ..locks import RetryPolicy
 from ..sql import batches
 from ..sql.batches import Spec
-from ..state import StateStore
+from ..state import BackfillStore, StateStore
 from ..throttle import LOCK_WAITERS_SQL, Context, Throttle
 from .chunks import (
     Chunk,
@@ -162,6 +161,7 @@ class BackfillRunner:
         self.store = store
         self.migration = migration
         self.step_id = step_id
+        self.records = BackfillStore.of(store, migration, step_id)
         self.spec = Spec.from_details(details)
         self.base_settings = settings
         self.settings = settings
@@ -236,7 +236,7 @@ class BackfillRunner:
         self._density = self._estimate_density(chunks)
 
     def chunks(self) -> list[Chunk]:
-        return load_chunks(self.conn, self.store, self.migration, self.step_id)
+        return load_chunks(self.conn, self.records)
 
     def _estimate_rows(self, cur: psycopg.Cursor[Any]) -> tuple[int, int]:
         """(estimated rows, current blocks) of the table, without reading all of it."""
@@ -293,40 +293,14 @@ class BackfillRunner:
                 end = blocks
                 for a, b in split_blocks(blocks, n):
                     pieces.append((a, b, estimate * (b - a) / blocks))
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} (migration, step_id, strategy, cursor, end_key, rows_total,"
-                    " batch_size, workers, chunks) VALUES (%s, %s, %s, NULL, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (migration, step_id) DO NOTHING"
-                ).format(self.store.t("backfills")),
-                (
-                    self.migration,
-                    self.step_id,
-                    s.strategy,
-                    json.dumps(end),
-                    estimate,
-                    self.settings.batch_initial,
-                    self.workers,
-                    len(pieces),
-                ),
-            )
-            cur.executemany(
-                sql.SQL(
-                    "INSERT INTO {} (migration, step_id, chunk, lo, hi, cursor, est_rows)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                ).format(self.store.t("chunks")),
-                [
-                    (
-                        self.migration,
-                        self.step_id,
-                        i,
-                        json.dumps(lo),
-                        json.dumps(hi),
-                        json.dumps(lo),
-                        est,
-                    )
-                    for i, (lo, hi, est) in enumerate(pieces)
-                ],
+            self.records.create(
+                cur,
+                strategy=s.strategy,
+                end=end,
+                rows_total=estimate,
+                batch_size=self.settings.batch_initial,
+                workers=self.workers,
+                chunks=pieces,
             )
         self.log.info(
             "backfill_started",
@@ -419,32 +393,17 @@ class BackfillRunner:
     def _attempt(self, w: _Worker, chunk: Chunk, size: int) -> tuple[int, float, bool] | None:
         """Run one batch of ``chunk`` in one transaction with its cursor; None if the
         chunk turned out finished. Returns (rows, seconds, chunk finished)."""
-        t = self.store.t("chunks")
-        key = (self.migration, self.step_id, chunk.chunk)
         t0 = time.monotonic()
         waiters = (0, 0.0)
         with w.conn.transaction(), w.conn.cursor() as cur:
             cur.execute(self.batch_locals())
-            cur.execute(
-                sql.SQL(
-                    "SELECT cursor, done FROM {} WHERE migration = %s AND step_id = %s"
-                    " AND chunk = %s FOR UPDATE"
-                ).format(t),
-                key,
-            )
-            row = cur.fetchone()
+            row = self.records.lock_chunk(cur, chunk.chunk)
             if row is None or row[1]:
                 return None
             chunk.cursor = row[0]
             batch = self.batch_statement(chunk, size, w.conn)
             if batch is None:
-                cur.execute(
-                    sql.SQL(
-                        "UPDATE {} SET done = true, updated_at = now() WHERE migration = %s"
-                        " AND step_id = %s AND chunk = %s"
-                    ).format(t),
-                    key,
-                )
+                self.records.finish_chunk(cur, chunk.chunk)
                 chunk.done = True
                 return 0, time.monotonic() - t0, True
             cur.execute(batch.statement)
@@ -455,13 +414,14 @@ class BackfillRunner:
                 if wrow is not None:
                     waiters = (int(wrow[0]), float(wrow[1]))
             elapsed = time.monotonic() - t0
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET cursor = %s, rows_done = rows_done + %s, scanned = scanned + %s,"
-                    " batches = batches + 1, busy_seconds = busy_seconds + %s, done = %s,"
-                    " updated_at = now() WHERE migration = %s AND step_id = %s AND chunk = %s"
-                ).format(t),
-                (json.dumps(batch.cursor), n, batch.scanned, elapsed, batch.last, *key),
+            self.records.advance_chunk(
+                cur,
+                chunk.chunk,
+                cursor=batch.cursor,
+                rows=n,
+                scanned=batch.scanned,
+                seconds=elapsed,
+                done=batch.last,
             )
         chunk.cursor, chunk.done = batch.cursor, batch.last
         chunk.rows_done += n
@@ -687,31 +647,20 @@ class BackfillRunner:
             self._eta = elapsed * (1.0 - fraction) / (fraction - self._fraction0)
         else:
             self._eta = None
-        with self.conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET rows_done = %s, batches = %s, busy_seconds = %s,"
-                    " batch_size = %s, throttle_reason = %s, throttled_seconds = %s,"
-                    " active_seconds = %s, rows_per_second = %s, eta_seconds = %s,"
-                    " progress = %s, workers = %s, updated_at = now()"
-                    " WHERE migration = %s AND step_id = %s"
-                ).format(self.store.t("backfills")),
-                (
-                    rows_done,
-                    sum(c.batches for c in chunks),
-                    sum(c.busy_seconds for c in chunks),
-                    self._batch_size,
-                    self.throttle.reason,
-                    self._throttled0 + self.throttle.throttled_seconds(),
-                    self._active0 + elapsed,
-                    round(self._rate, 3),
-                    None if self._eta is None else round(self._eta, 3),
-                    round(fraction, 6),
-                    self.workers,
-                    self.migration,
-                    self.step_id,
-                ),
-            )
+        self.records.write_progress(
+            self.conn,
+            rows_done=rows_done,
+            batches=sum(c.batches for c in chunks),
+            busy_seconds=sum(c.busy_seconds for c in chunks),
+            batch_size=self._batch_size,
+            throttle_reason=self.throttle.reason,
+            throttled_seconds=self._throttled0 + self.throttle.throttled_seconds(),
+            active_seconds=self._active0 + elapsed,
+            rows_per_second=round(self._rate, 3),
+            eta_seconds=None if self._eta is None else round(self._eta, 3),
+            progress=round(fraction, 6),
+            workers=self.workers,
+        )
         if self.observer is not None and self.workers > 1:
             self.observer.backfill_progress(
                 self.step_id,

@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from ..errors import Refused
-from ..state import StateStore
+from ..state import BackfillStore, StateStore
 
 WORKER_APPLICATION_NAME = "onlineschema-backfill"
 
@@ -151,7 +150,7 @@ class Claims:
         self, conn: psycopg.Connection[Any], store: StateStore, migration: str, step_id: str
     ) -> None:
         self.conn = conn
-        self.t = store.t("chunks")
+        self.records = BackfillStore.of(store, migration, step_id)
         self.migration = migration
         self.step_id = step_id
         #: hashed by the server into the advisory lock's first key
@@ -165,16 +164,7 @@ class Claims:
         with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT set_config('lock_timeout', '2s', true)")
             while True:
-                cur.execute(
-                    sql.SQL(
-                        "SELECT chunk, lo, hi, cursor, est_rows, done, rows_done, scanned"
-                        " FROM {} WHERE migration = %s AND step_id = %s AND NOT done"
-                        " AND chunk > %s AND NOT (chunk = ANY(%s))"
-                        " ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED"
-                    ).format(self.t),
-                    (self.migration, self.step_id, after, sorted(self.held)),
-                )
-                row = cur.fetchone()
+                row = self.records.next_unclaimed(cur, after, sorted(self.held))
                 if row is None:
                     return None
                 after = row["chunk"]
@@ -184,14 +174,7 @@ class Claims:
                 )
                 got = cur.fetchone()
                 if got and got["ok"]:
-                    cur.execute(
-                        sql.SQL(
-                            "UPDATE {} SET claimed_by = pg_backend_pid(), claimed_at = now(),"
-                            " claims = claims + 1 WHERE migration = %s AND step_id = %s"
-                            " AND chunk = %s"
-                        ).format(self.t),
-                        (self.migration, self.step_id, row["chunk"]),
-                    )
+                    self.records.mark_claimed(cur, row["chunk"])
                     self.held.add(row["chunk"])
                     return Chunk.from_row(row)
 
@@ -204,26 +187,9 @@ class Claims:
 
     def remaining(self) -> int:
         """Chunks not done yet (claimed by someone or not)."""
-        with self.conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM {} WHERE migration = %s AND step_id = %s AND NOT done"
-                ).format(self.t),
-                (self.migration, self.step_id),
-            )
-            row = cur.fetchone()
-        return int(row[0]) if row else 0
+        return self.records.remaining(self.conn)
 
 
-def load_chunks(
-    conn: psycopg.Connection[Any], store: StateStore, migration: str, step_id: str
-) -> list[Chunk]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT chunk, lo, hi, cursor, est_rows, done, rows_done, scanned, batches,"
-                " busy_seconds FROM {} WHERE migration = %s AND step_id = %s ORDER BY chunk"
-            ).format(store.t("chunks")),
-            (migration, step_id),
-        )
-        return [Chunk.from_row(r) for r in cur.fetchall()]
+def load_chunks(conn: psycopg.Connection[Any], records: BackfillStore) -> list[Chunk]:
+    """Every chunk of the backfill, as last committed."""
+    return [Chunk.from_row(r) for r in records.chunks(conn)]
