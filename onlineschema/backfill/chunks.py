@@ -29,6 +29,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from ..errors import Refused
+from ..sql import batches
+from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
 
 WORKER_APPLICATION_NAME = "onlineschema-backfill"
@@ -193,3 +195,87 @@ class Claims:
 def load_chunks(conn: psycopg.Connection[Any], records: BackfillStore) -> list[Chunk]:
     """Every chunk of the backfill, as last committed."""
     return [Chunk.from_row(r) for r in records.chunks(conn)]
+
+
+# --- cutting the work ------------------------------------------------------------------
+
+
+def _estimate_rows(cur: psycopg.Cursor[Any], spec: Spec) -> tuple[int, int]:
+    """(estimated rows, current blocks) of the table, without reading all of it."""
+    cur.execute(
+        "SELECT c.reltuples::float8, c.relpages::bigint,"
+        " (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint"
+        " FROM pg_class c WHERE c.oid = %s::regclass",
+        (spec.regclass,),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    reltuples, relpages, blocks = float(row[0]), int(row[1]), int(row[2])
+    if blocks == 0:
+        return 0, 0
+    if reltuples >= 0 and relpages > 0:
+        return int(reltuples / relpages * blocks), blocks
+    # never analyzed: count a sample of about 100 blocks
+    pct = min(100.0, 100.0 * 100 / blocks)
+    cur.execute(batches.sample_count(spec, pct))
+    crow = cur.fetchone()
+    return int((crow[0] if crow else 0) * 100.0 / pct), blocks
+
+
+def cut(
+    cur: psycopg.Cursor[Any], spec: Spec, n: int
+) -> tuple[Any, int, list[tuple[Any, Any, float]]]:
+    """Freeze the work and cut it in about ``n`` chunks: (the end of the work, the
+    estimated rows, the chunks as ``(lo, hi, estimated rows)``). ``end`` is the largest
+    key (``range``, ``keyset``) or the table's block count (``ctid``) now; rows written
+    later get their value from the column default or the plan's trigger."""
+    s = spec
+    pieces: list[tuple[Any, Any, float]] = []  # (lo, hi, est_rows)
+    estimate, blocks = _estimate_rows(cur, s)
+    end: Any = None
+    if s.strategy == "range":
+        cur.execute(batches.key_bounds(s))
+        lo, hi = cur.fetchone() or (None, None)
+        if lo is not None and hi is not None:
+            end = hi
+            span = hi - lo + 1
+            for a, b in split_range(lo, hi, n):
+                pieces.append((a, b, estimate * (b - a + 1) / span))
+    elif s.strategy == "keyset":
+        cur.execute(batches.last_key(s))
+        last = cur.fetchone()
+        if last is not None:
+            end = list(last)
+            pct = min(100.0, 100.0 * 200 / max(blocks, 1))
+            cur.execute(batches.key_sample(s, pct))
+            sample = [list(r) for r in cur.fetchall()]
+            keyed = split_keys(sample, end, n)
+            for a, b in keyed:
+                pieces.append((a, b, estimate / len(keyed)))
+    else:  # ctid: the blocks that exist now
+        end = blocks
+        for a, b in split_blocks(blocks, n):
+            pieces.append((a, b, estimate * (b - a) / blocks))
+    return end, estimate, pieces
+
+
+def density(strategy: str, chunks: Sequence[Chunk]) -> float:
+    """Rows per key (``range``) or per block (``ctid``), from the chunks' estimates."""
+    if not chunks:
+        return 1.0
+    rows = sum(c.est_rows for c in chunks)
+    if strategy == "range":
+        span = sum(c.hi - c.lo + 1 for c in chunks)
+        return min(max(rows / span, 1e-12), 1.0) if span > 0 and rows > 0 else 1.0
+    if strategy == "ctid":
+        blocks = sum(c.hi - c.lo for c in chunks)
+        return max(rows / blocks, 1.0) if blocks > 0 and rows > 0 else 50.0
+    return 1.0
+
+
+def fraction_done(strategy: str, chunks: Sequence[Chunk]) -> float:
+    """How much of the whole backfill is done, 0..1, weighing chunks by their rows."""
+    if not chunks:
+        return 1.0
+    total = sum(max(c.est_rows, 1e-9) for c in chunks)
+    return sum(max(c.est_rows, 1e-9) * c.fraction(strategy) for c in chunks) / total
