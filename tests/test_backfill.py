@@ -37,6 +37,7 @@ from onlineschema import (
     StepFailed,
 )
 from onlineschema.backfill import BackfillRunner
+from onlineschema.backfill.engine import CLAIM_LOCK_TIMEOUT, backfill_timeouts
 from onlineschema.plan import Step
 from onlineschema.state import StateStore
 
@@ -153,6 +154,25 @@ def prepared_runner(dsn: str, step: Step, name: str, **backfill: Any) -> Iterato
         )
         runner.prepare()
         yield runner
+
+
+@pytest.mark.server_independent
+def test_backfill_timeouts_render_what_each_transaction_starts_with() -> None:
+    """The one function behind the backfill's timeouts renders, byte for byte, what a
+    batch, a chunk claim and the cut at start have always sent."""
+    assert backfill_timeouts(
+        lock_timeout="500ms", statement_timeout="10000ms", seqscan=False
+    ).as_string(None) == (
+        "SELECT set_config('lock_timeout', '500ms', true),"
+        " set_config('statement_timeout', '10000ms', true),"
+        " set_config('enable_seqscan', 'off', true)"
+    )
+    assert backfill_timeouts(lock_timeout=CLAIM_LOCK_TIMEOUT).as_string(None) == (
+        "SELECT set_config('lock_timeout', '2s', true)"
+    )
+    assert backfill_timeouts(statement_timeout="0").as_string(None) == (
+        "SELECT set_config('statement_timeout', '0', true)"
+    )
 
 
 def test_runner_for_a_step_takes_the_executors_settings(dsn: str, conn: Conn) -> None:

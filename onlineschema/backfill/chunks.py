@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
@@ -146,12 +147,20 @@ def clone_connection(
 
 
 class Claims:
-    """Claims chunks of one backfill for one worker connection."""
+    """Claims chunks of one backfill for one worker connection. Each claim's transaction
+    starts with ``timeouts`` (the runner's ``backfill_timeouts``)."""
 
     def __init__(
-        self, conn: psycopg.Connection[Any], store: StateStore, migration: str, step_id: str
+        self,
+        conn: psycopg.Connection[Any],
+        store: StateStore,
+        migration: str,
+        step_id: str,
+        *,
+        timeouts: sql.Composed,
     ) -> None:
         self.conn = conn
+        self.timeouts = timeouts
         self.records = BackfillStore.of(store, migration, step_id)
         self.migration = migration
         self.step_id = step_id
@@ -164,7 +173,7 @@ class Claims:
         """The next chunk nobody else holds (now held by this session), or None."""
         after = -1
         with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT set_config('lock_timeout', '2s', true)")
+            cur.execute(self.timeouts)
             while True:
                 row = self.records.next_unclaimed(cur, after, sorted(self.held))
                 if row is None:

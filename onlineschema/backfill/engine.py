@@ -8,6 +8,9 @@ statement timeout is split; lock timeouts, deadlocks and serialization failures 
 retried with backoff. The batch size follows ``batch_target``; between batches a worker
 rests for its ``duty_cycle`` and waits while the throttle is engaged. The
 ``Coordinator`` does the rest (control, signals, progress, VACUUM).
+
+The timeouts every backfill transaction starts with (a batch, a claim, the cut at start)
+are set by one function, ``backfill_timeouts``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,30 @@ from .coordinator import Coordinator, Observer, Stop, Stopped
 from .settings import BackfillSettings
 
 log = structlog.stdlib.get_logger("onlineschema.backfill")
+
+#: how long a worker's claim may wait for a lock on a chunk's row in the state table
+CLAIM_LOCK_TIMEOUT = "2s"
+
+
+def backfill_timeouts(
+    *,
+    lock_timeout: str | None = None,
+    statement_timeout: str | None = None,
+    seqscan: bool = True,
+) -> sql.Composed:
+    """The ONE place a backfill sets its timeouts: the ``SELECT set_config(..., true)``
+    its transactions start with (a batch, a chunk claim, the cut at start), local to the
+    transaction. Values are PostgreSQL durations (``'500ms'``, ``'2s'``, ``'0'`` for
+    none); ``seqscan=False`` also turns sequential scans off, so that a batch reads its
+    slice through the key's index."""
+    values: dict[str, str] = {}
+    if lock_timeout is not None:
+        values["lock_timeout"] = lock_timeout
+    if statement_timeout is not None:
+        values["statement_timeout"] = statement_timeout
+    if not seqscan:
+        values["enable_seqscan"] = "off"
+    return batches.set_locals(values)
 
 
 @dataclass
@@ -145,12 +172,10 @@ class Batcher:
 
     def locals(self) -> sql.Composed:
         """The transaction-local settings every batch runs under."""
-        return batches.set_locals(
-            {
-                "lock_timeout": f"{int(self.lock_timeout * 1000)}ms",
-                "statement_timeout": f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
-                "enable_seqscan": "off",
-            }
+        return backfill_timeouts(
+            lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
+            statement_timeout=f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
+            seqscan=False,
         )
 
     def statement(self, chunk: Chunk, size: int, conn: psycopg.Connection[Any]) -> Batch | None:
@@ -383,7 +408,7 @@ class BackfillRunner:
     def _cut(self) -> None:
         n = self.settings.chunks or max(16, 4 * self.workers)
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute("SELECT set_config('statement_timeout', '0', true)")
+            cur.execute(backfill_timeouts(statement_timeout="0"))
             end, estimate, pieces = cut(cur, self.spec, n)
             self.records.create(
                 cur,
@@ -554,7 +579,13 @@ class BackfillRunner:
         return c.rows_done
 
     def _claims(self, conn: psycopg.Connection[Any]) -> Claims:
-        return Claims(conn, self.store, self.migration, self.step_id)
+        return Claims(
+            conn,
+            self.store,
+            self.migration,
+            self.step_id,
+            timeouts=backfill_timeouts(lock_timeout=CLAIM_LOCK_TIMEOUT),
+        )
 
     def _run_inline(self) -> None:
         size = self.coordinator.batch_size
