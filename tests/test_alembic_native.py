@@ -272,6 +272,19 @@ def test_unsupported_operation_refused_before_any_ddl(
     assert project.version() == "0005"
     assert state_rows(db) == []
 
+    # opted in: the same revision runs, the rename as a flagged raw step
+    env = project.path / "env.py"
+    env.write_text(
+        env.read_text().replace(
+            "            settings=settings_from_env(),\n        )",
+            "            settings=settings_from_env(),\n            allow_raw=True,\n        )",
+        )
+    )
+    project.run("upgrade", "head")
+    assert project.version() == "0006"
+    column_must_exist(db, "orders", "extra", "text")
+    assert db.execute("SELECT to_regclass('customers') IS NOT NULL").fetchone() == (True,)
+
 
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
@@ -287,6 +300,7 @@ def test_unsupported_operation_refused_before_any_ddl(
             "open the connection with `with connectable.connect() as connection:`",
         ),
     ],
+    ids=["transaction_per_migration_false", "connection_in_transaction"],
 )
 def test_configure_refuses_a_conflicting_setting(
     project: Project, db: psycopg.Connection[Any], old: str, new: str, expected: str

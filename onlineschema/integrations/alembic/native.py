@@ -334,6 +334,9 @@ def describe_operation(operation: MigrateOperation) -> str:
         value = getattr(operation, attr, None)
         if isinstance(value, str):
             args.append(repr(value))
+    table_name = getattr(getattr(operation, "table", None), "name", None)
+    if isinstance(table_name, str):
+        args.append(repr(table_name))
     column = getattr(operation, "column", None)
     if column is not None and getattr(column, "name", None):
         args.append(repr(column.name))
