@@ -7,6 +7,16 @@ files are the usual kind: 0001, 0002 and 0005 written by ``alembic revision
 (``op.execute("UPDATE ...")``, ``op.add_column``/``op.alter_column``/
 ``op.create_check_constraint``). The project is copied to a temporary directory, pointed
 at the test database and driven with ``python -m alembic`` in a subprocess.
+
+Checked: ``upgrade head`` while a writer writes and a long reader holds the table (the
+writer never waits 1 s; schema, data, alembic_version right; one migration
+``alembic:<rev>`` per revision); SIGKILL mid-backfill then upgrade again (every row
+exactly once); the lock budget spent then upgrade again (same migration resumed);
+``downgrade`` online; ordinary operations around ``run()`` keep their order; ``--sql``
+with the version bookkeeping after each revision's script; an unsupported operation
+refused before any DDL (and run raw with ``allow_raw=True``); ``configure()`` refusing
+conflicting settings; a plain Alembic context in the same process left stock; and that
+autogenerate still writes the committed operations.
 """
 
 from __future__ import annotations
@@ -223,6 +233,94 @@ def test_downgrade_runs_online(project: Project, db: psycopg.Connection[Any]) ->
     # and up again: the same revisions run as new migrations
     project.run("upgrade", "head")
     final_schema_must_be_right(db, 300)
+
+
+def test_lock_budget_spent_then_upgrade_again_resumes_the_same_migration(
+    project: Project, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """0002's foreign key and unique constraint need locks on users, which a long
+    transaction holds: the upgrade stops (non-zero, nothing recorded), and upgrade again
+    resumes migration alembic:0002 where it stopped."""
+    project.run("upgrade", "0001")
+    seed(db, 200)
+    with Blocker(dsn, "UPDATE users SET email = email WHERE id = 1") as blocker:
+        blocker.start()
+        failed = project.run(
+            "upgrade", "0002", env={"OSC_MAX_ATTEMPTS": "3", "OSC_MAX_WAIT": "3s"}, check=False
+        )
+        assert failed.returncode != 0
+        assert "LockBudgetExhausted" in failed.stderr
+        assert "run the same `alembic upgrade` again to resume migration 'alembic:0002'" in (
+            " ".join(failed.stderr.split())
+        )
+        assert project.version() == "0001"
+        assert dict(state_rows(db)) == {"alembic:0002": "paused"}
+        column_must_exist(db, "orders", "status", "text", nullable=False)  # done before
+        blocker.release()
+    alembic_sessions_gone(dsn)
+    out = project.run("upgrade", "0002")
+    ours = [x for x in out.stdout.splitlines() if "migration=alembic:0002" in x]
+    assert not [x for x in ours if "migration_started" in x], "resumed, not started again"
+    assert [x for x in ours if "migration_completed" in x]
+    assert project.version() == "0002"
+    index_must_exist(db, "ix_orders_user_id", valid=True)
+    constraint_must_exist(db, "orders", "orders_user_id_fkey", validated=True, type="f")
+    constraint_must_exist(db, "users", "users_email_key", validated=True, type="u")
+    assert state_rows(db) == []
+
+
+MIXED = '''"""Ordinary operations around an explicit onlineschema run(): the order is kept.
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from onlineschema import AddIndex
+from onlineschema.alembic import run
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("orders", sa.Column("kind", sa.Text()))
+    run(op, "orders_kind_idx", [AddIndex("orders", ("kind",), name="orders_kind_idx")])
+    op.execute("UPDATE orders SET kind = 'k' || (id % 3)")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_ordinary_operations_around_run_keep_their_order(
+    project: Project, db: psycopg.Connection[Any]
+) -> None:
+    project.run("upgrade", "0001")
+    seed(db, 100)
+    project.run("upgrade", "head")
+    (project.path / "versions" / "0006_mixed.py").write_text(MIXED)
+    out = project.run("upgrade", "head")
+    assert migrations_done(out.stdout) == ["alembic:0006", "orders_kind_idx", "alembic:0006.2"]
+    assert project.version() == "0006"
+    index_must_exist(db, "orders_kind_idx", valid=True)
+    assert (
+        count(db, "SELECT count(*) FROM orders WHERE kind IS DISTINCT FROM 'k' || (id %% 3)") == 0
+    )
+    assert state_rows(db) == []
+
+
+def test_sql_refuses_a_database_other_than_postgresql(tmp_path: Path) -> None:
+    offline = Project(_copy_project(tmp_path, "sqlite:///app.db"), "")
+    refused = offline.run("upgrade", "head", "--sql", check=False)
+    assert refused.returncode != 0
+    assert "onlineschema renders PostgreSQL; this Alembic context uses sqlite" in refused.stderr
+    assert "postgresql+psycopg://" in refused.stderr
 
 
 UNSUPPORTED = '''"""An operation onlineschema has no online form for.
