@@ -291,6 +291,8 @@ def upgrade() -> None:
     op.add_column("orders", sa.Column("kind", sa.Text()))
     run(op, "orders_kind_idx", [AddIndex("orders", ("kind",), name="orders_kind_idx")])
     op.execute("UPDATE orders SET kind = 'k' || (id % 3)")
+    with op.batch_alter_table("orders") as batch_op:
+        batch_op.alter_column("kind", server_default="k0", nullable=False)
 
 
 def downgrade() -> None:
@@ -309,6 +311,7 @@ def test_ordinary_operations_around_run_keep_their_order(
     assert migrations_done(out.stdout) == ["alembic:0006", "orders_kind_idx", "alembic:0006.2"]
     assert project.version() == "0006"
     index_must_exist(db, "orders_kind_idx", valid=True)
+    column_must_exist(db, "orders", "kind", "text", nullable=False, default="'k0'::text")
     assert (
         count(db, "SELECT count(*) FROM orders WHERE kind IS DISTINCT FROM 'k' || (id %% 3)") == 0
     )
