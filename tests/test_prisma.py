@@ -58,12 +58,14 @@ from scenario_tools import (
 )
 
 from onlineschema.errors import Refused
+from onlineschema.executor import Executor
 from onlineschema.integrations.prisma import (
     checksum,
     checksum_matches,
     libpq_dsn,
     read_migrations,
 )
+from onlineschema.sqlinput import parse_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 PRISMA_VERSION = "6.19.3"
@@ -559,6 +561,38 @@ def test_prisma_migrate_advisory_lock_is_respected(project: Project) -> None:
         assert query_value(project.dsn, "SELECT to_regclass('\"User\"')") is None
     out = ok(project.run_ours("deploy"))
     assert "applied 20240101000000_init" in out
+
+
+def test_finished_but_unrecorded_migration_is_recorded_not_run_again(project: Project) -> None:
+    """A deploy killed after its onlineschema migration completed and before the
+    _prisma_migrations insert: the next deploy records it and does not run it again."""
+    dsn = project.dsn
+    project.add("20240101000000_counter", COUNTER)
+    ok(project.run_ours("deploy"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute('INSERT INTO "Counter" (id) SELECT generate_series(1, 100)')
+    project.add("20240201000000_bump", BUMP)
+    # what the killed deploy had done: the migration ran to completion under its name
+    with Executor(dsn) as ex:
+        assert ex.apply(parse_sql(BUMP), "prisma:20240201000000_bump").state == "completed"
+
+    out = ok(project.run_ours("deploy"))
+    assert "applied 20240201000000_bump" in out and "resumed" in out
+    assert query_value(dsn, 'SELECT count(*) FROM "Counter" WHERE n = 1') == 100  # not 2
+    rows_must_match_files(project, ["20240101000000_counter", "20240201000000_bump"])
+    no_onlineschema_state(dsn)
+
+
+def test_non_empty_schema_without_history_is_refused(project: Project) -> None:
+    with psycopg.connect(project.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE legacy (id int)")
+    project.add("20240101000000_init", INIT)
+    done = project.run_ours("deploy")
+    assert done.returncode == 2, done.stderr
+    assert "P3005" in done.stderr and "legacy" in done.stderr
+    assert "migrate resolve --applied" in done.stderr
+    assert query_value(project.dsn, "SELECT to_regclass('_prisma_migrations')") is None
+    assert query_value(project.dsn, "SELECT to_regclass('\"User\"')") is None
 
 
 def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
