@@ -180,7 +180,12 @@ def _run_with_progress(ex: Executor, name: str, work: Any) -> Result:
 @_dsn_option
 @_dir_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: applied, pending, failed, edited and missing migrations, for scripts.",
 )
 @click.pass_obj
 def status(opts: Options, dsn: str | None, directory: str, fmt: str) -> int:
