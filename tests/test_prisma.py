@@ -341,6 +341,37 @@ def seed(dsn: str, users: int = 50, orders: int = 1500) -> None:
         )
 
 
+#: _prisma_migrations as Prisma creates it (checked against the real CLI's in the mixed test)
+PRISMA_TABLE_SHAPE = [
+    ("id", "character varying(36)", True, None),
+    ("checksum", "character varying(64)", True, None),
+    ("finished_at", "timestamp with time zone", False, None),
+    ("migration_name", "character varying(255)", True, None),
+    ("logs", "text", False, None),
+    ("rolled_back_at", "timestamp with time zone", False, None),
+    ("started_at", "timestamp with time zone", True, "now()"),
+    ("applied_steps_count", "integer", True, "0"),
+    ("PRIMARY KEY (id)", "_prisma_migrations_pkey", True, None),
+]
+
+
+def table_shape(dsn: str) -> list[tuple[Any, ...]]:
+    """Columns (name, type, NOT NULL, default) and constraints of public._prisma_migrations."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull,"
+            " pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a"
+            " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " WHERE attrelid = 'public._prisma_migrations'::regclass AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum"
+        ).fetchall()
+        constraints = conn.execute(
+            "SELECT pg_get_constraintdef(oid), conname, convalidated, NULL FROM pg_constraint"
+            " WHERE conrelid = 'public._prisma_migrations'::regclass AND contype <> 'n'"
+        ).fetchall()
+    return [*columns, *constraints]
+
+
 def no_onlineschema_state(dsn: str) -> None:
     """Recorded migrations leave no onlineschema state behind (it goes with the insert)."""
     left = query_value(
@@ -416,6 +447,7 @@ def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project)
         ],
     )
     no_onlineschema_state(dsn)
+    assert table_shape(dsn) == PRISMA_TABLE_SHAPE  # created by onlineschema
     with psycopg.connect(dsn, autocommit=True) as db:
         column_must_exist(db, "Order", "status", '"OrderStatus"', nullable=False)
         column_must_exist(db, "Order", "couponId", "integer", nullable=True)
@@ -610,6 +642,7 @@ def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
         timeout=60,
         what="prisma migrate deploy to record init",
     )
+    assert table_shape(dsn) == PRISMA_TABLE_SHAPE  # created by the real Prisma
     seed(dsn)
     project.add("20240201000000_order_status_coupon", COUPONS)
     project.add("20240202000000_empty", EMPTY)
