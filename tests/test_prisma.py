@@ -384,6 +384,7 @@ def no_onlineschema_state(dsn: str) -> None:
 # --- the tests -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project) -> None:
     dsn = project.dsn
     project.add("20240101000000_init", INIT)
@@ -470,6 +471,7 @@ def test_deploy_under_load_then_prisma_sees_everything_applied(project: Project)
     assert "No pending migrations to apply." in out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_backfill_then_deploy_updates_each_row_once(project: Project) -> None:
     dsn, rows = project.dsn, 3000
     project.add("20240101000000_counter", COUNTER)
@@ -603,10 +605,18 @@ def test_finished_but_unrecorded_migration_is_recorded_not_run_again(project: Pr
     ok(project.run_ours("deploy"))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute('INSERT INTO "Counter" (id) SELECT generate_series(1, 100)')
-    project.add("20240201000000_bump", BUMP)
+    bump = project.add("20240201000000_bump", BUMP)
     # what the killed deploy had done: the migration ran to completion under its name
     with Executor(dsn) as ex:
         assert ex.apply(parse_sql(BUMP), "prisma:20240201000000_bump").state == "completed"
+
+    # the file changed in between: refused, nothing recorded
+    bump.write_text(BUMP.replace("+ 1", "+ 2"))
+    refused = project.run_ours("deploy")
+    assert refused.returncode == 2, refused.stderr
+    assert "migration.sql changed since an earlier deploy started it" in refused.stderr
+    assert query_value(dsn, "SELECT count(*) FROM _prisma_migrations") == 1
+    bump.write_text(BUMP)
 
     out = ok(project.run_ours("deploy"))
     assert "applied 20240201000000_bump" in out and "resumed" in out
@@ -627,6 +637,7 @@ def test_non_empty_schema_without_history_is_refused(project: Project) -> None:
     assert query_value(project.dsn, "SELECT to_regclass('\"User\"')") is None
 
 
+@pytest.mark.slow
 def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
     dsn = project.dsn
     project.add("20240101000000_init", INIT)

@@ -65,7 +65,7 @@ from psycopg.rows import dict_row
 from ..changes import Change
 from ..connection import open_dsn
 from ..errors import OnlineSchemaError, Refused, UnsupportedStatement
-from ..executor import Executor, Result, Settings
+from ..executor import Executor, Result, Settings, changes_hash
 from ..state import StateStore
 
 __all__ = [
@@ -584,6 +584,14 @@ def _apply_one(
         bound.info("prisma_restart_aborted")
         ex.store.forget(name)
         row = None
+    if row is not None and row["changes_hash"] != changes_hash(changes):
+        raise Refused(
+            f"Prisma migration {m.name}: its migration.sql changed since an earlier deploy"
+            f" started it (onlineschema migration {name} is {row['state']})",
+            "restore the file as it was and deploy again to finish and record it, or undo"
+            f" what it did with `onlineschema abort {name}` and deploy again to start it"
+            " afresh",
+        )
     resumed = row is not None
     started = _now(ex.conn)
     result: Result | None = None
