@@ -238,6 +238,14 @@ class Project:
         self.migrations = root / "prisma" / "migrations"
         self.migrations.mkdir()
         (self.migrations / "migration_lock.toml").write_text(LOCK_TOML)
+        self.started: list[subprocess.Popen[str]] = []
+
+    def close(self) -> None:
+        """Kill the Prisma CLI processes a failed test left running."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
     def add(self, name: str, sql_text: str) -> Path:
         path = self.migrations / name / "migration.sql"
@@ -266,7 +274,7 @@ class Project:
             PRISMA_CLIENT_ENGINE_TYPE="client",
             PRISMA_SCHEMA_ENGINE_BINARY=str(self.root / "schema-engine-stub.sh"),
         )
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["node", str(self.root / "node_modules" / "prisma" / "build" / "index.js"), *args],
             cwd=self.root,
             env=env,
@@ -275,6 +283,8 @@ class Project:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.started.append(proc)
+        return proc
 
     def ours(self, command: str, *args: str) -> MigrationProcess:
         """``onlineschema prisma COMMAND`` in a subprocess (JSON logs on stderr)."""
@@ -304,8 +314,12 @@ def _no_leftover_processes() -> Iterator[None]:
 
 
 @pytest.fixture
-def project(prisma_install: Path, tmp_path: Path, dsn: str) -> Project:
-    return Project(prisma_install, tmp_path / "app", dsn)
+def project(prisma_install: Path, tmp_path: Path, dsn: str) -> Iterator[Project]:
+    project = Project(prisma_install, tmp_path / "app", dsn)
+    try:
+        yield project
+    finally:
+        project.close()
 
 
 def ok(done: Finished | subprocess.CompletedProcess[str]) -> str:
