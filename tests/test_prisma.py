@@ -245,7 +245,8 @@ class Project:
         for proc in self.started:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.communicate()  # reap it and close its pipes
 
     def add(self, name: str, sql_text: str) -> Path:
         path = self.migrations / name / "migration.sql"
