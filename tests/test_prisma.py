@@ -522,7 +522,7 @@ def test_sigkill_mid_backfill_then_deploy_updates_each_row_once(project: Project
     assert status.returncode == 1
     assert "onlineschema migration prisma:20240201000000_bump is running" in status.stdout
 
-    out = ok(project.run_ours("deploy"))
+    out = ok(project.run_ours("deploy", "--workers", "2"))
     assert "applied 20240201000000_bump" in out and "resumed" in out
     with psycopg.connect(dsn, autocommit=True) as conn:
         counts = conn.execute(

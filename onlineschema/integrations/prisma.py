@@ -491,6 +491,7 @@ def deploy(
     settings: Settings | None = None,
     *,
     allow_raw: bool = False,
+    workers: int | None = None,
     lock_wait: float = LOCK_WAIT,
     run: Runner = _direct,
     echo: Callable[[str], None] | None = None,
@@ -499,8 +500,10 @@ def deploy(
     each in ``_prisma_migrations`` as ``prisma migrate deploy`` does (see the module
     docstring). Running it again after a stop (exit 3), an error or a kill resumes.
 
-    ``echo`` receives one human-readable line per event (warnings, each applied
-    migration); everything is also logged.
+    ``workers``: parallel backfill workers (see :meth:`Executor.apply`). ``lock_wait``:
+    how long to wait for Prisma Migrate's advisory lock. ``run`` wraps each Executor call
+    (the CLI draws progress bars there). ``echo`` receives one human-readable line per
+    event (warnings, each applied migration); everything is also logged.
 
     >>> from onlineschema.integrations import prisma                    # doctest: +SKIP
     >>> prisma.deploy("postgresql://app@db/app", "prisma/migrations")    # doctest: +SKIP
@@ -538,7 +541,7 @@ def deploy(
             log.info("prisma_migrations_table_created", schema=schema)
         applied = []
         for m, changes in prepared:
-            applied.append(_apply_one(ex, schema, m, changes, run))
+            applied.append(_apply_one(ex, schema, m, changes, run, workers))
             a = applied[-1]
             res = a.result
             how = (
@@ -574,7 +577,12 @@ def _in_migration(exc: Refused, name: str) -> Refused:
 
 
 def _apply_one(
-    ex: Executor, schema: str, m: LocalMigration, changes: Sequence[Change], run: Runner
+    ex: Executor,
+    schema: str,
+    m: LocalMigration,
+    changes: Sequence[Change],
+    run: Runner,
+    workers: int | None,
 ) -> AppliedMigration:
     name = state_name(m.name)
     bound = log.bind(prisma_migration=m.name, migration=name)
@@ -599,7 +607,7 @@ def _apply_one(
         bound.info("prisma_migration_started", resumed=resumed)
 
         def work() -> Result:
-            res = ex.apply(changes, name)
+            res = ex.apply(changes, name, workers=workers)
             if res.state == "awaiting_contract":
                 # migration.sql asks for the whole change now, contract phase included
                 res = ex.contract(name)

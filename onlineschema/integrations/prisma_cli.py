@@ -116,6 +116,13 @@ def prisma() -> None:
     " (default 10s, as Prisma).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Backfill with N workers, each on its own connection (default 1).",
+)
+@click.option(
     "--allow-raw",
     is_flag=True,
     help="Run statements that cannot be made online as written (flagged RAW in the plan).",
@@ -128,6 +135,7 @@ def deploy(
     lock_timeout: float | None,
     max_lock_wait: float | None,
     lock_wait: float | None,
+    workers: int | None,
     allow_raw: bool,
 ) -> int:
     """Apply the pending migrations online, each recorded in _prisma_migrations once done.
@@ -146,6 +154,7 @@ def deploy(
             directory,
             settings,
             allow_raw=allow_raw,
+            workers=workers,
             lock_wait=prisma_lib.LOCK_WAIT if lock_wait is None else lock_wait,
             run=_run_with_progress,
             echo=lambda text: click.echo(text, err=text.startswith(("warning", "note"))),
