@@ -579,6 +579,14 @@ def test_edited_applied_migration_is_reported(project: Project) -> None:
     # Prisma 6 itself does not notice
     assert "Database schema is up to date!" in ok(project.prisma("migrate", "status"))
 
+    # an applied migration whose directory is gone is shown (exit code unchanged)
+    shutil.rmtree(init.parent)
+    gone = project.run_ours("status", "--format", "json")
+    assert gone.returncode == 0, gone.stdout
+    report = json.loads(gone.stdout)
+    assert [r["migration_name"] for r in report["missing_locally"]] == ["20240101000000_init"]
+    assert report["edited"] == [] and report["pending"] == []
+
 
 def test_unsupported_statement_is_refused_before_any_ddl(project: Project) -> None:
     project.add("20240101000000_init", INIT)
