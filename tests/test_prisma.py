@@ -303,7 +303,10 @@ class Project:
         return self.ours(command, *args).wait(timeout)
 
     def rows(self) -> list[dict[str, Any]]:
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        with (
+            psycopg.connect(self.dsn) as conn,
+            conn.cursor(row_factory=psycopg.rows.dict_row) as cur,
+        ):
             cur.execute("SELECT * FROM _prisma_migrations ORDER BY started_at, migration_name")
             return cur.fetchall()
 
@@ -345,7 +348,7 @@ def rows_must_match_files(project: Project, names: list[str]) -> None:
 def seed(dsn: str, users: int = 50, orders: int = 1500) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            'INSERT INTO "User" (email, name) SELECT \'u\' || g, \'user \' || g'
+            "INSERT INTO \"User\" (email, name) SELECT 'u' || g, 'user ' || g"
             " FROM generate_series(1, %s) g",
             (users,),
         )
@@ -541,9 +544,9 @@ def test_failed_migration_blocks_deploy(project: Project) -> None:
     # the real Prisma applies init, fails on the typo and leaves a failed row
     failed = project.prisma("migrate", "deploy")
     assert failed.returncode != 0 and "No such table: Usr" in failed.stderr, failed.stderr
-    assert query_value(
-        dsn, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NULL"
-    ) == 1
+    assert (
+        query_value(dsn, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NULL") == 1
+    )
     project.add("20240301000000_user_name_required", USER_NAME_REQUIRED)
 
     done = project.run_ours("deploy")
@@ -555,7 +558,6 @@ def test_failed_migration_blocks_deploy(project: Project) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         column_must_exist(conn, "User", "name", "text", nullable=True)  # 3rd not applied
         assert count(conn, "SELECT count(*) FROM _prisma_migrations") == 2
-
 
 
 def test_edited_applied_migration_is_reported(project: Project) -> None:
@@ -668,11 +670,15 @@ def test_mixed_use_with_prisma_migrate_deploy(project: Project) -> None:
     # lock (and runs) for some seconds after recording it
     theirs_deploy = project.prisma_process("migrate", "deploy")
     wait_until(
-        lambda: query_value(
-            dsn,
-            "SELECT count(*) FROM pg_tables WHERE tablename = '_prisma_migrations'",
-        )
-        and query_value(dsn, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"),
+        lambda: (
+            query_value(
+                dsn,
+                "SELECT count(*) FROM pg_tables WHERE tablename = '_prisma_migrations'",
+            )
+            and query_value(
+                dsn, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"
+            )
+        ),
         timeout=60,
         what="prisma migrate deploy to record init",
     )

@@ -441,9 +441,7 @@ def read_history(
     return history
 
 
-def status(
-    dsn: str, directory: str | Path, *, state_schema: str = "onlineschema"
-) -> History:
+def status(dsn: str, directory: str | Path, *, state_schema: str = "onlineschema") -> History:
     """Compare the migrations directory with the database. Changes nothing."""
     local = read_migrations(directory)
     conn = open_dsn(libpq_dsn(dsn))
@@ -521,8 +519,9 @@ def deploy(
         if not history.table_exists:
             _refuse_not_empty(ex.conn, schema)
         for e in history.edited:
-            log.warning("prisma_migration_edited", migration=e.name, recorded=e.recorded,
-                        file=e.current)
+            log.warning(
+                "prisma_migration_edited", migration=e.name, recorded=e.recorded, file=e.current
+            )
             say(
                 f"warning: migration {e.name} was applied, but its migration.sql changed"
                 f" since (checksum {e.recorded[:12]}… recorded, {e.current[:12]}… now);"
@@ -545,7 +544,8 @@ def deploy(
             a = applied[-1]
             res = a.result
             how = (
-                "nothing to run" if res is None
+                "nothing to run"
+                if res is None
                 else f"{res.steps_run} step(s) run online in {res.seconds:.1f}s"
             )
             say(f"applied {m.name} ({how}{', resumed' if a.resumed else ''})")
@@ -678,8 +678,8 @@ def _failed_fix(failed: Sequence[MigrationRow]) -> str:
     name = failed[0].migration_name
     return (
         f"find out what the failed migration changed, then `npx prisma migrate resolve"
-        f" --rolled-back \"{name}\"` if you undid it (deploy runs it again), or"
-        f" `npx prisma migrate resolve --applied \"{name}\"` if you finished it by hand;"
+        f' --rolled-back "{name}"` if you undid it (deploy runs it again), or'
+        f' `npx prisma migrate resolve --applied "{name}"` if you finished it by hand;'
         f" see {_RESOLVE}"
     )
 

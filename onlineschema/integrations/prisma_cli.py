@@ -237,7 +237,9 @@ def _print_status(h: prisma_lib.History) -> None:
             extra = ""
             if m.name in h.unfinished:
                 os_name, state = h.unfinished[m.name]
-                extra = f"  (started by an earlier deploy: onlineschema migration {os_name} is {state})"
+                extra = (
+                    f"  (started by an earlier deploy: onlineschema migration {os_name} is {state})"
+                )
             click.echo(f"  {m.name}{extra}")
     if h.edited:
         click.echo("\nEdited migrations (applied, but migration.sql changed since):")
