@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -63,6 +64,7 @@ from onlineschema.integrations.prisma import (
     checksum,
     checksum_matches,
     libpq_dsn,
+    migration_sort_key,
     read_migrations,
 )
 from onlineschema.sqlinput import parse_sql
@@ -769,15 +771,42 @@ def test_prisma_urls_become_libpq_connection_strings() -> None:
 
 
 @pytest.mark.server_independent
+def test_directories_are_ordered_like_prismas_locale_compare() -> None:
+    """Prisma sorts migration directories with ``a.localeCompare(b)`` in Node: random
+    names (case, accents, punctuation, digits after a timestamp) sorted by Node itself."""
+    if shutil.which("node") is None:
+        pytest.fail("node is not on the PATH: this test compares with Node's localeCompare")
+    rng = random.Random(7)
+    alphabet = "_-.,;:!?()[]{}@*/&#%+<=>|~$ aAbBzZ09äÄé"
+    names = sorted(
+        {
+            "2024010100000" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            for _ in range(400)
+        }
+    )
+    script = (
+        "const n = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify(n.sort((a, b) => a.localeCompare(b))))"
+    )
+    proc = subprocess.run(
+        ["node", "-e", script], input=json.dumps(names), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_node = json.loads(proc.stdout)
+    assert sorted(names) != by_node  # a plain sort would not do
+    assert sorted(names, key=migration_sort_key) == by_node
+
+
+@pytest.mark.server_independent
 def test_migrations_directory_is_read_like_prisma(tmp_path: Path) -> None:
     root = tmp_path / "migrations"
-    for name in ("20240201000000_b", "20240101000000_init", "20240101000001_a"):
+    for name in ("20240201000000_b", "20240101000000_init", "20240101000000_Init_2"):
         (root / name).mkdir(parents=True)
         (root / name / "migration.sql").write_text(f"-- {name}\n")
     (root / "migration_lock.toml").write_text(LOCK_TOML)
     (root / "README.md").write_text("not a migration")
     names = [m.name for m in read_migrations(root)]
-    assert names == ["20240101000000_init", "20240101000001_a", "20240201000000_b"]
+    assert names == ["20240101000000_init", "20240101000000_Init_2", "20240201000000_b"]
 
     (root / "migration_lock.toml").write_text(LOCK_TOML.replace("postgresql", "mysql"))
     with pytest.raises(Refused, match=r"provider 'mysql'.*P3019"):

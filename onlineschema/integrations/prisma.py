@@ -31,10 +31,12 @@ migration (named ``prisma:<migration name>``) instead of as one SQL script:
 An empty ``migration.sql`` (or one with only comments and statements onlineschema drops,
 such as ``SET``) is recorded as applied without running anything, as Prisma does.
 
-Prisma orders migration directories with JavaScript's ``localeCompare``; this module
-sorts the names as Python strings. Both agree for the names Prisma generates
-(``YYYYMMDDHHMMSS_name``: the 14-digit timestamp decides) and for any ASCII names
-that differ before a letter-case or punctuation difference.
+Prisma orders migration directories with JavaScript's ``localeCompare`` (ICU's root
+collation). For the names Prisma generates (``YYYYMMDDHHMMSS_name``) the 14-digit
+timestamp decides and a plain string sort would do; :func:`migration_sort_key` also
+follows ICU where a plain sort does not, for ASCII names and accented letters:
+punctuation before digits before letters, letter case and accents only breaking ties
+(lowercase first). That is checked against Node's ``localeCompare`` in the tests.
 
 Beyond Prisma: an applied migration whose file changed since (checksum mismatch, with
 Prisma's own tolerance of CRLF/LF and its old checksum format) is reported by ``deploy``
@@ -47,6 +49,7 @@ import contextlib
 import hashlib
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +83,7 @@ __all__ = [
     "checksum_matches",
     "deploy",
     "libpq_dsn",
+    "migration_sort_key",
     "read_history",
     "read_migrations",
     "state_name",
@@ -204,9 +208,10 @@ def read_migrations(directory: str | Path) -> list[LocalMigration]:
             " that provider with Prisma itself",
         )
     out = []
-    # Prisma sorts with localeCompare; for its YYYYMMDDHHMMSS_name directories (and ASCII
-    # names in general, see the module docstring) a plain sort gives the same order.
-    for entry in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
+    dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir()), key=lambda p: migration_sort_key(p.name)
+    )
+    for entry in dirs:
         script = entry / MIGRATION_FILE
         if not script.is_file():
             raise Refused(
@@ -215,6 +220,32 @@ def read_migrations(directory: str | Path) -> list[LocalMigration]:
             )
         out.append(LocalMigration(entry.name, script, script.read_bytes()))
     return out
+
+
+#: ICU root collation's order of ASCII punctuation and symbols (all before digits)
+_ICU_PUNCTUATION = " _-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$"
+
+
+def migration_sort_key(name: str) -> tuple[Any, ...]:
+    """Sort key ordering directory names as JavaScript's ``a.localeCompare(b)`` does
+    (ICU root collation) for ASCII and accented letters: first by character class
+    (punctuation and symbols, then digits, then letters) and base letter, then by
+    accents, then by case (lowercase first), then by code point."""
+    primary, secondary, tertiary = [], [], []
+    for ch in name:
+        base = unicodedata.normalize("NFD", ch)
+        accents = base[1:]
+        letter = base[0].casefold()
+        if letter.isdigit():
+            primary.append((1, letter))
+        elif letter.isalpha():
+            primary.append((2, letter))
+        else:
+            rank = _ICU_PUNCTUATION.find(letter)
+            primary.append((0, str(rank if rank >= 0 else len(_ICU_PUNCTUATION)).zfill(3) + letter))
+        secondary.append(accents)
+        tertiary.append(ch.isupper())
+    return (primary, secondary, tertiary, name)
 
 
 def _lock_file_provider(path: Path) -> str | None:
