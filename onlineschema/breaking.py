@@ -25,52 +25,43 @@ cheapest safe path (``shared/reference/postgres-locks.md``):
   NULL column without a default makes it nullable during expand, so code that no
   longer writes it can insert rows before the contract.
 
-Handlers take the planner (``_Planner``) and the change, as the planner's own do; the
-column copies of one migration are planned together once every change has been seen
-(``_Planner.finalizers``), so several columns, and the tables whose foreign keys follow
-them, share one contract swap.
+Handlers take the plan context and the change; the column copies themselves are
+planned in ``planner.column_copy``.
 """
 
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import ColumnInfo, ConstraintInfo, IndexInfo, TableInfo
-from .changes import (
-    AlterColumnType,
-    Change,
-    DropColumn,
-    DropIndex,
-    DropTable,
-    RenameColumn,
-    RunSQL,
-)
+from .catalog import ColumnInfo, ConstraintInfo
+from .changes import AlterColumnType, DropColumn, DropTable, RenameColumn
 from .errors import Refused
 from .expressions import check_expression, check_type, column_refs
-from .plan import Action, Step
-from .planner import (
-    MAX_IDENTIFIER_BYTES,
-    RANK_DEFAULT,
-    RANK_FK,
-    RANK_INDEX,
-    Probe,
-    _Col,
-    _Planner,
-    _Table,
-    helper_name,
+from .plan import Action
+from .planner.column_copy import ColumnCopies, convert, request_copy
+from .planner.context import PlanContext, Probe
+from .planner.dependents import (
+    blocking_dependents,
+    checks_using,
+    fks_in_or_out,
+    fks_touching,
+    index_uses,
+    stats,
 )
+from .planner.model import VTable
+from .planner.naming import MAX_IDENTIFIER_BYTES, nn_check_name, shadow_name
 from .sql import ddl
 
 VARCHAR, TEXT, NUMERIC, VARBIT = 1043, 25, 1700, 1562
+
 TIMESTAMP, TIMESTAMPTZ = 1114, 1184
+
 #: same type, longer or unlimited typmod: no rewrite (varchar, numeric, varbit)
 TYPMOD_WIDENS = frozenset({VARCHAR, NUMERIC, VARBIT})
+
 #: different types whose indexes PostgreSQL keeps (logically equivalent)
 INDEX_KEPT = frozenset({(VARCHAR, TEXT), (TEXT, VARCHAR)})
+
 UTC_ZONES = frozenset(
     {
         "utc",
@@ -88,137 +79,6 @@ UTC_ZONES = frozenset(
         "greenwich",
     }
 )
-#: length-limited string types: an explicit cast would truncate, ALTER TYPE errors
-_LIMITED = re.compile(r"^(character varying|character|bit varying|bit)\(\d+\)(\[\])*$")
-_INT_RANK = {"smallint": 0, "integer": 1, "bigint": 2}
-#: objects that make a column or table impossible to drop or replace as planned
-_BLOCKING = {
-    "pg_rewrite": "view or rule",
-    "pg_policy": "row security policy",
-    "pg_trigger": "trigger",
-    "pg_proc": "function",
-    "pg_class": "generated column",
-    "pg_publication_rel": "publication",
-}
-
-# ---------------------------------------------------------------------------- state
-
-
-@dataclass
-class _Copy:
-    """A column replaced by a copy: expand adds ``shadow`` (kept in step by a trigger),
-    contract swaps it in as ``final`` and drops the old column."""
-
-    key: tuple[str, str]
-    column: str
-    shadow: str
-    final: str
-    old_type: str
-    new_type: str
-    collation: str | None
-    forward: str  # the new column's value, from the row
-    reverse: str | None  # the old column's value, from the new one (named ``column``)
-    sources: tuple[str, ...]
-    why: str
-    info: ColumnInfo
-    auto: bool = False
-
-    @property
-    def renamed(self) -> bool:
-        return self.final != self.column
-
-
-@dataclass
-class _State:
-    copies: dict[tuple[str, str], dict[str, _Copy]] = field(default_factory=dict)
-    #: table -> (what froze it, "copy" or "drop"): later changes on it are refused
-    frozen: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-
-
-def _state(p: _Planner) -> _State:
-    st = getattr(p, "_breaking", None)
-    if st is None:
-        st = _State()
-        p._breaking = st  # type: ignore[attr-defined]
-        p.finalizers.append(_finalize)
-    assert isinstance(st, _State)
-    return st
-
-
-def install_handlers(handlers: dict[Any, Any]) -> None:
-    """Register the breaking-change handlers and guard every other handler against
-    tables whose final shape exists only after this migration's contract phase."""
-    for kind, handler in list(handlers.items()):
-        handlers[kind] = _guarded(handler)
-    handlers[AlterColumnType] = alter_column_type
-    handlers[RenameColumn] = rename_column
-    handlers[DropColumn] = _guarded(drop_column)
-    handlers[DropTable] = _guarded(drop_table)
-
-
-def _guarded(handler: Callable[[_Planner, Any], None]) -> Callable[[_Planner, Any], None]:
-    @functools.wraps(handler)
-    def run(p: _Planner, c: Any) -> None:
-        if not _frozen(p, c):
-            handler(p, c)
-
-    return run
-
-
-def _touched(p: _Planner, c: Change) -> list[tuple[str, str]]:
-    keys = []
-    cat = p.catalog
-    for attr, sattr in (("table", "schema"), ("ref_table", "ref_schema")):
-        name = getattr(c, attr, None)
-        if isinstance(name, str):
-            keys.append((cat.resolve_schema(getattr(c, sattr, None), name), name))
-    if isinstance(c, DropIndex):
-        for s in [c.schema] if c.schema else list(cat.search_path):
-            owner = cat.index_owner.get((s, c.name))
-            if owner:
-                keys.append(owner)
-                break
-    if isinstance(c, RunSQL):
-        for name in c.touches:
-            s, _, rel = name.rpartition(".")
-            keys.append((s or cat.resolve_schema(None, rel), rel))
-    return keys
-
-
-def _frozen(p: _Planner, c: Change, *, allow_copy: bool = False) -> bool:
-    st = getattr(p, "_breaking", None)
-    if not isinstance(st, _State) or not st.frozen:
-        return False
-    for key in _touched(p, c):
-        hit = st.frozen.get(key)
-        if hit is None or (allow_copy and hit[1] == "copy"):
-            continue
-        p.refuse(
-            f"{c.describe()}: table {key[0]}.{key[1]} is also changed by '{hit[0]}' in this"
-            " migration, and its final shape exists only after that change's contract phase",
-            "put this change in a migration of its own (before this one, or after"
-            " `onlineschema contract`)",
-        )
-        return True
-    return False
-
-
-# ------------------------------------------------------------------------- helpers
-
-
-def _ident(name: str) -> str:
-    return ddl.ident(name)
-
-
-def _limited(formatted: str) -> bool:
-    return bool(_LIMITED.match(formatted))
-
-
-def _convert(expr: str, type_: str) -> str:
-    """``expr`` as a value of ``type_``: an explicit cast, except to a length-limited
-    string type, where the assignment cast (as ALTER TYPE uses) errors instead of
-    silently truncating."""
-    return f"({expr})" if _limited(type_) else ddl.cast_expr(expr, type_)
 
 
 def _numeric_mod(mod: int) -> tuple[int, int]:
@@ -230,7 +90,7 @@ def _numeric_mod(mod: int) -> tuple[int, int]:
     return (raw >> 16) & 0xFFFF, scale
 
 
-def _binary(p: _Planner, old_oid: int, old_mod: int, new_oid: int, new_mod: int) -> bool:
+def _binary(p: PlanContext, old_oid: int, old_mod: int, new_oid: int, new_mod: int) -> bool:
     """Can PostgreSQL change the type without touching a row (reference: ALTER TYPE)?"""
     if old_oid == new_oid:
         if old_oid not in TYPMOD_WIDENS:
@@ -246,64 +106,7 @@ def _binary(p: _Planner, old_oid: int, old_mod: int, new_oid: int, new_mod: int)
     return new_mod == -1 and (old_oid, new_oid) in p.catalog.binary_casts
 
 
-def _index_uses(idx: IndexInfo, columns: set[str]) -> bool:
-    return bool(set(c for c in idx.columns if c) & columns) or ddl.index_references(
-        idx.definition, columns
-    )
-
-
-def _checks_using(info: TableInfo, columns: set[str]) -> list[ConstraintInfo]:
-    return [
-        con
-        for con in info.constraints.values()
-        if con.type == "c"
-        and (set(con.columns) & columns or ddl.constraint_references(con.definition, columns))
-    ]
-
-
-def _fks_touching(
-    p: _Planner, maps: dict[tuple[str, str], dict[str, str]]
-) -> list[tuple[_Table, ConstraintInfo]]:
-    """Foreign keys whose own or referenced columns are in ``maps``, with their table."""
-    out = []
-    for key in sorted(p.tables):
-        u = p.tables[key]
-        if u.info is None:
-            continue
-        for con in sorted(u.info.constraints.values(), key=lambda k: k.name):
-            if con.type != "f":
-                continue
-            local = maps.get(key, {})
-            ref = maps.get(con.ref_table, {}) if con.ref_table else {}
-            if set(con.columns) & set(local) or set(con.ref_columns) & set(ref):
-                out.append((u, con))
-    return out
-
-
-def _blocking_dependents(info: TableInfo, column: str | None) -> list[str]:
-    """What stops a drop or copy of ``column`` (or of the table, when None)."""
-    out = []
-    for col, catalog, what in info.dependents:
-        kind = _BLOCKING.get(catalog)
-        if kind is None:
-            continue
-        if column is not None and col != column:
-            continue
-        if column is None and catalog not in ("pg_rewrite", "pg_proc"):
-            continue  # dropped with the table
-        out.append(f"{what} ({kind})")
-    return out
-
-
-def _stats(info: TableInfo, column: str) -> list[str]:
-    return [w for c, cat, w in info.dependents if cat == "pg_statistic_ext" and c == column]
-
-
-def _earlier_steps(p: _Planner, t: _Table) -> list[str]:
-    return [s.id for *_, s in p.steps if t.qual in s.tables and s.action != "alter_column_type"]
-
-
-def _name_free(p: _Planner, t: _Table, name: str, what: str) -> bool:
+def _name_free(p: PlanContext, t: VTable, name: str, what: str) -> bool:
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
         p.refuse(
             f"{what} name {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes",
@@ -319,13 +122,8 @@ def _name_free(p: _Planner, t: _Table, name: str, what: str) -> bool:
     return True
 
 
-# --------------------------------------------------------------- ALTER COLUMN TYPE
-
-
-def alter_column_type(p: _Planner, c: AlterColumnType) -> None:
-    st = _state(p)
-    if _frozen(p, c, allow_copy=True):
-        return
+def alter_column_type(p: PlanContext, c: AlterColumnType) -> None:
+    st = p.extension(ColumnCopies)
     t = p.table(c.schema, c.table)
     col = p.column(t, c.column) if t else None
     if t is None or col is None:
@@ -384,7 +182,7 @@ def alter_column_type(p: _Planner, c: AlterColumnType) -> None:
             " the old one",
         )
         return
-    col_id = _ident(c.column)
+    col_id = ddl.ident(c.column)
     trivial = using is None or using in (
         col_id,
         check_expression(f"CAST({col_id} AS {new_type})"),
@@ -425,12 +223,12 @@ def alter_column_type(p: _Planner, c: AlterColumnType) -> None:
             " TimeZone of the planning session), as ALTER TYPE in that session would"
         )
     elif trivial:
-        forward = _convert(col_id, new_fmt)
-        back = _convert(col_id, old_fmt)
+        forward = convert(col_id, new_fmt)
+        back = convert(col_id, old_fmt)
     else:
         assert using is not None
-        forward = _convert(using, new_fmt)
-        back = _convert(reverse, old_fmt) if reverse is not None else None
+        forward = convert(using, new_fmt)
+        back = convert(reverse, old_fmt) if reverse is not None else None
     sources = {c.column}
     if using is not None:
         for ref in sorted(column_refs(using)):
@@ -454,11 +252,11 @@ def alter_column_type(p: _Planner, c: AlterColumnType) -> None:
             )
         )
     collation = info.collation if _collatable(new_fmt) else None
-    _request_copy(
+    request_copy(
         p,
         t,
         info,
-        shadow=helper_name(c.column, "onlineschema_new"),
+        shadow=shadow_name(c.column),
         final=c.column,
         new_type=new_fmt,
         collation=collation,
@@ -474,27 +272,27 @@ def _collatable(formatted: str) -> bool:
     return formatted == "text" or formatted.startswith(("character", "citext"))
 
 
-def _in_place_blocker(p: _Planner, t: _Table, info: ColumnInfo, new_oid: int) -> str | None:
+def _in_place_blocker(p: PlanContext, t: VTable, info: ColumnInfo, new_oid: int) -> str | None:
     """Why an in-place (no rewrite) ALTER TYPE would still scan or rebuild under its lock."""
     assert t.info is not None
     same = info.type_oid == new_oid or (info.type_oid, new_oid) in INDEX_KEPT
-    checks = _checks_using(t.info, {info.name})
+    checks = checks_using(t.info, {info.name})
     if checks:
         names = ", ".join(k.name for k in checks)
         return f"CHECK constraint(s) {names} would be verified again by a scan under its lock"
     if not same:
-        idx = [i.name for i in t.info.indexes.values() if _index_uses(i, {info.name})]
+        idx = [i.name for i in t.info.indexes.values() if index_uses(i, {info.name})]
         if idx:
             return f"index(es) {', '.join(sorted(idx))} would be rebuilt under its lock"
-        fks = [con.name for _, con in _fks_touching(p, {(t.schema, t.name): {info.name: ""}})]
+        fks = [con.name for _, con in fks_touching(p, {(t.schema, t.name): {info.name: ""}})]
         if fks:
             return f"foreign key(s) {', '.join(fks)} would be checked again"
     return None
 
 
 def _alter_in_place(
-    p: _Planner,
-    t: _Table,
+    p: PlanContext,
+    t: VTable,
     info: ColumnInfo,
     new_fmt: str,
     new_oid: int,
@@ -512,7 +310,7 @@ def _alter_in_place(
             f"abort would not change {t.qual}.{column} back to {info.type} (that would"
             " rewrite or scan the table)"
         )
-    others = {u.qual for u, _ in _fks_touching(p, {(s, n): {column: ""}})} - {t.qual}
+    others = {u.qual for u, _ in fks_touching(p, {(s, n): {column: ""}})} - {t.qual}
     tables = [t.qual, *sorted(others)]
     t.columns[column].type = new_fmt
     step = p.brief(
@@ -532,16 +330,11 @@ def _alter_in_place(
     ]
 
 
-# ------------------------------------------------------------------ RENAME COLUMN
-
-
-def rename_column(p: _Planner, c: RenameColumn) -> None:
-    st = _state(p)
-    if _frozen(p, c, allow_copy=not c.instant):
-        return
+def rename_column(p: PlanContext, c: RenameColumn) -> None:
+    st = p.extension(ColumnCopies)
     t = p.table(c.schema, c.table)
     col = p.column(t, c.column) if t else None
-    if t is None or col is None or not p._name_ok(c.new_name, "column"):
+    if t is None or col is None or not p.name_ok(c.new_name, "column"):
         return
     if not _name_free(p, t, c.new_name, "column"):
         return
@@ -567,8 +360,8 @@ def rename_column(p: _Planner, c: RenameColumn) -> None:
             "rename it with RenameColumn(..., instant=True) when code and schema deploy together",
         )
         return
-    col_id = _ident(c.column)
-    _request_copy(
+    col_id = ddl.ident(c.column)
+    request_copy(
         p,
         t,
         info,
@@ -584,7 +377,7 @@ def rename_column(p: _Planner, c: RenameColumn) -> None:
     )
 
 
-def _rename_instant(p: _Planner, t: _Table, c: RenameColumn) -> None:
+def _rename_instant(p: PlanContext, t: VTable, c: RenameColumn) -> None:
     s, n = t.schema, t.name
     t.columns[c.new_name] = t.columns.pop(c.column)
 
@@ -615,535 +408,7 @@ def _rename_instant(p: _Planner, t: _Table, c: RenameColumn) -> None:
         )
 
 
-# --------------------------------------------------------------- the column copy
-
-
-def _request_copy(
-    p: _Planner,
-    t: _Table,
-    info: ColumnInfo,
-    *,
-    shadow: str,
-    final: str,
-    new_type: str,
-    collation: str | None,
-    forward: str,
-    reverse: str | None,
-    sources: tuple[str, ...],
-    why: str,
-    follow_references: bool,
-    auto: bool = False,
-) -> None:
-    st = _state(p)
-    key = (t.schema, t.name)
-    assert t.info is not None
-    problems = len(p.problems)
-    if t.info.relkind == "p":
-        p.refuse(
-            f"{why}: {t.qual} is partitioned; its indexes cannot be built concurrently nor"
-            " attached with USING INDEX",
-            "change each partition's column in its own migration, or use raw SQL in a"
-            " maintenance window",
-        )
-    earlier = _earlier_steps(p, t)
-    if earlier:
-        p.refuse(
-            f"{why}: table {t.qual} has other changes earlier in this migration"
-            f" ({', '.join(earlier)}); the column copy rebuilds its indexes and constraints"
-            " from the catalog",
-            "put those changes in a migration of their own, before this one",
-        )
-    blockers = _blocking_dependents(t.info, info.name)
-    if blockers:
-        p.refuse(
-            f"{why}: {t.qual}.{info.name} is used by {'; '.join(blockers)}, which would"
-            " still use the old column",
-            "drop or change those objects first (they must stop using the column)",
-        )
-    unread = sorted(f"{s}.{n}.{k}" for s, n, k in t.info.referenced_by if (s, n) not in p.tables)
-    if unread:
-        p.refuse(
-            f"{why}: foreign keys from tables too far away to plan for reference {t.qual}"
-            f" ({', '.join(unread)})",
-            "change the columns of that chain of foreign keys in separate migrations,"
-            " starting from the referencing end",
-        )
-    for con in t.info.constraints.values():
-        if info.name not in con.columns:
-            continue
-        if con.type == "x":
-            p.refuse(
-                f"{why}: exclusion constraint {con.name} uses {t.qual}.{info.name}; it cannot"
-                " be rebuilt without blocking writes",
-                "drop it first, or change the column in a maintenance window",
-            )
-        if con.type in ("p", "u") and "DEFERRABLE" in con.definition.upper():
-            p.refuse(
-                f"{why}: deferrable constraint {con.name} uses {t.qual}.{info.name}",
-                "make it NOT DEFERRABLE first, or change the column in a maintenance window",
-            )
-    if shadow in t.columns:
-        p.refuse(
-            f"{why}: the column name {shadow!r} is taken in {t.qual}",
-            f"rename or drop column {shadow} first",
-        )
-    if len(p.problems) > problems:
-        return
-    for stat in _stats(t.info, info.name):
-        p.notes.append(f"{stat} uses {t.qual}.{info.name}; it is dropped with the old column")
-    copy = _Copy(
-        key=key,
-        column=info.name,
-        shadow=shadow,
-        final=final,
-        old_type=info.type,
-        new_type=new_type,
-        collation=collation,
-        forward=forward,
-        reverse=reverse,
-        sources=sources,
-        why=why,
-        info=info,
-        auto=auto,
-    )
-    st.copies.setdefault(key, {})[info.name] = copy
-    st.frozen[key] = (why, "copy")
-    t.columns[shadow] = _Col(new_type, False, None, new=True)
-    # tables whose foreign keys are rebuilt are changed too
-    for u, _con in _fks_touching(p, {key: {info.name: shadow}}):
-        if (u.schema, u.name) != key:
-            st.frozen.setdefault((u.schema, u.name), (why, "copy"))
-    if not follow_references or new_type == info.type:
-        return
-    for u, con in _fks_touching(p, {key: {info.name: shadow}}):
-        if con.ref_table != key or info.name not in con.ref_columns or u.info is None:
-            continue
-        local = con.columns[con.ref_columns.index(info.name)]
-        ref_info = u.info.columns.get(local)
-        ukey = (u.schema, u.name)
-        if ref_info is None or ref_info.type != info.type or local in st.copies.get(ukey, {}):
-            continue
-        if (ukey, local) == (key, info.name):
-            continue
-        p.notes.append(
-            f"{u.qual}.{local} references {t.qual}.{info.name} (foreign key {con.name}):"
-            f" its type changes to {new_type} too"
-        )
-        local_id = _ident(local)
-        _request_copy(
-            p,
-            u,
-            ref_info,
-            shadow=helper_name(local, "onlineschema_new"),
-            final=local,
-            new_type=new_type,
-            collation=None,
-            forward=_convert(local_id, new_type),
-            reverse=_convert(local_id, ref_info.type),
-            sources=(local,),
-            why=f"change type of {u.qual}.{local} to {new_type} (follows {t.qual}.{info.name})",
-            follow_references=True,
-            auto=True,
-        )
-
-
-@dataclass
-class _Rebuilt:
-    """An index or constraint rebuilt on the new columns, swapped in at contract."""
-
-    table: _Table
-    name: str  # the original
-    temp: str  # the rebuilt one, until the swap
-    kind: str  # "index", "constraint_index" (p/u), "check", "fk"
-    primary: bool = False
-    old_temp: str = ""  # an old plain index, renamed at the swap, dropped after
-
-
-def _finalize(p: _Planner) -> None:
-    st = _state(p)
-    if not st.copies or p.problems:
-        return
-    maps = {key: {col: cp.shadow for col, cp in cols.items()} for key, cols in st.copies.items()}
-    keys = sorted(st.copies)
-    tables = [p.tables[k] for k in keys]
-    rebuilt: list[_Rebuilt] = []
-    swap_tables: set[str] = {t.qual for t in tables}
-
-    # --- expand: new columns and sync triggers
-    for t in tables:
-        for cp in _copies(st, t):
-            _expand_copy(p, t, cp)
-    # --- backfill
-    for t in tables:
-        for cp in _copies(st, t):
-            p.backfill_step(t, ((cp.shadow, cp.forward),), None, only_null=cp.shadow)
-    # --- validate: NOT NULL, indexes, checks, foreign keys
-    for t in tables:
-        assert t.info is not None
-        cols = maps[(t.schema, t.name)]
-        for cp in _copies(st, t):
-            if cp.info.notnull or cp.column in t.info.primary_key or cp.info.identity:
-                p.not_null_steps(t, cp.shadow)
-        for idx in sorted(t.info.indexes.values(), key=lambda i: i.name):
-            if not _index_uses(idx, set(cols)):
-                continue
-            if not idx.valid:
-                p.notes.append(
-                    f"invalid index {idx.name} on {t.qual} is not rebuilt; it goes with the"
-                    " old column"
-                )
-                continue
-            rebuilt.append(_rebuild_index(p, t, idx, cols))
-        for con in _checks_using(t.info, set(cols)):
-            rebuilt.append(_rebuild_check(p, t, con, cols))
-    for u, con in _fks_touching(p, maps):
-        rebuilt.append(_rebuild_fk(p, u, con, maps))
-        swap_tables.add(u.qual)
-        if con.ref_table:
-            swap_tables.add(f"{con.ref_table[0]}.{con.ref_table[1]}")
-    for t in tables:
-        shadows = [cp.shadow for cp in _copies(st, t)]
-        p.add(
-            Step(
-                id=f"analyze.{t.qual}",
-                phase="validate",
-                action="analyze",
-                description=f"gather statistics of {', '.join(shadows)} on {t.qual} for the"
-                " query planner (reads a sample, reads and writes go on)",
-                statements=(ddl.analyze(t.schema, t.name, shadows),),
-                lock="ShareUpdateExclusiveLock",
-                tables=(t.qual,),
-                statement_timeout=0,
-            ),
-            RANK_FK,
-        )
-    # --- contract: the swap, then the old indexes and columns
-    _swap(p, st, tables, rebuilt, sorted(swap_tables))
-    for r in rebuilt:
-        if r.kind != "index":
-            continue
-        p.drop_index_step(
-            r.table, r.old_temp, f"drop the old index {r.old_temp} (was {r.name}) concurrently"
-        )
-    for t in tables:
-        olds = [_old_name(cp) for cp in _copies(st, t)]
-        # after the swap a type change's old column hides under a name no code uses;
-        # a renamed column's old name goes only now
-        step = p.brief(
-            f"drop_old_columns.{t.qual}",
-            "contract",
-            "drop_column",
-            f"drop the old column(s) {', '.join(olds)} of {t.qual} (catalog only; the space"
-            " comes back as rows are updated or by VACUUM FULL)",
-            [ddl.drop_columns(t.schema, t.name, olds)],
-            [t.qual],
-            post=ddl.q_columns_absent(t.schema, t.name, olds),
-            breaking=any(cp.renamed for cp in _copies(st, t)),
-        )
-        step.details["squawk_ignore"] = [
-            {"rule": "ban-drop-column", "why": "contract phase: no code uses the old column"}
-        ]
-        for cp in _copies(st, t):
-            if cp.renamed:
-                t.columns.pop(cp.column, None)
-                t.columns[cp.final].new = False
-            else:
-                t.columns.pop(cp.shadow, None)
-                t.columns[cp.column].type = cp.new_type
-
-
-def _copies(st: _State, t: _Table) -> list[_Copy]:
-    return [st.copies[(t.schema, t.name)][c] for c in sorted(st.copies[(t.schema, t.name)])]
-
-
-def _old_name(cp: _Copy) -> str:
-    """The old column's name after the swap."""
-    return cp.column if cp.renamed else helper_name(cp.column, "onlineschema_old")
-
-
-def _sync_names(t: _Table, cp: _Copy) -> tuple[str, str]:
-    # BEFORE triggers fire in name order: "zz_" runs after the application's own, so
-    # a trigger that changes the old column is seen by the copy
-    return (
-        helper_name("onlineschema_sync", t.name, cp.column),
-        helper_name("zz_onlineschema_sync", cp.column),
-    )
-
-
-def _expand_copy(p: _Planner, t: _Table, cp: _Copy) -> None:
-    s, n = t.schema, t.name
-    what = f"the new name of {cp.column}" if cp.renamed else f"{cp.column} as {cp.new_type}"
-    fn, trg = _sync_names(t, cp)
-    refuse = (
-        f"{t.qual}.{cp.shadow} is filled from {cp.column} until the contract phase of"
-        f" '{cp.why}' (no reverse_using was given): write {cp.column} instead"
-    )
-    # the column and its trigger in one transaction: the new column never exists
-    # without the trigger, so no write to either column is ever missed by the other
-    p.brief(
-        f"add_column.{t.qual}.{cp.shadow}",
-        "expand",
-        "add_column",
-        f"add column {cp.shadow} {cp.new_type} to {t.qual}, nullable ({what}; catalog"
-        f" only), with trigger {trg}: writes to {cp.column} (old code) and to {cp.shadow}"
-        " (new code) are copied to the other column",
-        [
-            ddl.add_plain_column(s, n, cp.shadow, cp.new_type, collation=cp.collation),
-            ddl.sync_trigger_function(
-                s,
-                fn,
-                n,
-                old=cp.column,
-                new=cp.shadow,
-                new_type=cp.new_type,
-                forward=cp.forward,
-                sources=cp.sources,
-                reverse=cp.reverse,
-                refuse_message=refuse,
-            ),
-            ddl.create_trigger(s, n, trg, fn),
-        ],
-        [t.qual],
-        post=ddl.q_trigger_exists(s, n, trg),
-        undo=[
-            Action(ddl.drop_trigger(s, n, trg)),
-            Action(ddl.drop_function(s, fn)),
-            Action(ddl.drop_column(s, n, cp.shadow)),
-        ],
-    )
-    if cp.renamed:
-        p.notes.append(
-            f"until `onlineschema contract`, {t.qual}.{cp.column} (old code) and"
-            f" {cp.final} (new code) are both readable and writable, kept in step by"
-            f" trigger {trg}"
-        )
-    else:
-        back = (
-            f"; code may also write {cp.shadow} (copied back into {cp.column})"
-            if cp.reverse is not None
-            else ""
-        )
-        p.notes.append(
-            f"until `onlineschema contract`, code keeps using {t.qual}.{cp.column}"
-            f" ({cp.old_type}); {cp.shadow} ({cp.new_type}) follows it{back}; the contract"
-            f" swaps the names"
-        )
-
-
-def _rebuild_index(p: _Planner, t: _Table, idx: IndexInfo, cols: dict[str, str]) -> _Rebuilt:
-    s = t.schema
-    temp = helper_name(idx.name, "onlineschema_new")
-    p.relations.add((s, temp))
-    p.add(
-        Step(
-            id=f"create_index.{s}.{temp}",
-            phase="validate",
-            action="create_index",
-            description=f"build {'unique ' if idx.unique else ''}index {temp} on {t.qual}"
-            f" concurrently, like {idx.name} on the new column(s) (reads and writes go on)",
-            statements=(ddl.rebuild_index(idx.definition, temp, cols),),
-            transactional=False,
-            lock="ShareUpdateExclusiveLock",
-            tables=(t.qual,),
-            scans=True,
-            statement_timeout=0,
-            postcondition=ddl.q_index_valid(s, temp),
-            undo=(Action(ddl.drop_index(s, temp), transactional=False),),
-            details={"index": {"schema": s, "name": temp, "table": t.name}},
-        ),
-        RANK_INDEX,
-    )
-    if idx.constraint and t.info and t.info.constraints.get(idx.constraint, None):
-        con = t.info.constraints[idx.constraint]
-        if con.type in ("p", "u"):
-            return _Rebuilt(t, con.name, temp, "constraint_index", primary=con.type == "p")
-    return _Rebuilt(t, idx.name, temp, "index", old_temp=helper_name(idx.name, "onlineschema_old"))
-
-
-def _rebuild_check(p: _Planner, t: _Table, con: ConstraintInfo, cols: dict[str, str]) -> _Rebuilt:
-    s, n = t.schema, t.name
-    temp = helper_name(con.name, "onlineschema_new")
-    p.brief(
-        f"add_check.{t.qual}.{temp}",
-        "validate",
-        "add_check_not_valid",
-        f"add check {temp} on {t.qual} NOT VALID, like {con.name} on the new column(s)",
-        [ddl.rebuild_constraint(s, n, temp, con.definition, cols)],
-        [t.qual],
-        post=ddl.q_constraint(s, n, temp),
-        undo=[Action(ddl.drop_constraint(s, n, temp))],
-    )
-    if con.validated:
-        p.validate_step(
-            t,
-            temp,
-            f"validate check {temp} (scans {t.qual}, reads and writes go on)",
-            rank=RANK_DEFAULT,
-        )
-    return _Rebuilt(t, con.name, temp, "check")
-
-
-def _rebuild_fk(
-    p: _Planner,
-    u: _Table,
-    con: ConstraintInfo,
-    maps: dict[tuple[str, str], dict[str, str]],
-) -> _Rebuilt:
-    s, n = u.schema, u.name
-    temp = helper_name(con.name, "onlineschema_new")
-    assert con.ref_table is not None
-    ref = p.tables.get(con.ref_table)
-    ref_qual = f"{con.ref_table[0]}.{con.ref_table[1]}"
-    statement = ddl.rebuild_constraint(
-        s,
-        n,
-        temp,
-        con.definition,
-        maps.get((s, n), {}),
-        ref=con.ref_table,
-        ref_columns=maps.get(con.ref_table, {}),
-    )
-    p.brief(
-        f"add_foreign_key.{u.qual}.{temp}",
-        "validate",
-        "add_foreign_key_not_valid",
-        f"add foreign key {temp} on {u.qual} NOT VALID, like {con.name} on the new"
-        " column(s) (new rows checked at once)",
-        [statement],
-        [u.qual] if ref_qual == u.qual else [u.qual, ref_qual],
-        lock="ShareRowExclusiveLock",
-        post=ddl.q_constraint(s, n, temp),
-        undo=[Action(ddl.drop_constraint(s, n, temp))],
-        rank=RANK_FK,
-    )
-    if con.validated:
-        p.validate_step(
-            u,
-            temp,
-            f"validate foreign key {temp} (scans {u.qual}, reads and writes go on)",
-            ref=ref,
-            rank=RANK_FK,
-        )
-    return _Rebuilt(u, con.name, temp, "fk")
-
-
-def _swap(
-    p: _Planner,
-    st: _State,
-    tables: list[_Table],
-    rebuilt: list[_Rebuilt],
-    swap_tables: list[str],
-) -> None:
-    """One transaction: old constraints off, names swapped, defaults, sequences and
-    identity moved, new constraints on, triggers dropped."""
-    out: list[str] = []
-    said: list[str] = []
-    for r in rebuilt:
-        if r.kind == "fk":
-            out.append(ddl.drop_constraint(r.table.schema, r.table.name, r.name))
-    for r in rebuilt:
-        if r.kind in ("constraint_index", "check"):
-            out.append(ddl.drop_constraint(r.table.schema, r.table.name, r.name))
-    for r in rebuilt:
-        if r.kind == "index":
-            out.append(ddl.rename_index(r.table.schema, r.name, r.old_temp))
-    for t in tables:
-        s, n = t.schema, t.name
-        for cp in _copies(st, t):
-            old = _old_name(cp)
-            if not cp.renamed:
-                out.append(ddl.rename_column(s, n, cp.column, old))
-                out.append(ddl.rename_column(s, n, cp.shadow, cp.final))
-                said.append(f"{t.qual}.{cp.column} becomes {cp.new_type}")
-            else:
-                said.append(f"{t.qual}.{cp.column} is replaced by {cp.final}")
-            out += _move_default(t, cp, old)
-            if cp.info.notnull or cp.info.identity:
-                out.append(ddl.drop_not_null(s, n, old))
-                out += _keep_not_null_name(p, t, cp)
-    for r in rebuilt:
-        s, n = r.table.schema, r.table.name
-        if r.kind == "constraint_index":
-            out.append(ddl.add_constraint_using_index(s, n, r.name, r.temp, primary_key=r.primary))
-        elif r.kind in ("check", "fk"):
-            out.append(ddl.rename_constraint(s, n, r.temp, r.name))
-        else:
-            out.append(ddl.rename_index(s, r.temp, r.name))
-    for t in tables:
-        for cp in _copies(st, t):
-            fn, trg = _sync_names(t, cp)
-            out += [ddl.drop_trigger(t.schema, t.name, trg), ddl.drop_function(t.schema, fn)]
-    moved = [r.name for r in rebuilt]
-    first = tables[0]
-    fn, trg = _sync_names(first, _copies(st, first)[0])
-    step = p.brief(
-        "swap_columns." + "+".join(t.qual for t in tables),
-        "contract",
-        "swap_columns",
-        "switch to the new column(s) in one short transaction: "
-        + "; ".join(said)
-        + (f"; moves {', '.join(moved)}" if moved else "")
-        + "; drops the sync triggers",
-        out,
-        swap_tables,
-        post=ddl.q_trigger_exists(first.schema, first.name, trg, exists=False),
-        breaking=True,
-    )
-    step.details["squawk_ignore"] = [
-        {
-            "rule": "renaming-object",
-            "why": "each index or constraint takes the name of the"
-            " one it replaces, in the same transaction",
-        },
-        {"rule": "ban-drop-not-null", "why": "the old column, which no code writes any more"},
-        {"rule": "ban-drop-default", "why": "the default moves to the new column"},
-        {"rule": "ban-drop-function", "why": "the sync trigger's own function"},
-    ]
-
-
-def _keep_not_null_name(p: _Planner, t: _Table, cp: _Copy) -> list[str]:
-    """PostgreSQL 18 names NOT NULL constraints: the new column takes the old one's."""
-    if p.major < 18 or cp.renamed or t.info is None:
-        return []
-    names = [
-        k.name for k in t.info.constraints.values() if k.type == "n" and k.columns == (cp.column,)
-    ]
-    ours = helper_name(t.name, cp.shadow, "not_null")  # planner.not_null_steps names it so
-    if not names or names[0] == ours:
-        return []
-    return [ddl.rename_constraint(t.schema, t.name, ours, names[0])]
-
-
-def _move_default(t: _Table, cp: _Copy, old: str) -> list[str]:
-    """Default, serial sequence or identity: from the old column to the new one."""
-    s, n, info = t.schema, t.name, cp.info
-    out: list[str] = []
-    seq = info.sequence
-    if info.identity and seq is not None:
-        tmp = helper_name(seq[1], "onlineschema_new")
-        out += [
-            ddl.add_identity(s, n, cp.final, info.identity == "a", seq[0], tmp),
-            ddl.continue_sequence(seq[0], tmp, seq[0], seq[1]),
-            ddl.drop_identity(s, n, old),
-            ddl.rename_sequence(seq[0], tmp, seq[1]),
-        ]
-        return out
-    if info.default is not None:
-        out += [
-            ddl.set_default(s, n, cp.final, info.default),
-            ddl.drop_default(s, n, old),
-        ]
-    if seq is not None:
-        out.append(ddl.sequence_owned_by(seq[0], seq[1], s, n, cp.final))
-        if _INT_RANK.get(cp.new_type, -1) > _INT_RANK.get(seq[2], 9):
-            out.append(ddl.sequence_as(seq[0], seq[1], cp.new_type))
-    return out
-
-
-# -------------------------------------------------------------------- DROP COLUMN
-
-
-def drop_column(p: _Planner, c: DropColumn) -> None:
+def drop_column(p: PlanContext, c: DropColumn) -> None:
     t = p.table(c.schema, c.table)
     if t is None:
         return
@@ -1169,7 +434,7 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
             "drop the primary key first (DropConstraint), in an earlier migration",
         )
         return
-    blockers = _blocking_dependents(t.info, c.column)
+    blockers = blocking_dependents(t.info, c.column)
     if blockers:
         p.refuse(
             f"{t.qual}.{c.column} is used by {'; '.join(blockers)}",
@@ -1180,7 +445,7 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
     depends: list[str] = []
     # expand: code that no longer writes the column must be able to insert
     if info.notnull and info.default is None and not info.identity and not info.generated:
-        nn_check = helper_name("onlineschema_nn", n, c.column)
+        nn_check = nn_check_name(n, c.column)
         relax = p.brief(
             f"drop_not_null.{t.qual}.{c.column}",
             "expand",
@@ -1203,7 +468,7 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
             {"rule": "ban-drop-not-null", "why": "the column is dropped in the contract phase"}
         ]
     # contract: foreign keys (both directions), then indexes, then the column
-    for u, con in _fks_touching(p, {(s, n): {c.column: ""}}):
+    for u, con in fks_touching(p, {(s, n): {c.column: ""}}):
         ref_qual = f"{con.ref_table[0]}.{con.ref_table[1]}" if con.ref_table else u.qual
         direction = (
             f"references {t.qual}.{c.column}"
@@ -1213,7 +478,7 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
         _drop_fk(p, u, con, f"foreign key {u.qual}.{con.name} ({direction})")
         depends.append(f"foreign key {u.qual}.{con.name}")
     for idx in sorted(t.info.indexes.values(), key=lambda i: i.name):
-        if not _index_uses(idx, {c.column}):
+        if not index_uses(idx, {c.column}):
             continue
         if idx.constraint:
             cinfo = t.info.constraints.get(idx.constraint)
@@ -1240,12 +505,12 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
             t, idx.name, f"drop index {s}.{idx.name} concurrently (uses {c.column})", breaking=True
         )
         depends.append(f"index {idx.name}")
-    along = [f"check {k.name}" for k in _checks_using(t.info, {c.column})]
-    for k in _checks_using(t.info, {c.column}):
+    along = [f"check {k.name}" for k in checks_using(t.info, {c.column})]
+    for k in checks_using(t.info, {c.column}):
         t.constraints.pop(k.name, None)
     if info.sequence is not None:
         along.append(f"sequence {info.sequence[0]}.{info.sequence[1]}")
-    along += _stats(t.info, c.column)
+    along += stats(t.info, c.column)
     step = p.brief(
         f"drop_column.{t.qual}.{c.column}",
         "contract",
@@ -1271,7 +536,7 @@ def drop_column(p: _Planner, c: DropColumn) -> None:
     )
 
 
-def _drop_fk(p: _Planner, u: _Table, con: ConstraintInfo, what: str) -> None:
+def _drop_fk(p: PlanContext, u: VTable, con: ConstraintInfo, what: str) -> None:
     ref_qual = f"{con.ref_table[0]}.{con.ref_table[1]}" if con.ref_table else u.qual
     step = p.brief(
         f"drop_constraint.{u.qual}.{con.name}",
@@ -1289,10 +554,7 @@ def _drop_fk(p: _Planner, u: _Table, con: ConstraintInfo, what: str) -> None:
     u.constraints.pop(con.name, None)
 
 
-# --------------------------------------------------------------------- DROP TABLE
-
-
-def drop_table(p: _Planner, c: DropTable) -> None:
+def drop_table(p: PlanContext, c: DropTable) -> None:
     key = (p.catalog.resolve_schema(c.schema, c.table), c.table)
     if key not in p.tables and c.if_exists:
         p.notes.append(f"table {c.table} does not exist; DROP TABLE IF EXISTS skipped")
@@ -1308,7 +570,7 @@ def drop_table(p: _Planner, c: DropTable) -> None:
         return
     info = t.info
     s, n = t.schema, t.name
-    blockers = _blocking_dependents(info, None)
+    blockers = blocking_dependents(info, None)
     if blockers:
         p.refuse(
             f"table {t.qual} is used by {'; '.join(blockers)}",
@@ -1316,7 +578,7 @@ def drop_table(p: _Planner, c: DropTable) -> None:
         )
         return
     depends: list[str] = []
-    for u, con in _fks_in_or_out(p, t):
+    for u, con in fks_in_or_out(p, t):
         incoming = (u.schema, u.name) != key
         what = (
             f"foreign key {u.qual}.{con.name} (references {t.qual})"
@@ -1367,21 +629,4 @@ def drop_table(p: _Planner, c: DropTable) -> None:
     )
     del p.tables[key]
     p.relations.discard(key)
-    _state(p).frozen[key] = (c.describe(), "drop")
-
-
-def _fks_in_or_out(p: _Planner, t: _Table) -> list[tuple[_Table, ConstraintInfo]]:
-    """Foreign keys between ``t`` and other tables, either way (self references go
-    with the table)."""
-    key = (t.schema, t.name)
-    out = []
-    for ukey in sorted(p.tables):
-        u = p.tables[ukey]
-        if u.info is None:
-            continue
-        for con in sorted(u.info.constraints.values(), key=lambda k: k.name):
-            if con.type != "f" or con.ref_table is None:
-                continue
-            if (ukey == key) != (con.ref_table == key):
-                out.append((u, con))
-    return out
+    p.frozen[key] = (c.describe(), "drop")

@@ -14,13 +14,12 @@ into steps following ``shared/reference/postgres-locks.md``:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..catalog import INTEGER_TYPES, Catalog, TableInfo
+from ..breaking import alter_column_type, drop_column, drop_table, rename_column
+from ..catalog import Catalog
 from ..changes import (
     AddCheck,
     AddColumn,
@@ -30,10 +29,13 @@ from ..changes import (
     AlterColumnType,
     Backfill,
     Change,
+    DropColumn,
     DropConstraint,
     DropDefault,
     DropIndex,
     DropNotNull,
+    DropTable,
+    RenameColumn,
     RunSQL,
     SetDefault,
     SetNotNull,
@@ -41,436 +43,39 @@ from ..changes import (
 )
 from ..errors import PreflightError, Refused
 from ..expressions import (
-    check_expression,
     check_index_element,
     check_type,
     column_refs,
     function_names,
-    has_subquery,
     index_element_expression,
 )
 from ..plan import Action, Plan, Step
 from ..sql import ddl
+from .context import PlanContext, PlanResult, Probe
+from .model import VColumn, VConstraint
+from .naming import MAX_IDENTIFIER_BYTES, auto_name, fill_trigger_names, helper_name
+from .normalize import normalize
+from .steps import RANK_DEFAULT, RANK_FK
 
-MAX_IDENTIFIER_BYTES = 63
 SERIAL_TYPES = frozenset({"serial", "bigserial", "smallserial", "serial4", "serial8", "serial2"})
-PHASE_RANK = {"expand": 0, "backfill": 1, "validate": 2, "contract": 3}
-# inside the validate phase: index builds first, then constraints, foreign keys last
-# (a foreign key may need a unique constraint built by the same migration)
-RANK_INDEX, RANK_DEFAULT, RANK_FK = 0, 1, 2
+
+__all__ = [
+    "PlanContext",
+    "PlanResult",
+    "Probe",
+    "build_plan",
+    "catalog_request",
+    "helper_name",
+    "normalize",
+]
 
 
-@dataclass(frozen=True)
-class Probe:
-    """A query that must succeed before any DDL runs (an expression compiles)."""
-
-    sql: str
-    problem: str
-    fix: str
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    plan: Plan
-    probes: tuple[Probe, ...]
-
-
-@dataclass
-class _Col:
-    type: str
-    notnull: bool
-    default: str | None
-    identity: str = ""
-    generated: str = ""
-    new: bool = False
-
-
-@dataclass
-class _Con:
-    type: str
-    validated: bool
-    columns: tuple[str, ...] = ()
-    ref: tuple[str, str] | None = None
-    index: str | None = None
-
-
-@dataclass
-class _Idx:
-    unique: bool
-    columns: tuple[str | None, ...]
-    valid: bool = True
-    partial: bool = False
-    constraint: str | None = None
-
-
-@dataclass
-class _Table:
-    schema: str
-    name: str
-    columns: dict[str, _Col]
-    indexes: dict[str, _Idx]
-    constraints: dict[str, _Con]
-    primary_key: tuple[str, ...]
-    referenced_by: tuple[tuple[str, str, str], ...]
-    new: bool = False  # created by this migration: empty, nothing uses it yet
-    info: TableInfo | None = None
-
-    @property
-    def qual(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-@dataclass
-class _Planner:
-    catalog: Catalog
-    problems: list[Refused] = field(default_factory=list)
-    steps: list[tuple[int, int, int, Step]] = field(default_factory=list)
-    probes: list[Probe] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    tables: dict[tuple[str, str], _Table] = field(default_factory=dict)
-    relations: set[tuple[str, str]] = field(default_factory=set)
-    new_tables: set[tuple[str, str]] = field(default_factory=set)
-    seq: int = 0
-    ids: set[str] = field(default_factory=set)
-    #: run after every change has been seen (changes planned together, e.g. the
-    #: expand/contract copies of onlineschema.breaking)
-    finalizers: list[Callable[[_Planner], None]] = field(default_factory=list)
-    #: (schema, table, column) -> the NOT NULL change already planned for it
-    nullness: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    #: (schema, table, column) of new columns whose existing rows get a value
-    filled: set[tuple[str, str, str]] = field(default_factory=set)
-
-    # --- model -------------------------------------------------------------------
-
-    def __post_init__(self) -> None:
-        for key, t in self.catalog.tables.items():
-            self.tables[key] = _Table(
-                schema=t.schema,
-                name=t.name,
-                columns={
-                    c.name: _Col(c.type, c.notnull, c.default, c.identity, c.generated)
-                    for c in t.columns.values()
-                },
-                indexes={
-                    i.name: _Idx(i.unique, i.columns, i.valid, i.partial, i.constraint)
-                    for i in t.indexes.values()
-                },
-                constraints={
-                    c.name: _Con(c.type, c.validated, c.columns, c.ref_table, c.index)
-                    for c in t.constraints.values()
-                },
-                primary_key=t.primary_key,
-                referenced_by=t.referenced_by,
-                info=t,
-            )
-            self.relations.add(key)
-            for idx in t.indexes:
-                self.relations.add((t.schema, idx))
-        self.relations |= self.catalog.other_relations
-
-    @property
-    def major(self) -> int:
-        return self.catalog.major
-
-    def refuse(self, problem: str, fix: str | None = None) -> None:
-        self.problems.append(Refused(problem, fix))
-
-    def table(self, schema: str | None, name: str, *, what: str = "table") -> _Table | None:
-        if not self._name_ok(name, what):
-            return None
-        key = (self.catalog.resolve_schema(schema, name), name)
-        if key in self.new_tables:
-            t = self.tables.get(key)
-            if t is None:
-                t = _Table(key[0], name, {}, {}, {}, (), (), new=True)
-                self.tables[key] = t
-            return t
-        t = self.tables.get(key)
-        if t is None:
-            where = (
-                f"schema {schema}"
-                if schema
-                else "search path " + ", ".join(self.catalog.search_path)
-            )
-            self.refuse(
-                f"{what} {name!r} does not exist (looked in {where})",
-                "check the table name and schema, or create the table first in the same migration",
-            )
-        return t
-
-    def column(self, t: _Table, name: str, *, what: str = "column") -> _Col | None:
-        if t.new and name not in t.columns:
-            return _Col("unknown", False, None, new=True)  # created by this migration
-        col = t.columns.get(name)
-        if col is None:
-            known = ", ".join(sorted(t.columns)) or "none"
-            self.refuse(
-                f"{what} {name!r} does not exist in table {t.qual} (columns: {known})",
-                "check the column name; names are case-sensitive when quoted",
-            )
-        return col
-
-    def _name_ok(self, name: str, what: str) -> bool:
-        if not name:
-            self.refuse(f"{what} name is empty", "give a name")
-            return False
-        if "\x00" in name:
-            self.refuse(f"{what} name {name!r} contains a NUL byte", "use a valid identifier")
-            return False
-        if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-            self.refuse(
-                f"{what} name {name!r} is {len(name.encode())} bytes long; PostgreSQL keeps only"
-                f" {MAX_IDENTIFIER_BYTES} and would silently truncate it",
-                f"use a name of at most {MAX_IDENTIFIER_BYTES} bytes",
-            )
-            return False
-        return True
-
-    def new_name(self, schema: str, name: str, what: str) -> bool:
-        """A name for a new relation (index) that must not exist yet."""
-        if not self._name_ok(name, what):
-            return False
-        if (schema, name) in self.relations:
-            self.refuse(
-                f"{what} {name!r} already exists in schema {schema}",
-                "choose another name, or drop the existing one first",
-            )
-            return False
-        self.relations.add((schema, name))
-        return True
-
-    def new_type(self, type_: str) -> bool:
-        """Is ``type_`` (as ``check_type`` returns it) created earlier in this migration
-        (``CREATE TYPE`` / ``CREATE DOMAIN`` through ``RunSQL.creates``)?"""
-        base = type_.removesuffix("[]").removesuffix("[]")
-        for schema, name in self.new_tables:
-            try:
-                forms = {
-                    check_type(ddl.ident(name)),
-                    check_type(f"{ddl.ident(schema)}.{ddl.ident(name)}"),
-                }
-            except Refused:
-                continue
-            if base in forms:
-                return True
-        return False
-
-    def expr(self, text: str, what: str) -> str | None:
-        try:
-            return check_expression(text, what)
-        except Refused as exc:
-            self.problems.append(exc)
-            return None
-
-    def volatile(self, expr: str) -> bool:
-        for fn in function_names(expr):
-            if self.catalog.volatility.get(fn, "v") == "v":
-                return True
-        return False
-
-    def probe_expr(self, t: _Table, expr: str, type_: str | None, what: str) -> None:
-        """Compile ``expr`` against the live table before any DDL (skipped when it uses
-        columns this migration creates: those do not exist yet)."""
-        if t.new or any(t.columns.get(c, _Col("", False, None)).new for c in column_refs(expr)):
-            return
-        self.probes.append(
-            Probe(
-                ddl.q_compile_expression(t.schema, t.name, expr, type_),
-                f"{what} {expr!r} does not compile against table {t.qual}",
-                "fix the expression; it must be valid in UPDATE ... SET col = <expression>",
-            )
-        )
-
-    def no_subquery(self, expr: str, what: str) -> bool:
-        """PostgreSQL refuses sub-queries in defaults, CHECK constraints and indexes."""
-        if has_subquery(expr):
-            self.refuse(
-                f"{what} {expr!r} contains a subquery, which PostgreSQL does not allow there",
-                "use an expression over the row's own columns (or a function)",
-            )
-            return False
-        return True
-
-    def default_ok(self, t: _Table, column: str, default: str) -> bool:
-        """PostgreSQL refuses column references in a DEFAULT; the compile probe (an
-        UPDATE ... SET expression) would accept them, so check here."""
-        if not self.no_subquery(default, f"default of {t.qual}.{column}"):
-            return False
-        refs = sorted(column_refs(default))
-        if refs:
-            self.refuse(
-                f"default {default!r} of {t.qual}.{column} references column(s)"
-                f" {', '.join(refs)}; a DEFAULT cannot refer to other columns",
-                "use a constant or a function call as the default; to fill existing rows"
-                " from other columns use a backfill expression",
-            )
-            return False
-        return True
-
-    def not_null_once(self, t: _Table, column: str, change: str) -> bool:
-        """Refuse setting and dropping NOT NULL on one column in one migration: the
-        phases would run them out of the order they were asked in."""
-        key = (t.schema, t.name, column)
-        other = self.nullness.get(key)
-        if other is not None:
-            self.refuse(
-                f"conflicting changes: {other} and {change} on {t.qual}.{column} in one migration",
-                "keep only the one you want, or put them in two migrations",
-            )
-            return False
-        self.nullness[key] = change
-        return True
-
-    def probe_cond(self, t: _Table, cond: str, what: str) -> None:
-        if t.new or any(t.columns.get(c, _Col("", False, None)).new for c in column_refs(cond)):
-            return
-        self.probes.append(
-            Probe(
-                ddl.q_compile_condition(t.schema, t.name, cond),
-                f"{what} {cond!r} does not compile against table {t.qual}",
-                "fix the condition; it must be valid in a WHERE clause on that table",
-            )
-        )
-
-    # --- steps -------------------------------------------------------------------
-
-    def add(self, step: Step, rank: int = RANK_DEFAULT) -> Step:
-        sid = step.id
-        n = 2
-        while sid in self.ids:
-            sid = f"{step.id}#{n}"
-            n += 1
-        self.ids.add(sid)
-        if sid != step.id:
-            step = dataclasses.replace(step, id=sid)
-        self.seq += 1
-        self.steps.append(
-            (PHASE_RANK[step.phase], rank if step.phase == "validate" else 0, self.seq, step)
-        )
-        return step
-
-    def brief(
-        self,
-        sid: str,
-        phase: str,
-        action: str,
-        description: str,
-        statements: Sequence[str],
-        tables: Sequence[str],
-        *,
-        lock: str = "AccessExclusiveLock",
-        post: str | None = None,
-        undo: Sequence[Action] = (),
-        rank: int = RANK_DEFAULT,
-        breaking: bool = False,
-    ) -> Step:
-        return self.add(
-            Step(
-                id=sid,
-                phase=phase,  # type: ignore[arg-type]
-                action=action,
-                description=description,
-                statements=tuple(statements),
-                transactional=True,
-                lock=lock,
-                tables=tuple(tables),
-                postcondition=post,
-                undo=tuple(undo),
-                breaking=breaking,
-            ),
-            rank,
-        )
-
-    def validate_step(
-        self, t: _Table, name: str, description: str, *, ref: _Table | None = None, rank: int
-    ) -> None:
-        tables = [t.qual] + ([ref.qual] if ref else [])
-        self.add(
-            Step(
-                id=f"validate.{t.qual}.{name}",
-                phase="validate",
-                action="validate_constraint",
-                description=description,
-                statements=(ddl.validate_constraint(t.schema, t.name, name),),
-                lock="ShareUpdateExclusiveLock",
-                tables=tuple(tables),
-                scans=True,
-                statement_timeout=0,
-                postcondition=ddl.q_constraint(t.schema, t.name, name, validated=True),
-            ),
-            rank,
-        )
-
-    def not_null_steps(self, t: _Table, column: str) -> None:
-        """NOT NULL without a scan under ACCESS EXCLUSIVE (reference: SET NOT NULL)."""
-        s, n = t.schema, t.name
-        if self.major >= 18:
-            con = helper_name(n, column, "not_null")
-            self.brief(
-                f"add_not_null.{t.qual}.{column}",
-                "validate",
-                "add_not_null_not_valid",
-                f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once)",
-                [ddl.add_not_null_constraint(s, n, con, column)],
-                [t.qual],
-                post=ddl.q_constraint(s, n, con),
-                undo=[Action(ddl.drop_constraint(s, n, con))],
-            )
-            self.validate_step(
-                t,
-                con,
-                f"validate NOT NULL on {t.qual}.{column} (scans, reads and writes go on)",
-                rank=RANK_DEFAULT,
-            )
-        else:
-            con = helper_name("onlineschema_nn", n, column)
-            self.brief(
-                f"add_not_null_check.{t.qual}.{column}",
-                "validate",
-                "add_check_not_valid",
-                f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
-                [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
-                [t.qual],
-                post=ddl.q_constraint(s, n, con),
-                undo=[Action(ddl.drop_constraint(s, n, con))],
-            )
-            self.validate_step(
-                t,
-                con,
-                f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and writes go on)",
-                rank=RANK_DEFAULT,
-            )
-            self.brief(
-                f"set_not_null.{t.qual}.{column}",
-                "validate",
-                "set_not_null",
-                f"set NOT NULL on {t.qual}.{column} (no scan: the validated check proves it)",
-                [ddl.set_not_null(s, n, column)],
-                [t.qual],
-                post=ddl.q_column_notnull(s, n, column),
-                undo=[Action(ddl.drop_not_null(s, n, column))],
-            )
-            step = self.brief(
-                f"drop_not_null_check.{t.qual}.{column}",
-                "contract",
-                "drop_helper_check",
-                f"drop the helper check {con} (NOT NULL now holds it)",
-                [ddl.drop_constraint(s, n, con)],
-                [t.qual],
-                post=ddl.q_constraint_absent(s, n, con),
-            )
-            step.details["squawk_ignore"] = [
-                {
-                    "rule": "ban-drop-constraint",
-                    "why": "the helper check was created by this plan; nothing depends on it",
-                }
-            ]
-
-    # --- changes -----------------------------------------------------------------
+class _Planner(PlanContext):
+    """The planner's own change handlers (moving to recipes)."""
 
     def add_column(self, c: AddColumn) -> None:
         t = self.table(c.schema, c.table)
-        if t is None or not self._name_ok(c.column, "column"):
+        if t is None or not self.name_ok(c.column, "column"):
             return
         if c.column in t.columns:
             self.refuse(
@@ -518,7 +123,7 @@ class _Planner:
         if fill is not None:
             self.probe_expr(t, fill, probe_type, "backfill expression")
         volatile = default is not None and self.volatile(default)
-        t.columns[c.column] = _Col(type_, not c.nullable, default, new=True)
+        t.columns[c.column] = VColumn(type_, not c.nullable, default, new=True)
         undo = [Action(ddl.drop_column(s, n, c.column))]
         post = ddl.q_column_exists(s, n, c.column)
         sid = f"add_column.{t.qual}.{c.column}"
@@ -570,8 +175,7 @@ class _Planner:
         # without a key it also catches rows the application updates during the fill:
         # such a row moves behind the ctid cursor and would otherwise stay NULL.
         if (not c.nullable and default is None) or not t.primary_key:
-            fn = helper_name("onlineschema_fill", n, c.column)
-            trg = helper_name("onlineschema_fill", c.column)
+            fn, trg = fill_trigger_names(n, c.column)
             drop = [Action(ddl.drop_trigger(s, n, trg)), Action(ddl.drop_function(s, fn))]
             self.brief(
                 f"fill_trigger.{t.qual}.{c.column}",
@@ -605,61 +209,6 @@ class _Planner:
         self.backfill_step(t, ((c.column, value),), None, only_null=c.column)
         if not c.nullable:
             self.not_null_steps(t, c.column)
-
-    def backfill_step(
-        self,
-        t: _Table,
-        sets: Sequence[tuple[str, str]],
-        where: str | None,
-        *,
-        only_null: str | None = None,
-    ) -> None:
-        key = tuple(t.primary_key)
-        key_types = [t.columns[k].type for k in key if k in t.columns]
-        if len(key) == 1 and key_types and key_types[0] in INTEGER_TYPES:
-            strategy = "range"
-        elif key:
-            strategy = "keyset"
-        elif only_null is not None:
-            strategy = "ctid"  # idempotent (only rows still NULL are touched)
-        else:
-            self.refuse(
-                f"table {t.qual} has no primary key, so a batched UPDATE cannot keep its place"
-                " exactly once",
-                "add a primary key first (AddUnique(..., primary_key=True)), or run the UPDATE"
-                " yourself",
-            )
-            return
-        sets_text = ", ".join(f"{c} = {e}" for c, e in sets)
-        desc = f"backfill {t.qual}: set {sets_text}"
-        if where:
-            desc += f" where {where}"
-        if only_null:
-            desc += f" (rows where {only_null} is null)"
-        desc += f"; {strategy} batches"
-        self.add(
-            Step(
-                id=f"backfill.{t.qual}." + ".".join(c for c, _ in sets),
-                phase="backfill",
-                action="backfill",
-                description=desc,
-                transactional=True,
-                lock="RowExclusiveLock",
-                tables=(t.qual,),
-                scans=True,
-                statement_timeout=0,
-                details={
-                    "schema": t.schema,
-                    "table": t.name,
-                    "set": [list(p) for p in sets],
-                    "where": where,
-                    "only_null": only_null,
-                    "key": list(key),
-                    "key_types": key_types,
-                    "strategy": strategy,
-                },
-            )
-        )
 
     def set_not_null(self, c: SetNotNull) -> None:
         t = self.table(c.schema, c.table)
@@ -740,27 +289,6 @@ class _Planner:
             breaking=not t.new,
         )
 
-    def restore_not_null(self, t: _Table, column: str) -> list[Action]:
-        """Abort of a DROP NOT NULL: put it back without scanning under ACCESS EXCLUSIVE
-        (fails, leaving the migration abortable again, if NULLs were written meanwhile)."""
-        s, n = t.schema, t.name
-        if self.major >= 18:
-            con = next(
-                (k for k, v in t.constraints.items() if v.type == "n" and v.columns == (column,)),
-                helper_name(n, column, "not_null"),
-            )
-            return [
-                Action(ddl.add_not_null_constraint(s, n, con, column)),
-                Action(ddl.validate_constraint(s, n, con), scans=True),
-            ]
-        chk = helper_name("onlineschema_nn", n, column)
-        return [
-            Action(ddl.add_check(s, n, chk, ddl.check_not_null_expr(column), not_valid=True)),
-            Action(ddl.validate_constraint(s, n, chk), scans=True),
-            Action(ddl.set_not_null(s, n, column)),
-            Action(ddl.drop_constraint(s, n, chk)),
-        ]
-
     def set_default(self, c: SetDefault) -> None:
         t = self.table(c.schema, c.table)
         col = self.column(t, c.column) if t else None
@@ -805,62 +333,6 @@ class _Planner:
             undo=[Action(ddl.set_default(t.schema, t.name, c.column, before))] if before else [],
         )
 
-    def index_step(
-        self,
-        t: _Table,
-        name: str,
-        description: str,
-        *,
-        columns: Sequence[str] = (),
-        elements: Sequence[str] = (),
-        unique: bool = False,
-        using: str = "btree",
-        include: Sequence[str] = (),
-        where: str | None = None,
-    ) -> None:
-        s = t.schema
-        self.add(
-            Step(
-                id=f"create_index.{s}.{name}",
-                phase="validate",
-                action="create_index",
-                description=description,
-                statements=(
-                    ddl.create_index(
-                        s,
-                        t.name,
-                        name,
-                        columns=columns,
-                        elements=elements,
-                        unique=unique,
-                        using=using,
-                        include=include,
-                        where=where,
-                    ),
-                ),
-                transactional=False,
-                lock="ShareUpdateExclusiveLock",
-                tables=(t.qual,),
-                scans=True,
-                statement_timeout=0,
-                postcondition=ddl.q_index_valid(s, name),
-                undo=(Action(ddl.drop_index(s, name), transactional=False),),
-                details={
-                    "index": {"schema": s, "name": name, "table": t.name},
-                    "squawk_ignore": [
-                        {
-                            "rule": "prefer-robust-stmts",
-                            "why": "no IF NOT EXISTS on purpose: it would silently keep an"
-                            " invalid index left by a failed build; onlineschema checks"
-                            " pg_index.indisvalid and rebuilds such an index instead",
-                        }
-                    ],
-                },
-            ),
-            RANK_INDEX,
-        )
-        t.indexes[name] = _Idx(unique, tuple(columns) if not elements else (*columns, None))
-
     def add_index(self, c: AddIndex) -> None:
         t = self.table(c.schema, c.table)
         if t is None:
@@ -883,7 +355,7 @@ class _Planner:
         where = self.expr(c.where, "index predicate") if c.where else None
         if where and self.no_subquery(where, "index predicate"):
             self.probe_cond(t, where, "index predicate")
-        if not self._name_ok(c.using, "index method"):
+        if not self.name_ok(c.using, "index method"):
             return
         if self.catalog.index_methods and c.using not in self.catalog.index_methods:
             self.refuse(
@@ -912,7 +384,7 @@ class _Planner:
         )
 
     def drop_index(self, c: DropIndex) -> None:
-        if not self._name_ok(c.name, "index"):
+        if not self.name_ok(c.name, "index"):
             return
         schema = c.schema
         if schema is None:
@@ -938,40 +410,6 @@ class _Planner:
             )
             return
         self.drop_index_step(t, c.name, f"drop index {schema}.{c.name} concurrently")
-
-    def drop_index_step(
-        self, t: _Table, index: str, description: str, *, breaking: bool = False
-    ) -> None:
-        """``DROP INDEX CONCURRENTLY`` in the contract phase (indexes live in their
-        table's schema)."""
-        t.indexes.pop(index, None)
-        self.relations.discard((t.schema, index))
-        self.add(
-            Step(
-                id=f"drop_index.{t.schema}.{index}",
-                phase="contract",
-                action="drop_index",
-                description=description,
-                statements=(ddl.drop_index(t.schema, index),),
-                transactional=False,
-                lock="ShareUpdateExclusiveLock",
-                tables=(t.qual,),
-                statement_timeout=0,
-                postcondition=ddl.q_relation_absent(t.schema, index),
-                breaking=breaking,
-            )
-        )
-
-    def _constraint_name_free(self, t: _Table, name: str) -> bool:
-        if not self._name_ok(name, "constraint"):
-            return False
-        if name in t.constraints:
-            self.refuse(
-                f"constraint {name!r} already exists on {t.qual}",
-                "choose another name, or drop the existing constraint first",
-            )
-            return False
-        return True
 
     def add_foreign_key(self, c: AddForeignKey) -> None:
         t = self.table(c.schema, c.table)
@@ -999,13 +437,13 @@ class _Planner:
                 "list as many referenced columns as referencing ones",
             )
             return
-        if not ref.new and not self._has_unique(ref, ref_cols):
+        if not ref.new and not self.has_unique(ref, ref_cols):
             self.refuse(
                 f"no unique constraint or primary key on {ref.qual} ({', '.join(ref_cols)})",
                 "add one first (AddUnique, in this migration or an earlier one)",
             )
             return
-        new_cols = any(t.columns.get(col, _Col("", False, None)).new for col in c.columns)
+        new_cols = any(t.columns.get(col, VColumn("", False, None)).new for col in c.columns)
         if not (t.new or ref.new or new_cols):
             self.probes.append(
                 Probe(
@@ -1025,9 +463,9 @@ class _Planner:
                 )
                 return
         name = c.name or auto_name(t.name, c.columns, "fkey")
-        if not self._constraint_name_free(t, name):
+        if not self.constraint_name_free(t, name):
             return
-        t.constraints[name] = _Con("f", c.validate, tuple(c.columns), (ref.schema, ref.name))
+        t.constraints[name] = VConstraint("f", c.validate, tuple(c.columns), (ref.schema, ref.name))
         statement = ddl.add_foreign_key(
             t.schema,
             t.name,
@@ -1067,22 +505,6 @@ class _Planner:
             # checked once every change is seen: the index may come later in the script
             self.finalizers.append(lambda p: p.note_missing_fk_index(t, ref, tuple(c.columns)))
 
-    def note_missing_fk_index(self, t: _Table, ref: _Table, columns: tuple[str, ...]) -> None:
-        if not any(i.columns[: len(columns)] == columns for i in t.indexes.values()):
-            self.notes.append(
-                f"no index on {t.qual} ({', '.join(columns)}): deletes and updates on"
-                f" {ref.qual} will scan {t.qual}; consider AddIndex({t.name!r}, columns={columns!r})"
-            )
-
-    def _has_unique(self, t: _Table, cols: Sequence[str]) -> bool:
-        for con in t.constraints.values():
-            if con.type in ("u", "p") and set(con.columns) == set(cols):
-                return True
-        for info in t.indexes.values():
-            if info.unique and info.valid and not info.partial and set(info.columns) == set(cols):
-                return True
-        return False
-
     def add_check(self, c: AddCheck) -> None:
         t = self.table(c.schema, c.table)
         expr = self.expr(c.expression, "check expression")
@@ -1095,9 +517,9 @@ class _Planner:
             self.column(t, col)
         self.probe_cond(t, expr, "check expression")
         name = c.name or auto_name(t.name, cols[:1], "check")
-        if not self._constraint_name_free(t, name):
+        if not self.constraint_name_free(t, name):
             return
-        t.constraints[name] = _Con("c", c.validate, tuple(cols))
+        t.constraints[name] = VConstraint("c", c.validate, tuple(cols))
         self.brief(
             f"add_check.{t.qual}.{name}",
             "validate",
@@ -1136,7 +558,7 @@ class _Planner:
             f"{t.name}_pkey" if c.primary_key else auto_name(t.name, c.columns, "key")
         )
         name = name[:MAX_IDENTIFIER_BYTES] if not c.name else name
-        if not self._constraint_name_free(t, name) or not self.new_name(t.schema, name, "index"):
+        if not self.constraint_name_free(t, name) or not self.new_name(t.schema, name, "index"):
             return
         what = "primary key" if c.primary_key else "unique constraint"
         self.index_step(
@@ -1152,7 +574,7 @@ class _Planner:
                 if not col.notnull and not t.new:
                     col.notnull = True
                     self.not_null_steps(t, colname)
-        t.constraints[name] = _Con(
+        t.constraints[name] = VConstraint(
             "p" if c.primary_key else "u", True, tuple(c.columns), index=name
         )
         if c.primary_key:
@@ -1327,22 +749,7 @@ class _Planner:
             )
 
 
-def helper_name(*parts: str) -> str:
-    """A deterministic name for an object the plan creates, at most 63 bytes."""
-    name = "_".join(parts)
-    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    head = name.encode()[: MAX_IDENTIFIER_BYTES - 9].decode(errors="ignore")
-    return f"{head}_{digest}"
-
-
-def auto_name(table: str, columns: Sequence[str], suffix: str) -> str:
-    """PostgreSQL's own naming (``orders_status_idx``), shortened with a hash if long."""
-    return helper_name(table, *columns, suffix)
-
-
-HANDLERS = {
+HANDLERS: dict[type[Change], Any] = {
     AddColumn: _Planner.add_column,
     SetNotNull: _Planner.set_not_null,
     DropNotNull: _Planner.drop_not_null,
@@ -1357,47 +764,11 @@ HANDLERS = {
     DropConstraint: _Planner.drop_constraint,
     Backfill: _Planner.backfill,
     RunSQL: _Planner.run_sql,
+    AlterColumnType: alter_column_type,
+    RenameColumn: rename_column,
+    DropColumn: drop_column,
+    DropTable: drop_table,
 }
-
-
-def normalize(changes: Sequence[Change]) -> list[Change]:
-    """Fold follow-up changes on a column added in the same migration into its AddColumn.
-
-    ``ADD COLUMN c; UPDATE t SET c = e; ALTER c SET NOT NULL; ALTER c SET DEFAULT d`` means
-    the same as ``AddColumn(c, backfill=e, nullable=False, default=d)``, which the planner
-    can run online. A follow-up is folded only where the meaning stays the same.
-    """
-    out: list[Change] = []
-    added: dict[tuple[str | None, str, str], int] = {}
-    for ch in changes:
-        if isinstance(ch, AddColumn):
-            added[(ch.schema, ch.table, ch.column)] = len(out)
-            out.append(ch)
-            continue
-        key = None
-        if isinstance(ch, (SetNotNull, SetDefault)):
-            key = (ch.schema, ch.table, ch.column)
-        elif isinstance(ch, Backfill) and len(ch.set) == 1 and ch.where is None:
-            key = (ch.schema, ch.table, ch.set[0][0])
-        pos = added.get(key) if key else None
-        if pos is not None:
-            base = out[pos]
-            assert isinstance(base, AddColumn)
-            if isinstance(ch, Backfill) and base.backfill is None:
-                out[pos] = dataclasses.replace(base, backfill=ch.set[0][1])
-                continue
-            if (
-                isinstance(ch, SetNotNull)
-                and base.nullable
-                and (base.default is not None or base.backfill is not None)
-            ):
-                out[pos] = dataclasses.replace(base, nullable=False)
-                continue
-            if isinstance(ch, SetDefault) and base.default is None and base.backfill is not None:
-                out[pos] = dataclasses.replace(base, default=ch.default)
-                continue
-        out.append(ch)
-    return out
 
 
 def catalog_request(changes: Iterable[Change]) -> dict[str, Any]:
@@ -1451,6 +822,34 @@ def _expressions(ch: Change) -> list[str]:
     return out
 
 
+def _touched(p: PlanContext, c: Change) -> list[tuple[str, str]]:
+    keys = []
+    cat = p.catalog
+    for attr, sattr in (("table", "schema"), ("ref_table", "ref_schema")):
+        name = getattr(c, attr, None)
+        if isinstance(name, str):
+            keys.append((cat.resolve_schema(getattr(c, sattr, None), name), name))
+    if isinstance(c, DropIndex):
+        for s in [c.schema] if c.schema else list(cat.search_path):
+            owner = cat.index_owner.get((s, c.name))
+            if owner:
+                keys.append(owner)
+                break
+    if isinstance(c, RunSQL):
+        for name in c.touches:
+            s, _, rel = name.rpartition(".")
+            keys.append((s or cat.resolve_schema(None, rel), rel))
+    return keys
+
+
+def _allows_copy(c: Change) -> bool:
+    if isinstance(c, AlterColumnType):
+        return True
+    if isinstance(c, RenameColumn):
+        return not c.instant
+    return False
+
+
 def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
     """Plan ``changes`` against ``catalog``. Raises ``PreflightError`` listing every
     problem found; nothing here touches the database."""
@@ -1466,7 +865,10 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
                 "use one of " + ", ".join(sorted(h.__name__ for h in HANDLERS)),
             )
             continue
-        handler(p, ch)  # type: ignore[operator]
+        # a change on a table that an earlier change froze is refused before its handler
+        if p.frozen_by(ch, _touched(p, ch), allow_copy=_allows_copy(ch)):
+            continue
+        handler(p, ch)
     for finalize in p.finalizers:
         finalize(p)
     if p.problems:
@@ -1479,10 +881,3 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
         notes=tuple(p.notes),
     )
     return PlanResult(plan, tuple(p.probes))
-
-
-# Breaking changes (type changes, renames, drops) live in their own module, which uses
-# the planner's model: imported last to avoid an import cycle.
-from ..breaking import install_handlers  # noqa: E402
-
-install_handlers(HANDLERS)

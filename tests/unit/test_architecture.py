@@ -124,6 +124,5 @@ def test_cycles_are_found() -> None:
     assert cycles(graph) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(strict=True, reason="planner <-> breaking: removed by the planner package")
 def test_no_import_cycles() -> None:
     assert cycles(GRAPH) == []
