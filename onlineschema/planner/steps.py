@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..catalog import INTEGER_TYPES
+from ..catalog import INTEGER_TYPES, ConstraintInfo
 from ..errors import Refused
 from ..plan import Action, Step
 from ..sql import ddl
@@ -327,3 +327,21 @@ class StepEmitter:
                 breaking=breaking,
             )
         )
+
+    def drop_foreign_key_step(self, u: VTable, con: ConstraintInfo, what: str) -> None:
+        """``DROP CONSTRAINT`` of a foreign key at contract (brief lock on both tables)."""
+        ref_qual = f"{con.ref_table[0]}.{con.ref_table[1]}" if con.ref_table else u.qual
+        step = self.brief(
+            f"drop_constraint.{u.qual}.{con.name}",
+            "contract",
+            "drop_constraint",
+            f"drop {what} (brief lock on both tables)",
+            [ddl.drop_constraint(u.schema, u.name, con.name)],
+            [u.qual] if ref_qual == u.qual else [u.qual, ref_qual],
+            post=ddl.q_constraint_absent(u.schema, u.name, con.name),
+            breaking=True,
+        )
+        step.details["squawk_ignore"] = [
+            {"rule": "ban-drop-constraint", "why": "contract phase: the referenced object goes"}
+        ]
+        u.constraints.pop(con.name, None)

@@ -420,3 +420,39 @@ CASES: tuple[Case, ...] = (
 BY_ID: dict[str, tuple[Case, int]] = {
     i: (c, m) for c in CASES for m, i in zip(c.majors, c.ids(), strict=True)
 }
+
+#: offline (``alembic upgrade --sql``) cases: planned against ``assumed_catalog``, no
+#: captured catalog; each assumed schema, its assumptions and the plan are compared
+OFFLINE: dict[str, Sequence[Change]] = {
+    "offline_all_kinds": [
+        AddColumn("orders", "status", "text", nullable=False, backfill="'x' || id"),
+        AddColumn("orders", "flag", "boolean", nullable=False, default="false"),
+        AddColumn("orders", "created", "timestamptz", nullable=False, default="now()"),
+        AddColumn("orders", "token", "uuid", default="gen_random_uuid()"),
+        SetNotNull("orders", "amount"),
+        DropNotNull("orders", "user_id"),
+        SetDefault("orders", "amount", "0"),
+        DropDefault("orders", "n"),
+        AddIndex("orders", columns=("amount",), include=("n",), name="orders_amount_idx"),
+        DropIndex("orders_old_idx"),
+        DropIndex("orders_old_idx"),
+        AddUnique("users", ("email",), name="users_email_key"),
+        AddForeignKey("orders", ("user_id",), "users", ("id",), name="orders_user_fk"),
+        AddCheck("orders", "amount >= 0 AND n < 10", name="orders_amount_check"),
+        ValidateConstraint("orders", "orders_n_check"),
+        DropConstraint("orders", "orders_old_check"),
+        DropConstraint("orders", "orders_gone_check", if_exists=True),
+        Backfill("orders", {"n": "n + 1"}),
+    ],
+    "offline_created_in_the_migration": [
+        RunSQL("CREATE TABLE events (id bigint, kind text)", creates=("events",)),
+        AddColumn("events", "status", "text", nullable=False, default="'new'"),
+        AddUnique("events", ("id",), primary_key=True),
+        AddUnique("logs", ("id",), primary_key=True),
+        Backfill("logs", {"level": "0"}),
+        AddForeignKey("logs", ("event_id",), "users", ("uid",)),
+    ],
+    "offline_refused_breaking": [AddColumn("t", "c", "int"), AlterColumnType("t", "c", "bigint")],
+    "offline_refused_foreign_key": [AddForeignKey("orders", ("user_id",), "users")],
+}
+OFFLINE_MAJORS = (15, 18)

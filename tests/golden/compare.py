@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from onlineschema.catalog import Catalog
-from onlineschema.errors import PreflightError
+from onlineschema.errors import PreflightError, Refused
+from onlineschema.integrations.alembic import assumed_catalog
 from onlineschema.planner import build_plan, catalog_request
 
-from .cases import BY_ID
+from .cases import BY_ID, OFFLINE
 
 HERE = Path(__file__).parent
 
@@ -49,3 +50,28 @@ def check(case_id: str, config: pytest.Config) -> None:
         return
     assert path.exists(), f"no golden file {path.name}: run pytest with --update-golden"
     assert got == path.read_text(), f"plan of {case_id} changed (see {path})"
+
+
+def offline_outcome(name: str, major: int) -> dict[str, Any]:
+    """The assumed schema and the offline plan of an ``OFFLINE`` case."""
+    changes = OFFLINE[name]
+    try:
+        catalog, assumptions = assumed_catalog(changes, major * 10000)
+    except Refused as exc:
+        return {"refused": str(exc).splitlines()}
+    out: dict[str, Any] = {"assumptions": assumptions, "catalog": catalog.to_dict()}
+    try:
+        out["plan"] = json.loads(build_plan(catalog, changes).plan.to_json())
+    except PreflightError as exc:
+        out["plan_refused"] = str(exc).splitlines()
+    return out
+
+
+def check_offline(name: str, major: int, config: pytest.Config) -> None:
+    got = json.dumps(offline_outcome(name, major), indent=1, sort_keys=True) + "\n"
+    path = HERE / "plans" / f"{name}.pg{major}.json"
+    if config.getoption("--update-golden"):
+        path.write_text(got)
+        return
+    assert path.exists(), f"no golden file {path.name}: run pytest with --update-golden"
+    assert got == path.read_text(), f"offline plan of {name} changed (see {path})"

@@ -8,8 +8,8 @@ reviewed as a diff of tests/golden/plans/ (``pytest --update-golden``)."""
 from __future__ import annotations
 
 import pytest
-from golden.cases import BY_ID
-from golden.compare import check
+from golden.cases import BY_ID, OFFLINE, OFFLINE_MAJORS
+from golden.compare import check, check_offline
 
 pytestmark = pytest.mark.server_independent
 
@@ -17,3 +17,10 @@ pytestmark = pytest.mark.server_independent
 @pytest.mark.parametrize("case_id", sorted(BY_ID))
 def test_golden_plan(case_id: str, request: pytest.FixtureRequest) -> None:
     check(case_id, request.config)
+
+
+@pytest.mark.parametrize("major", OFFLINE_MAJORS)
+@pytest.mark.parametrize("name", sorted(OFFLINE))
+def test_golden_offline_plan(name: str, major: int, request: pytest.FixtureRequest) -> None:
+    """``alembic upgrade --sql``: the schema each recipe assumes, and the plan on it."""
+    check_offline(name, major, request.config)
