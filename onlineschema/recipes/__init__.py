@@ -17,52 +17,13 @@ unless it registers its own. Registering a second recipe for a kind is an error 
 
 from __future__ import annotations
 
-# the built-in recipes register themselves on import
-from . import (
-    add_check,
-    add_column,
-    add_foreign_key,
-    add_index,
-    add_unique,
-    alter_column_type,
-    backfill,
-    drop_column,
-    drop_constraint,
-    drop_default,
-    drop_index,
-    drop_not_null,
-    drop_table,
-    rename_column,
-    run_sql,
-    set_default,
-    set_not_null,
-    validate_constraint,
-)
+import importlib
+import pkgutil
+
 from .base import CatalogNeeds, Recipe, find, lookup, recipe_for, registered
 
-__all__ = [
-    "CatalogNeeds",
-    "Recipe",
-    "add_check",
-    "add_column",
-    "add_foreign_key",
-    "add_index",
-    "add_unique",
-    "alter_column_type",
-    "backfill",
-    "drop_column",
-    "drop_constraint",
-    "drop_default",
-    "drop_index",
-    "drop_not_null",
-    "drop_table",
-    "find",
-    "lookup",
-    "recipe_for",
-    "registered",
-    "rename_column",
-    "run_sql",
-    "set_default",
-    "set_not_null",
-    "validate_constraint",
-]
+# every module of this package is a recipe module: importing it registers its recipes
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["CatalogNeeds", "Recipe", "find", "lookup", "recipe_for", "registered"]

@@ -172,3 +172,6 @@ class AddColumnRecipe(Recipe[AddColumn]):
     def assume(self, change: AddColumn, schema: AssumedSchema) -> None:
         schema.table(change.schema, change.table)
         schema.created_cols.add((*schema.key(change.schema, change.table), change.column))
+
+    def adds_column(self, change: AddColumn) -> tuple[str | None, str, str] | None:
+        return (change.schema, change.table, change.column)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from ..catalog import ColumnInfo, ConstraintInfo
-from ..changes import Backfill
+from ..changes import AddColumn, Backfill
 from ..planner.assumed import ASSUMED_KEY, AssumedSchema
 from ..planner.context import PlanContext
 from .base import Recipe, recipe_for
@@ -69,3 +70,13 @@ class BackfillRecipe(Recipe[Backfill]):
                 ASSUMED_KEY, "p", True, "", (ASSUMED_KEY,), None, None
             )
             schema.assumptions.append(f"table {t.schema}.{t.name} has a primary key")
+
+    def follows_up(self, change: Backfill) -> tuple[str | None, str, str] | None:
+        if len(change.set) == 1 and change.where is None:
+            return (change.schema, change.table, change.set[0][0])
+        return None
+
+    def fold(self, change: Backfill, added: AddColumn) -> AddColumn | None:
+        if added.backfill is None:
+            return dataclasses.replace(added, backfill=change.set[0][1])
+        return None

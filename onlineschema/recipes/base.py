@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..changes import Change
+from ..changes import AddColumn, Change
 from ..errors import Refused
 from ..expressions import check_type, function_names
 from ..planner.assumed import AssumedSchema
@@ -90,6 +90,20 @@ class Recipe(Generic[C]):
     def joins_column_copy(self, change: C) -> bool:
         """May it run on a table whose columns are being copied (it is one more copy)?"""
         return False
+
+    def adds_column(self, change: C) -> tuple[str | None, str, str] | None:
+        """(schema, table, column) of the column the change adds, which later changes
+        of the migration may be folded into (``planner.normalize``)."""
+        return None
+
+    def follows_up(self, change: C) -> tuple[str | None, str, str] | None:
+        """(schema, table, column) of the column whose ``AddColumn`` this change may be
+        folded into, when that column is added by the same migration."""
+        return None
+
+    def fold(self, change: C, added: AddColumn) -> AddColumn | None:
+        """``added`` with this change folded in, or None where the meaning would change."""
+        return None
 
     def announce(self, change: C, schema: AssumedSchema) -> None:
         """Offline, before any ``assume``: what the change creates for the others."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
-from ..changes import SetDefault
+from ..changes import AddColumn, SetDefault
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
@@ -44,3 +45,11 @@ class SetDefaultRecipe(Recipe[SetDefault]):
 
     def assume(self, change: SetDefault, schema: AssumedSchema) -> None:
         schema.column(schema.table(change.schema, change.table), change.column)
+
+    def follows_up(self, change: SetDefault) -> tuple[str | None, str, str] | None:
+        return (change.schema, change.table, change.column)
+
+    def fold(self, change: SetDefault, added: AddColumn) -> AddColumn | None:
+        if added.default is None and added.backfill is not None:
+            return dataclasses.replace(added, default=change.default)
+        return None

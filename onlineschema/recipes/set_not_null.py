@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..changes import SetNotNull
+import dataclasses
+
+from ..changes import AddColumn, SetNotNull
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
 from ..planner.steps import RANK_DEFAULT
@@ -62,3 +64,11 @@ class SetNotNullRecipe(Recipe[SetNotNull]):
 
     def assume(self, change: SetNotNull, schema: AssumedSchema) -> None:
         schema.column(schema.table(change.schema, change.table), change.column)
+
+    def follows_up(self, change: SetNotNull) -> tuple[str | None, str, str] | None:
+        return (change.schema, change.table, change.column)
+
+    def fold(self, change: SetNotNull, added: AddColumn) -> AddColumn | None:
+        if added.nullable and (added.default is not None or added.backfill is not None):
+            return dataclasses.replace(added, nullable=False)
+        return None

@@ -456,3 +456,8 @@ OFFLINE: dict[str, Sequence[Change]] = {
     "offline_refused_foreign_key": [AddForeignKey("orders", ("user_id",), "users")],
 }
 OFFLINE_MAJORS = (15, 18)
+
+
+def golden_ids(kind: str) -> list[str]:
+    """The ids of the cases that plan a change of ``kind``."""
+    return sorted(i for i, (case, _) in BY_ID.items() if kind in case.kinds)
