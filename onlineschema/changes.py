@@ -44,6 +44,7 @@ __all__ = [
     "DropIndex",
     "DropNotNull",
     "DropTable",
+    "Reindex",
     "RenameColumn",
     "RunSQL",
     "SetDefault",
@@ -51,6 +52,7 @@ __all__ = [
     "ValidateConstraint",
     "change_from_dict",
 ]
+
 
 @dataclass(frozen=True)
 class Change:
@@ -214,6 +216,20 @@ class DropIndex(Change):
 
     def describe(self) -> str:
         return f"drop index {_q(self.schema, self.name)}"
+
+
+@register_change
+@dataclass(frozen=True)
+class Reindex(Change):
+    """Rebuild an existing index with ``REINDEX INDEX CONCURRENTLY`` (e.g. after a large
+    backfill left it bloated): reads and writes go on."""
+
+    kind: ClassVar[str] = "reindex"
+    name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"reindex {_q(self.schema, self.name)} concurrently"
 
 
 @register_change

@@ -240,6 +240,10 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True, if_exists: 
     )
 
 
+def reindex_index(schema: str, name: str) -> str:
+    return render(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(qname(schema, name)))
+
+
 # --- triggers ------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from onlineschema import (
     DropIndex,
     DropNotNull,
     DropTable,
+    Reindex,
     RenameColumn,
     RunSQL,
     SetDefault,
@@ -393,6 +394,27 @@ CASES: tuple[Case, ...] = (
         "drop_table_then_use",
         DROP_TABLE,
         [DropTable("dropme"), AddColumn("dropme", "y", "int"), DropTable("gone", if_exists=True)],
+    ),
+    # --- maintenance
+    Case(
+        "reindex",
+        ORDERS + "CREATE INDEX orders_note_idx ON orders (note);",
+        [Reindex("orders_note_idx"), Reindex("orders_pkey", schema="public")],
+        BOTH,
+    ),
+    Case(
+        "reindex_refused",
+        ORDERS
+        + "CREATE TABLE slots (r int4range, EXCLUDE USING gist (r WITH &&));"
+        + "CREATE INDEX orders_note_idx ON orders (note);"
+        + "CREATE INDEX orders_note_idx_ccnew ON orders (note);",
+        [
+            Reindex("slots_r_excl"),
+            Reindex("pg_class_oid_index"),
+            Reindex("pg_class_oid_index", schema="pg_catalog"),
+            Reindex("nope"),
+            Reindex("orders_note_idx"),
+        ],
     ),
     # --- multi-change scripts of test_lifecycle / test_breaking
     Case("example_script", ORDERS, parse_sql(EXAMPLE_SCRIPT), ALL),
