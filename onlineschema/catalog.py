@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from .sql import ddl
+from .sql import checks
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
@@ -78,10 +78,6 @@ class TableInfo:
     #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
     dependents: tuple[tuple[str, str, str], ...] = ()
 
-    @property
-    def qualname(self) -> str:
-        return f"{self.schema}.{self.name}"
-
 
 @dataclass
 class Catalog:
@@ -121,9 +117,6 @@ class Catalog:
             if (s, name) in self.tables:
                 return s
         return self.search_path[0] if self.search_path else "public"
-
-    def table(self, schema: str | None, name: str) -> TableInfo | None:
-        return self.tables.get((self.resolve_schema(schema, name), name))
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data (``Catalog.from_dict`` reads it back)."""
@@ -389,7 +382,7 @@ def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | Non
     have no function that parses one (``to_regtypemod`` is 17+)."""
     try:
         with cur.connection.transaction():
-            cur.execute(ddl.q_type_probe(text))
+            cur.execute(checks.q_type_probe(text))
             res = cur.pgresult
             assert res is not None
             oid, mod = int(res.ftype(0)), int(res.fmod(0))

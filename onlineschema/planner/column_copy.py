@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..catalog import ColumnInfo, ConstraintInfo, IndexInfo
 from ..plan import Action, Step
-from ..sql import ddl
+from ..sql import checks, ddl, rewrite
 from .context import PlanContext
 from .dependents import blocking_dependents, checks_using, fks_touching, index_uses, stats
 from .model import VColumn, VTable
@@ -306,7 +306,7 @@ def _finalize(p: PlanContext) -> None:
             " comes back as rows are updated or by VACUUM FULL)",
             [ddl.drop_columns(t.schema, t.name, olds)],
             [t.qual],
-            post=ddl.q_columns_absent(t.schema, t.name, olds),
+            post=checks.q_columns_absent(t.schema, t.name, olds),
             breaking=any(cp.renamed for cp in _copies(st, t)),
         )
         step.details["squawk_ignore"] = [
@@ -364,7 +364,7 @@ def _expand_copy(p: PlanContext, t: VTable, cp: Copy) -> None:
             ddl.create_trigger(s, n, trg, fn),
         ],
         [t.qual],
-        post=ddl.q_trigger_exists(s, n, trg),
+        post=checks.q_trigger_exists(s, n, trg),
         undo=[
             Action(ddl.drop_trigger(s, n, trg)),
             Action(ddl.drop_function(s, fn)),
@@ -401,13 +401,13 @@ def _rebuild_index(p: PlanContext, t: VTable, idx: IndexInfo, cols: dict[str, st
             action="create_index",
             description=f"build {'unique ' if idx.unique else ''}index {temp} on {t.qual}"
             f" concurrently, like {idx.name} on the new column(s) (reads and writes go on)",
-            statements=(ddl.rebuild_index(idx.definition, temp, cols),),
+            statements=(rewrite.rebuild_index(idx.definition, temp, cols),),
             transactional=False,
             lock="ShareUpdateExclusiveLock",
             tables=(t.qual,),
             scans=True,
             statement_timeout=0,
-            postcondition=ddl.q_index_valid(s, temp),
+            postcondition=checks.q_index_valid(s, temp),
             undo=(Action(ddl.drop_index(s, temp), transactional=False),),
             details={"index": {"schema": s, "name": temp, "table": t.name}},
         ),
@@ -430,9 +430,9 @@ def _rebuild_check(
         "validate",
         "add_check_not_valid",
         f"add check {temp} on {t.qual} NOT VALID, like {con.name} on the new column(s)",
-        [ddl.rebuild_constraint(s, n, temp, con.definition, cols)],
+        [rewrite.rebuild_constraint(s, n, temp, con.definition, cols)],
         [t.qual],
-        post=ddl.q_constraint(s, n, temp),
+        post=checks.q_constraint(s, n, temp),
         undo=[Action(ddl.drop_constraint(s, n, temp))],
     )
     if con.validated:
@@ -456,7 +456,7 @@ def _rebuild_fk(
     assert con.ref_table is not None
     ref = p.tables.get(con.ref_table)
     ref_qual = f"{con.ref_table[0]}.{con.ref_table[1]}"
-    statement = ddl.rebuild_constraint(
+    statement = rewrite.rebuild_constraint(
         s,
         n,
         temp,
@@ -474,7 +474,7 @@ def _rebuild_fk(
         [statement],
         [u.qual] if ref_qual == u.qual else [u.qual, ref_qual],
         lock="ShareRowExclusiveLock",
-        post=ddl.q_constraint(s, n, temp),
+        post=checks.q_constraint(s, n, temp),
         undo=[Action(ddl.drop_constraint(s, n, temp))],
         rank=RANK_FK,
     )
@@ -548,7 +548,7 @@ def _swap(
         + "; drops the sync triggers",
         out,
         swap_tables,
-        post=ddl.q_trigger_exists(first.schema, first.name, trg, exists=False),
+        post=checks.q_trigger_exists(first.schema, first.name, trg, exists=False),
         breaking=True,
     )
     step.details["squawk_ignore"] = [

@@ -21,7 +21,7 @@ from ..changes import Change
 from ..errors import Refused
 from ..expressions import check_expression, check_type, column_refs, function_names, has_subquery
 from ..plan import Plan, Step
-from ..sql import ddl
+from ..sql import checks, ddl
 from .model import VColumn, VTable
 from .naming import MAX_IDENTIFIER_BYTES
 from .steps import StepEmitter
@@ -220,7 +220,7 @@ class PlanContext(StepEmitter):
             return
         self.probes.append(
             Probe(
-                ddl.q_compile_expression(t.schema, t.name, expr, type_),
+                checks.q_compile_expression(t.schema, t.name, expr, type_),
                 f"{what} {expr!r} does not compile against table {t.qual}",
                 "fix the expression; it must be valid in UPDATE ... SET col = <expression>",
             )
@@ -271,7 +271,7 @@ class PlanContext(StepEmitter):
             return
         self.probes.append(
             Probe(
-                ddl.q_compile_condition(t.schema, t.name, cond),
+                checks.q_compile_condition(t.schema, t.name, cond),
                 f"{what} {cond!r} does not compile against table {t.qual}",
                 "fix the condition; it must be valid in a WHERE clause on that table",
             )

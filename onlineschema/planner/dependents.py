@@ -5,7 +5,7 @@ refuse, to rebuild, or to say in the plan what goes along."""
 from __future__ import annotations
 
 from ..catalog import ConstraintInfo, IndexInfo, TableInfo
-from ..sql import ddl
+from ..sql import rewrite
 from .context import PlanContext
 from .model import VTable
 
@@ -21,7 +21,7 @@ _BLOCKING = {
 
 
 def index_uses(idx: IndexInfo, columns: set[str]) -> bool:
-    return bool(set(c for c in idx.columns if c) & columns) or ddl.index_references(
+    return bool(set(c for c in idx.columns if c) & columns) or rewrite.index_references(
         idx.definition, columns
     )
 
@@ -31,7 +31,7 @@ def checks_using(info: TableInfo, columns: set[str]) -> list[ConstraintInfo]:
         con
         for con in info.constraints.values()
         if con.type == "c"
-        and (set(con.columns) & columns or ddl.constraint_references(con.definition, columns))
+        and (set(con.columns) & columns or rewrite.constraint_references(con.definition, columns))
     ]
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..catalog import INTEGER_TYPES, ConstraintInfo
 from ..errors import Refused
 from ..plan import Action, Step
-from ..sql import ddl
+from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
 
@@ -103,7 +103,7 @@ class StepEmitter:
                 tables=tuple(tables),
                 scans=True,
                 statement_timeout=0,
-                postcondition=ddl.q_constraint(t.schema, t.name, name, validated=True),
+                postcondition=checks.q_constraint(t.schema, t.name, name, validated=True),
             ),
             rank,
         )
@@ -120,7 +120,7 @@ class StepEmitter:
                 f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once)",
                 [ddl.add_not_null_constraint(s, n, con, column)],
                 [t.qual],
-                post=ddl.q_constraint(s, n, con),
+                post=checks.q_constraint(s, n, con),
                 undo=[Action(ddl.drop_constraint(s, n, con))],
             )
             self.validate_step(
@@ -138,7 +138,7 @@ class StepEmitter:
                 f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
                 [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
                 [t.qual],
-                post=ddl.q_constraint(s, n, con),
+                post=checks.q_constraint(s, n, con),
                 undo=[Action(ddl.drop_constraint(s, n, con))],
             )
             self.validate_step(
@@ -154,7 +154,7 @@ class StepEmitter:
                 f"set NOT NULL on {t.qual}.{column} (no scan: the validated check proves it)",
                 [ddl.set_not_null(s, n, column)],
                 [t.qual],
-                post=ddl.q_column_notnull(s, n, column),
+                post=checks.q_column_notnull(s, n, column),
                 undo=[Action(ddl.drop_not_null(s, n, column))],
             )
             step = self.brief(
@@ -164,7 +164,7 @@ class StepEmitter:
                 f"drop the helper check {con} (NOT NULL now holds it)",
                 [ddl.drop_constraint(s, n, con)],
                 [t.qual],
-                post=ddl.q_constraint_absent(s, n, con),
+                post=checks.q_constraint_absent(s, n, con),
             )
             step.details["squawk_ignore"] = [
                 {
@@ -287,7 +287,7 @@ class StepEmitter:
                 tables=(t.qual,),
                 scans=True,
                 statement_timeout=0,
-                postcondition=ddl.q_index_valid(s, name),
+                postcondition=checks.q_index_valid(s, name),
                 undo=(Action(ddl.drop_index(s, name), transactional=False),),
                 details={
                     "index": {"schema": s, "name": name, "table": t.name},
@@ -323,7 +323,7 @@ class StepEmitter:
                 lock="ShareUpdateExclusiveLock",
                 tables=(t.qual,),
                 statement_timeout=0,
-                postcondition=ddl.q_relation_absent(t.schema, index),
+                postcondition=checks.q_relation_absent(t.schema, index),
                 breaking=breaking,
             )
         )
@@ -338,7 +338,7 @@ class StepEmitter:
             f"drop {what} (brief lock on both tables)",
             [ddl.drop_constraint(u.schema, u.name, con.name)],
             [u.qual] if ref_qual == u.qual else [u.qual, ref_qual],
-            post=ddl.q_constraint_absent(u.schema, u.name, con.name),
+            post=checks.q_constraint_absent(u.schema, u.name, con.name),
             breaking=True,
         )
         step.details["squawk_ignore"] = [

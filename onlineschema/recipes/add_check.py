@@ -17,7 +17,7 @@ from ..planner.naming import (
     auto_name,
 )
 from ..planner.steps import RANK_DEFAULT
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -45,7 +45,7 @@ class AddCheckRecipe(Recipe[AddCheck]):
             f"add check {name} on {t.qual} NOT VALID (new rows checked at once)",
             [ddl.add_check(t.schema, t.name, name, expr, not_valid=True)],
             [t.qual],
-            post=ddl.q_constraint(t.schema, t.name, name),
+            post=checks.q_constraint(t.schema, t.name, name),
             undo=[Action(ddl.drop_constraint(t.schema, t.name, name))],
         )
         if c.validate:

@@ -16,7 +16,7 @@ from ..planner.model import VColumn
 from ..planner.naming import (
     fill_trigger_names,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 SERIAL_TYPES = frozenset({"serial", "bigserial", "smallserial", "serial4", "serial8", "serial2"})
@@ -76,7 +76,7 @@ class AddColumnRecipe(Recipe[AddColumn]):
         volatile = default is not None and ctx.volatile(default)
         t.columns[c.column] = VColumn(type_, not c.nullable, default, new=True)
         undo = [Action(ddl.drop_column(s, n, c.column))]
-        post = ddl.q_column_exists(s, n, c.column)
+        post = checks.q_column_exists(s, n, c.column)
         sid = f"add_column.{t.qual}.{c.column}"
         if t.new or (fill is None and not volatile):
             if not c.nullable and default is None and not t.new:
@@ -139,7 +139,7 @@ class AddColumnRecipe(Recipe[AddColumn]):
                 ],
                 [t.qual],
                 lock="ShareRowExclusiveLock",
-                post=ddl.q_trigger_exists(s, n, trg),
+                post=checks.q_trigger_exists(s, n, trg),
                 undo=drop,
             )
             dropper = ctx.brief(
@@ -149,7 +149,7 @@ class AddColumnRecipe(Recipe[AddColumn]):
                 f"drop the fill trigger on {t.qual}",
                 [a.sql for a in drop],
                 [t.qual],
-                post=ddl.q_trigger_exists(s, n, trg, exists=False),
+                post=checks.q_trigger_exists(s, n, trg, exists=False),
             )
             dropper.details["squawk_ignore"] = [
                 {

@@ -13,7 +13,7 @@ from ..planner.naming import (
     auto_name,
 )
 from ..planner.steps import RANK_FK
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -55,7 +55,7 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
         if not (t.new or ref.new or new_cols):
             ctx.probes.append(
                 Probe(
-                    ddl.q_compile_fk_join(
+                    checks.q_compile_fk_join(
                         t.schema, t.name, c.columns, ref.schema, ref.name, ref_cols
                     ),
                     f"foreign key columns {t.qual} ({', '.join(c.columns)}) cannot be compared"
@@ -97,7 +97,7 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
             [statement],
             tables,
             lock="ShareRowExclusiveLock",
-            post=ddl.q_constraint(t.schema, t.name, name),
+            post=checks.q_constraint(t.schema, t.name, name),
             undo=[Action(ddl.drop_constraint(t.schema, t.name, name))],
             rank=RANK_FK,
         )

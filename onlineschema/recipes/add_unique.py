@@ -11,7 +11,7 @@ from ..planner.naming import (
     MAX_IDENTIFIER_BYTES,
     auto_name,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -69,7 +69,7 @@ class AddUniqueRecipe(Recipe[AddUnique]):
                 )
             ],
             [t.qual],
-            post=ddl.q_constraint(t.schema, t.name, name),
+            post=checks.q_constraint(t.schema, t.name, name),
             undo=[Action(ddl.drop_constraint(t.schema, t.name, name))],
         )
 

@@ -28,7 +28,7 @@ from ..planner.model import VTable
 from ..planner.naming import (
     shadow_name,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 VARCHAR, TEXT, NUMERIC, VARBIT = 1043, 25, 1700, 1562
@@ -142,7 +142,7 @@ def _alter_in_place(
         " (binary coercible: no rewrite, no scan, indexes kept)",
         statements,
         tables,
-        post=ddl.q_column_type(s, n, column, new_fmt),
+        post=checks.q_column_type(s, n, column, new_fmt),
         undo=undo,
     )
     step.details["squawk_ignore"] = [
@@ -282,7 +282,7 @@ class AlterColumnTypeRecipe(Recipe[AlterColumnType]):
         if back is not None:
             p.probes.append(
                 Probe(
-                    ddl.q_compile_reverse(c.column, new_fmt, back, old_fmt, t.name),
+                    checks.q_compile_reverse(c.column, new_fmt, back, old_fmt, t.name),
                     f"conversion of {t.qual}.{c.column} back from {new_fmt} to {old_fmt} ({back})",
                     "give reverse_using: an expression over the column (its new value) that"
                     " gives the old type",

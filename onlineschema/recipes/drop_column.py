@@ -19,7 +19,7 @@ from ..planner.dependents import (
 from ..planner.naming import (
     nn_check_name,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -73,7 +73,7 @@ class DropColumnRecipe(Recipe[DropColumn]):
                 " insert rows until the column is dropped",
                 [ddl.drop_not_null(s, n, c.column)],
                 [t.qual],
-                post=ddl.q_column_notnull(s, n, c.column, False),
+                post=checks.q_column_notnull(s, n, c.column, False),
                 undo=[
                     Action(
                         ddl.add_check(
@@ -112,7 +112,7 @@ class DropColumnRecipe(Recipe[DropColumn]):
                         " goes with it)",
                         [ddl.drop_constraint(s, n, idx.constraint)],
                         [t.qual],
-                        post=ddl.q_constraint_absent(s, n, idx.constraint),
+                        post=checks.q_constraint_absent(s, n, idx.constraint),
                         breaking=True,
                     )
                     step.details["squawk_ignore"] = [
@@ -143,7 +143,7 @@ class DropColumnRecipe(Recipe[DropColumn]):
             + (f"; takes along {', '.join(along)}" if along else ""),
             [ddl.drop_column(s, n, c.column, if_exists=False)],
             [t.qual],
-            post=ddl.q_column_exists(s, n, c.column, exists=False),
+            post=checks.q_column_exists(s, n, c.column, exists=False),
             breaking=True,
         )
         step.details["squawk_ignore"] = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..changes import DropConstraint
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -64,7 +64,7 @@ class DropConstraintRecipe(Recipe[DropConstraint]):
             f"drop constraint {c.name} on {t.qual} ({what})",
             [ddl.drop_constraint(t.schema, t.name, c.name)],
             tables,
-            post=ddl.q_constraint_absent(t.schema, t.name, c.name),
+            post=checks.q_constraint_absent(t.schema, t.name, c.name),
             breaking=not t.new,
         )
 

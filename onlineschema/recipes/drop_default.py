@@ -6,7 +6,7 @@ from ..changes import DropDefault
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -31,7 +31,7 @@ class DropDefaultRecipe(Recipe[DropDefault]):
             f"drop default of {t.qual}.{c.column}",
             [ddl.drop_default(t.schema, t.name, c.column)],
             [t.qual],
-            post=ddl.q_column_has_default(t.schema, t.name, c.column, False),
+            post=checks.q_column_has_default(t.schema, t.name, c.column, False),
             undo=[Action(ddl.set_default(t.schema, t.name, c.column, before))] if before else [],
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..changes import DropNotNull
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -37,7 +37,7 @@ class DropNotNullRecipe(Recipe[DropNotNull]):
             f"drop NOT NULL on {t.qual}.{c.column} (new rows may then leave it NULL)",
             [ddl.drop_not_null(t.schema, t.name, c.column)],
             [t.qual],
-            post=ddl.q_column_notnull(t.schema, t.name, c.column, False),
+            post=checks.q_column_notnull(t.schema, t.name, c.column, False),
             undo=[] if t.new else ctx.restore_not_null(t, c.column),
             breaking=not t.new,
         )

@@ -9,7 +9,7 @@ from ..planner.dependents import (
     blocking_dependents,
     fks_in_or_out,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -79,7 +79,7 @@ class DropTableRecipe(Recipe[DropTable]):
             f"drop table {t.qual}" + (f"; takes along {', '.join(along)}" if along else ""),
             [ddl.drop_table(s, n)],
             [t.qual],
-            post=ddl.q_relation_absent(s, n),
+            post=checks.q_relation_absent(s, n),
             breaking=True,
         )
         step.details["squawk_ignore"] = [

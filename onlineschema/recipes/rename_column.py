@@ -13,7 +13,7 @@ from ..planner.model import VTable
 from ..planner.naming import (
     MAX_IDENTIFIER_BYTES,
 )
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -53,7 +53,7 @@ def _rename_instant(p: PlanContext, t: VTable, c: RenameColumn) -> None:
         f" uses {c.column} fails from here on",
         [ddl.rename_column(s, n, c.column, c.new_name)],
         [t.qual],
-        post=ddl.q_column_exists(s, n, c.new_name),
+        post=checks.q_column_exists(s, n, c.new_name),
         undo=[Action(ddl.rename_column(s, n, c.new_name, c.column))],
         breaking=not t.new,
     )

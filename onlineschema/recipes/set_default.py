@@ -9,7 +9,7 @@ from ..changes import AddColumn, SetDefault
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
-from ..sql import ddl
+from ..sql import checks, ddl
 from .base import Recipe, recipe_for
 
 
@@ -36,7 +36,7 @@ class SetDefaultRecipe(Recipe[SetDefault]):
             f"set default of {t.qual}.{c.column} to {default} (new rows only, no rewrite)",
             [ddl.set_default(t.schema, t.name, c.column, default)],
             [t.qual],
-            post=ddl.q_column_has_default(t.schema, t.name, c.column),
+            post=checks.q_column_has_default(t.schema, t.name, c.column),
             undo=[Action(ddl.set_default(t.schema, t.name, c.column, before))],
         )
 
