@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..catalog import INTEGER_TYPES, ConstraintInfo
 from ..errors import Refused
-from ..plan import Action, Step
+from ..plan import Action, Phase, Step
 from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
@@ -59,7 +59,7 @@ class StepEmitter:
     def brief(
         self,
         sid: str,
-        phase: str,
+        phase: Phase,
         action: str,
         description: str,
         statements: Sequence[str],
@@ -74,7 +74,7 @@ class StepEmitter:
         return self.add(
             Step(
                 id=sid,
-                phase=phase,  # type: ignore[arg-type]
+                phase=phase,
                 action=action,
                 description=description,
                 statements=tuple(statements),

@@ -43,10 +43,11 @@ class DropTableRecipe(Recipe[DropTable]):
         depends: list[str] = []
         for u, con in fks_in_or_out(p, t):
             incoming = (u.schema, u.name) != key
+            ref = con.ref_table or key  # an outgoing foreign key always has one
             what = (
                 f"foreign key {u.qual}.{con.name} (references {t.qual})"
                 if incoming
-                else f"foreign key {t.qual}.{con.name} (references {con.ref_table[0]}.{con.ref_table[1]})"  # type: ignore[index]
+                else f"foreign key {t.qual}.{con.name} (references {ref[0]}.{ref[1]})"
             )
             p.drop_foreign_key_step(u, con, what)
             depends.append(f"foreign key {u.qual}.{con.name}")

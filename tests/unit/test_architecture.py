@@ -5,6 +5,8 @@
   server or the demo: planning stays pure and usable without them.
 * No import cycles between the package's modules (every import counts: module level,
   bottom of the module and inside functions).
+* No ``isinstance`` dispatch on change classes outside the recipes (and the SQL front
+  end, which builds changes).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import onlineschema
+from onlineschema.changes import CHANGE_TYPES
 
 pytestmark = pytest.mark.server_independent
 
@@ -129,3 +132,43 @@ def test_cycles_are_found() -> None:
 
 def test_no_import_cycles() -> None:
     assert cycles(GRAPH) == []
+
+
+def _kind_checks(path: Path) -> list[str]:
+    """``isinstance(x, <change class>)`` calls in the module, as 'line: class' (type
+    narrowing in ``assert`` is not dispatch and is left out)."""
+    kinds = {cls.__name__ for cls in CHANGE_TYPES.values()}
+    tree = ast.parse(path.read_text())
+    asserted = {id(n) for a in ast.walk(tree) if isinstance(a, ast.Assert) for n in ast.walk(a)}
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance"):
+            continue
+        if len(node.args) != 2 or id(node) in asserted:
+            continue
+        arg = node.args[1]
+        names = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+        out += [f"{node.lineno}: {n.id}" for n in names if getattr(n, "id", None) in kinds]
+    return out
+
+
+def test_change_kinds_are_dispatched_by_the_registry_only() -> None:
+    """What a kind does lives in its recipe: no module outside the recipes branches on
+    several change classes (the SQL front end builds changes, it does not dispatch)."""
+    chains = {
+        name: hits
+        for name, path in MODULES.items()
+        if name != "onlineschema.sqlinput" and not _in(name, "recipes")
+        for hits in [_kind_checks(path)]
+        if len({h.split(": ")[1] for h in hits}) > 1
+    }
+    assert chains == {}
+
+
+def test_the_kind_check_finds_a_chain(tmp_path: Path) -> None:
+    sample = tmp_path / "m.py"
+    sample.write_text(
+        "if isinstance(c, (AddColumn, SetNotNull)) or isinstance(c, int): pass\n"
+        "assert isinstance(c, DropIndex)\n"
+    )
+    assert _kind_checks(sample) == ["1: AddColumn", "1: SetNotNull"]
