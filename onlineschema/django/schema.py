@@ -392,7 +392,14 @@ class OnlineSchemaEditorMixin:
                     statements=len(entries),
                     resuming=existing is not None,
                 )
-                ex.apply(changes, name, workers=self._settings.workers)
+                result = ex.apply(changes, name, workers=self._settings.workers)
+                if result.state == "awaiting_contract":
+                    log.warning(
+                        "django_migration_awaiting_contract",
+                        migration=name,
+                        django=self._run.label,
+                        then=f"once no running code uses the old shape: onlineschema contract {name}",
+                    )
         except OnlineSchemaError as exc:
             raise self._error(exc) from exc
         finally:
