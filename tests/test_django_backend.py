@@ -424,3 +424,66 @@ def test_unapply_then_apply_again_runs_each_direction_afresh(
         f"django:shop.{first}": "completed",
         f"django:shop.{second}": "completed",
     }
+
+
+DJANGO_TESTS = """\
+from django.db import connection
+from django.test import TestCase
+
+from shop.models import Order
+
+
+class TestDatabase(TestCase):
+    def test_created_with_plain_ddl(self):
+        Order.objects.create(amount=1)
+        with connection.cursor() as cur:
+            cur.execute("SELECT to_regnamespace('onlineschema') IS NOT NULL")
+            online = cur.fetchone()[0]
+        self.assertEqual(online, {online})
+"""
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_manage_py_test_creates_the_test_database_plainly_unless_asked(
+    project: Project, online: bool
+) -> None:
+    project.models(MODELS_V1)
+    project.run("makemigrations", "shop")
+    (project.path / "shop" / "tests.py").write_text(DJANGO_TESTS.format(online=online))
+    out = project.run("test", "shop", settings={"online_test_databases": online})
+    assert "OK" in out.stderr, out.stderr
+
+
+# --- pending: Django operations the SQL front end refuses today -------------------------
+#
+# Not collected (no test_ prefix): Django writes `DROP COLUMN ... CASCADE` and `DROP TABLE
+# ... CASCADE`, which sqlinput refuses until the fix another helper is making lands.
+# Enable each by renaming it to test_...; each must then pass as it is.
+
+
+def pending_remove_field_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+    first = start_shop(project, db)
+    project.models(MODELS_V1.replace("    n = models.IntegerField(default=0)\n", ""))
+    project.run("makemigrations", "shop")
+    second = project.migrations()[1]
+    project.run("migrate")
+    assert (
+        count(
+            db,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'shop_order'::regclass"
+            " AND attname = 'n' AND NOT attisdropped",
+        )
+        == 0
+    )
+    assert applied(db) == [(first, 1), (second, 1)]
+    assert dict(state_rows(db))[f"django:shop.{second}"] == "completed"
+
+
+def pending_delete_model_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+    first = start_shop(project, db)
+    project.models(MODELS_V1.split("\n\nclass Order")[0] + "\n")
+    project.run("makemigrations", "shop")
+    second = project.migrations()[1]
+    project.run("migrate", settings={"contract": "immediately"})
+    assert count(db, "SELECT count(*) FROM pg_class WHERE relname = 'shop_order'") == 0
+    assert applied(db) == [(first, 1), (second, 1)]

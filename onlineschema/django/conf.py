@@ -15,10 +15,17 @@ Every key is optional::
                 "backfill": {"batch_initial": 1000, "duty_cycle": 0.5},
                 "workers": 1,                   # parallel backfill workers
                 "state_schema": "onlineschema",
+                "contract": "later",            # or "immediately" (see below)
                 "online_test_databases": False, # manage.py test: plain DDL on the new DB
             },
         }
     }
+
+``contract``: a migration that renames, retypes or drops a column or drops a table
+leaves the old shape in place for the code still running (its expand phase runs, the
+migration is recorded, ``onlineschema contract django:<app>.<migration>`` finishes it
+once no running code uses the old shape). ``"immediately"`` runs the contract phase
+within ``migrate`` too, for deploys that stop the old code first.
 
 The settings live beside ``OPTIONS`` (which Django hands to the driver) so that the
 driver never sees them. Bad keys or values are refused before any DDL runs.
@@ -42,7 +49,16 @@ SETTINGS_KEY = "ONLINESCHEMA"
 
 _DURATIONS = ("lock_timeout", "statement_timeout", "index_lock_timeout", "long_transaction")
 _RETRY_DURATIONS = ("max_wait", "backoff_initial", "backoff_max")
-_KNOWN = (*_DURATIONS, "retry", "backfill", "workers", "state_schema", "online_test_databases")
+_KNOWN = (
+    *_DURATIONS,
+    "retry",
+    "backfill",
+    "workers",
+    "state_schema",
+    "online_test_databases",
+    "contract",
+)
+_CONTRACT = ("later", "immediately")
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,9 @@ class DjangoSettings:
     workers: int = 1
     #: run migrations online also when ``manage.py test`` creates the test database
     online_test_databases: bool = False
+    #: "later": breaking contract steps wait for ``onlineschema contract``;
+    #: "immediately": ``migrate`` runs them too
+    contract: str = "later"
 
 
 def read_settings(settings_dict: dict[str, Any], alias: str) -> DjangoSettings:
@@ -100,6 +119,9 @@ def read_settings(settings_dict: dict[str, Any], alias: str) -> DjangoSettings:
         workers = int(raw.get("workers", 1))
         if workers < 1:
             raise ValueError("workers must be 1 or more")
+        contract = str(raw.get("contract", "later"))
+        if contract not in _CONTRACT:
+            raise ValueError(f"contract must be one of {', '.join(_CONTRACT)}, not {contract!r}")
     except (ValueError, TypeError) as exc:
         raise Refused(
             f'bad value in DATABASES[{alias!r}]["{SETTINGS_KEY}"]: {exc}',
@@ -110,4 +132,5 @@ def read_settings(settings_dict: dict[str, Any], alias: str) -> DjangoSettings:
         executor=s,
         workers=workers,
         online_test_databases=bool(raw.get("online_test_databases", False)),
+        contract=contract,
     )

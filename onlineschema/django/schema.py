@@ -312,6 +312,13 @@ class OnlineSchemaEditorMixin:
             text = f"{where} was refused before it changed anything: {exc.problem}"
             if exc.fix:
                 text += f"\n  fix: {exc.fix}"
+            if isinstance(exc, UnsupportedStatement):
+                text += (
+                    "\n  In a Django migration: wrap the operation in"
+                    " migrations.SeparateDatabaseAndState with a RunSQL of supported"
+                    " statements, or run the change yourself and record it with"
+                    f" `manage.py migrate {run.app_label} {run.name} --fake`."
+                )
         elif isinstance(exc, (LockBudgetExhausted, Paused)):
             text = (
                 f"{where} stopped and is resumable: {exc}\n  Run `manage.py migrate` again"
@@ -393,6 +400,8 @@ class OnlineSchemaEditorMixin:
                     resuming=existing is not None,
                 )
                 result = ex.apply(changes, name, workers=self._settings.workers)
+                if result.state == "awaiting_contract" and self._settings.contract == "immediately":
+                    result = ex.contract(name)
                 if result.state == "awaiting_contract":
                     log.warning(
                         "django_migration_awaiting_contract",
