@@ -426,6 +426,99 @@ def test_unapply_then_apply_again_runs_each_direction_afresh(
     }
 
 
+DATA_MIGRATION = """\
+from django.db import migrations, models
+from django.db.models import F
+
+
+def fill(apps, schema_editor):
+    Order = apps.get_model("shop", "Order")
+    # reads the column the AddField above adds: it must exist by now
+    Order.objects.filter(status="new").update(n=F("n") + 10)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "{after}")]
+    operations = [
+        migrations.AddField("order", "status", models.CharField(max_length=20, default="new")),
+        migrations.RunPython(fill, migrations.RunPython.noop),
+        migrations.RunSQL(
+            "INSERT INTO shop_customer (name) SELECT 'tens ' || count(*) FROM shop_order"
+            " WHERE n = 10",
+            migrations.RunSQL.noop,
+        ),
+        migrations.RunSQL("UPDATE shop_order SET n = n * 2", migrations.RunSQL.noop),
+    ]
+"""
+
+
+def test_runpython_and_raw_runsql_run_in_order_between_online_parts(
+    project: Project, db: psycopg.Connection[Any]
+) -> None:
+    first = start_shop(project, db)
+    project.migration("0002_data", DATA_MIGRATION.format(after=first))
+    out = project.run("migrate")
+    # the AddField ran online before the RunPython read its column, the INSERT (run as
+    # written) saw what the RunPython did, and the UPDATE after it ran as a second part
+    assert count(db, "SELECT count(*) FROM shop_order WHERE n <> 20") == 0
+    assert count(db, "SELECT count(*) FROM shop_customer WHERE name = %s", (f"tens {ORDERS}",)) == 1
+    assert dict(state_rows(db)) == {
+        f"django:shop.{first}": "completed",
+        "django:shop.0002_data": "completed",
+        "django:shop.0002_data#2": "completed",
+    }
+    assert "django_runsql_as_written" in out.stdout
+    assert applied(db) == [(first, 1), ("0002_data", 1)]
+
+
+RENAME = """\
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "{after}")]
+    operations = [migrations.RenameField("order", "amount", "total")]
+"""
+
+
+def test_rename_field_expands_is_recorded_and_waits_for_contract(
+    project: Project, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    first = start_shop(project, db)
+    project.migration("0002_rename", RENAME.format(after=first))
+    project.models(MODELS_V1.replace("amount =", "total ="))
+    out = project.run("migrate")
+    name = "django:shop.0002_rename"
+    assert "django_migration_awaiting_contract" in out.stdout
+    assert applied(db) == [(first, 1), ("0002_rename", 1)]
+    assert dict(state_rows(db))[name] == "awaiting_contract"
+    # old code (amount) and new code (total) both work while the deploy rolls out
+    db.execute("INSERT INTO shop_order (amount, n) VALUES (-1, 0)")
+    db.execute("INSERT INTO shop_order (total, n) VALUES (-2, 0)")
+    assert count(db, "SELECT count(*) FROM shop_order WHERE total IS DISTINCT FROM amount") == 0
+    # then the contract, from the CLI, by the name migrate gave it
+    contract = subprocess.run(
+        [sys.executable, "-m", "onlineschema", "contract", name, "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert contract.returncode == 0, contract.stdout + contract.stderr
+    column_must_exist(db, "shop_order", "total", "integer", nullable=False)
+    assert (
+        count(
+            db,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'shop_order'::regclass"
+            " AND attname = 'amount' AND NOT attisdropped",
+        )
+        == 0
+    )
+    assert dict(state_rows(db))[name] == "completed"
+    assert project.run("migrate").stdout.count("No migrations to apply") == 1
+
+
 DJANGO_TESTS = """\
 from django.db import connection
 from django.test import TestCase
