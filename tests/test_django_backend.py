@@ -471,6 +471,31 @@ def test_runpython_and_raw_runsql_run_in_order_between_online_parts(
     assert applied(db) == [(first, 1), ("0002_data", 1)]
 
 
+REFUSED_LATER = DATA_MIGRATION.replace(
+    """        migrations.RunSQL("UPDATE shop_order SET n = n * 2", migrations.RunSQL.noop),""",
+    """        migrations.AlterModelTable("order", "shop_orders"),""",
+)
+
+
+def test_a_refusal_after_a_runpython_still_comes_before_any_ddl(
+    project: Project, db: psycopg.Connection[Any]
+) -> None:
+    first = start_shop(project, db)
+    project.migration("0002_data", REFUSED_LATER.format(after=first))
+    assert "AlterModelTable" in REFUSED_LATER and "RunPython(fill" in REFUSED_LATER
+    before = catalog_snapshot(db, "shop_order")
+    refused = project.run("migrate", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Django migration shop.0002_data" in refused.stderr
+    assert "Rename table for order to shop_orders" in refused.stderr
+    # the AddField before the RunPython did not run, nor the RunPython, nor the INSERT
+    assert catalog_snapshot(db, "shop_order") == before
+    assert count(db, "SELECT count(*) FROM shop_order WHERE n <> 0") == 0
+    assert count(db, "SELECT count(*) FROM shop_customer WHERE name LIKE 'tens %%'") == 0
+    assert dict(state_rows(db)) == {f"django:shop.{first}": "completed"}
+    assert applied(db) == [(first, 1)]
+
+
 RENAME = """\
 from django.db import migrations
 

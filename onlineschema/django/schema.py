@@ -136,8 +136,9 @@ def _frames(start: FrameType | None) -> Iterator[FrameType]:
         frame = frame.f_back
 
 
-def find_migration(start: FrameType | None) -> MigrationRun | None:
-    """The migration whose ``with connection.schema_editor()`` called us, if any."""
+def find_migration(start: FrameType | None) -> tuple[MigrationRun, Any, Any] | None:
+    """The migration whose ``with connection.schema_editor()`` called us, if any: its
+    run, the ``Migration`` and the project state before it (None under sqlmigrate)."""
     for depth, frame in enumerate(_frames(start)):
         if depth > _MAX_DEPTH:
             return None
@@ -146,13 +147,25 @@ def find_migration(start: FrameType | None) -> MigrationRun | None:
         if not isinstance(migration, Migration):
             continue
         if name in ("apply_migration", "unapply_migration") or frame.f_code is _COLLECT_CODE:
+            collecting = frame.f_code is _COLLECT_CODE
             backwards = name == "unapply_migration" or (
-                frame.f_code is _COLLECT_CODE and bool(frame.f_locals.get("backwards"))
+                collecting and bool(frame.f_locals.get("backwards"))
             )
-            return MigrationRun(
+            run = MigrationRun(
                 migration.app_label, migration.name, backwards, bool(migration.atomic)
             )
+            return run, migration, None if collecting else frame.f_locals.get("state")
     return None
+
+
+def _splits(operations: Any) -> bool:
+    """Does the migration run something itself between online parts?"""
+    for op in operations:
+        if isinstance(op, (RunPython, RunSQL)):
+            return True
+        if _splits(getattr(op, "database_operations", ())):
+            return True
+    return False
 
 
 def _current_operation(start: FrameType | None) -> tuple[str, bool, bool]:
@@ -207,18 +220,26 @@ class OnlineSchemaEditorMixin:
         self._part = 0
         self._plain = False
         self._wrapper: Callable[..., Any] | None = None
+        #: set on the editor that only reads a migration's SQL to check it
+        self._check_only: MigrationRun | None = None
 
     # --- the editor's lifetime -------------------------------------------------------
 
     def __enter__(self) -> Any:
-        run = None
-        if not getattr(self.connection, "onlineschema_plain", False):
-            run = find_migration(sys._getframe(1))
+        found = None
+        if self._check_only is not None:
+            found = (self._check_only, None, None)
+        elif not getattr(self.connection, "onlineschema_plain", False):
+            found = find_migration(sys._getframe(1))
+        run = found[0] if found else None
         if run is not None:
             self._settings = read_settings(self.connection.settings_dict, self.connection.alias)
             if not self.collect_sql:
                 # each step commits on its own; CONCURRENTLY cannot run in a transaction
                 self.atomic_migration = False
+                migration, state = found[1], found[2]  # type: ignore[index]
+                if migration is not None and state is not None and _splits(migration.operations):
+                    self._check_whole_migration(run, migration, state)
         self._run = run
         editor = super().__enter__()  # type: ignore[misc]
         if run is not None:
@@ -230,6 +251,17 @@ class OnlineSchemaEditorMixin:
             self.connection.execute_wrappers.append(self._wrapper)
         return editor
 
+    def _check_whole_migration(self, run: MigrationRun, migration: Any, state: Any) -> None:
+        """A migration that runs in parts is read whole first (as sqlmigrate reads it), so
+        that SQL with no online form is refused before any part changes anything."""
+        checker = type(self)(self.connection, collect_sql=True, atomic=False)
+        checker._check_only = run
+        with checker:
+            if run.backwards:
+                migration.unapply(state.clone(), checker, collect_sql=True)
+            else:
+                migration.apply(state.clone(), checker, collect_sql=True)
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._run is None:
             super().__exit__(exc_type, exc, tb)  # type: ignore[misc]
@@ -240,7 +272,9 @@ class OnlineSchemaEditorMixin:
                     if statement is not RECORD_AFTER_EXIT:
                         self.execute(statement, None)
                 self.deferred_sql = []
-                if self.collect_sql:
+                if self._check_only is not None:
+                    self._buffer = []
+                elif self.collect_sql:
                     self._render_collected()
                 else:
                     self._flush()
