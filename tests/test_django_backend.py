@@ -196,6 +196,7 @@ def start_shop(project: Project, db: psycopg.Connection[Any]) -> str:
     return first
 
 
+@pytest.mark.slow
 def test_migrate_runs_ordinary_migrations_online_while_the_application_works(
     project: Project, db: psycopg.Connection[Any], dsn: str
 ) -> None:
@@ -268,6 +269,7 @@ def test_migrate_runs_ordinary_migrations_online_while_the_application_works(
     assert count(db, "SELECT count(*) FROM shop_order WHERE n <> 1") == 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_backfill_then_migrate_again_updates_every_row_once(
     project: Project, db: psycopg.Connection[Any], dsn: str
 ) -> None:
@@ -297,6 +299,7 @@ def test_sigkill_mid_backfill_then_migrate_again_updates_every_row_once(
     assert dict(state_rows(db))[name] == "completed"
 
 
+@pytest.mark.slow
 def test_lock_budget_spent_exits_3_unrecorded_and_migrate_resumes(
     project: Project, db: psycopg.Connection[Any]
 ) -> None:
@@ -392,6 +395,7 @@ def test_sqlmigrate_prints_the_online_plan_and_runs_nothing(
     assert f"[X] {first}" in shown and f"[ ] {second}" in shown
 
 
+@pytest.mark.slow
 def test_unapply_then_apply_again_runs_each_direction_afresh(
     project: Project, db: psycopg.Connection[Any]
 ) -> None:
@@ -506,6 +510,7 @@ class Migration(migrations.Migration):
 """
 
 
+@pytest.mark.slow
 def test_rename_field_expands_is_recorded_and_waits_for_contract(
     project: Project, db: psycopg.Connection[Any], dsn: str
 ) -> None:

@@ -11,7 +11,9 @@ VALID then validated, ``UPDATE``\\ s of a ``RunSQL`` as batched exactly-once bac
 Order is kept: before anything Django must run itself (a ``RunPython`` that queries the
 database, a ``RunSQL`` statement the front end does not translate) the statements kept
 so far are run online as a part of their own (``django:<app>.<migration>#2``, ``#3``,
-...), then Django's statement runs as Django would run it.
+...), then Django's statement runs as Django would run it. Such a migration is first read
+whole in collect mode (as ``sqlmigrate`` reads it), so that SQL with no online form is
+refused before its first part changes anything.
 
 Django writes the ``django_migrations`` row after ``__exit__`` returns when
 ``deferred_sql`` is not empty (``MigrationExecutor.apply_migration``): this editor keeps
