@@ -130,7 +130,11 @@ class Project:
         return sorted(p.stem for p in (self.path / "shop" / "migrations").glob("0*.py"))
 
     def run(
-        self, *args: str, settings: dict[str, Any] | None = None, check: bool = True
+        self,
+        *args: str,
+        settings: dict[str, Any] | None = None,
+        check: bool = True,
+        apps: str = "",
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "manage.py", *args],
@@ -138,7 +142,7 @@ class Project:
             capture_output=True,
             text=True,
             timeout=120,
-            env=self.env(settings),
+            env={**self.env(settings), "DJANGO_EXTRA_APPS": apps},
             stdin=subprocess.DEVNULL,
         )
         if check:
@@ -186,7 +190,8 @@ def start_shop(project: Project, db: psycopg.Connection[Any]) -> str:
     """0001 (two new tables) migrated online, with customers and ORDERS orders."""
     project.models(MODELS_V1)
     project.run("makemigrations", "shop")
-    project.run("migrate")
+    # on a database where nothing was applied yet migrate would run plain DDL: plan it
+    project.run("migrate", settings={"plain_fresh_database": False})
     db.execute("INSERT INTO shop_customer (name) SELECT 'c' || g FROM generate_series(1, 20) g")
     db.execute(
         "INSERT INTO shop_order (amount, n) SELECT g, 0 FROM generate_series(1, %s) g", (ORDERS,)
@@ -549,6 +554,30 @@ def test_rename_field_expands_is_recorded_and_waits_for_contract(
     assert project.run("migrate").stdout.count("No migrations to apply") == 1
 
 
+CONTRIB = "django.contrib.contenttypes,django.contrib.auth"
+
+
+def test_a_fresh_database_is_migrated_with_plain_ddl_then_later_migrations_online(
+    project: Project, db: psycopg.Connection[Any]
+) -> None:
+    # Django's own apps write SQL the front end does not take (contenttypes 0002 drops a
+    # column with CASCADE): on a database where nothing was applied, nothing is at risk
+    project.models(MODELS_V1)
+    project.run("makemigrations", "shop", apps=CONTRIB)
+    out = project.run("migrate", apps=CONTRIB)
+    assert "django_fresh_database_plain_ddl" in out.stdout
+    assert count(db, "SELECT count(*) FROM django_migrations WHERE app = 'contenttypes'") == 2
+    assert count(db, "SELECT count(*) FROM django_migrations WHERE app = 'auth'") >= 12
+    assert state_rows(db) == [], "nothing was planned online"
+    # the next migrate finds applied migrations: online again
+    project.models(MODELS_V2)
+    project.run("makemigrations", "shop", apps=CONTRIB)
+    second = project.migrations()[1]
+    project.run("migrate", apps=CONTRIB)
+    assert dict(state_rows(db)) == {f"django:shop.{second}": "completed"}
+    index_must_exist(db, "shop_order_amount_idx", valid=True)
+
+
 DJANGO_TESTS = """\
 from django.db import connection
 from django.test import TestCase
@@ -573,7 +602,9 @@ def test_manage_py_test_creates_the_test_database_plainly_unless_asked(
     project.models(MODELS_V1)
     project.run("makemigrations", "shop")
     (project.path / "shop" / "tests.py").write_text(DJANGO_TESTS.format(online=online))
-    out = project.run("test", "shop", settings={"online_test_databases": online})
+    # (a test database is also a fresh one: plain_fresh_database would make it plain too)
+    settings = {"online_test_databases": online, "plain_fresh_database": not online}
+    out = project.run("test", "shop", settings=settings)
     assert "OK" in out.stderr, out.stderr
 
 

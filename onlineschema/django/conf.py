@@ -17,6 +17,7 @@ Every key is optional::
                 "state_schema": "onlineschema",
                 "contract": "later",            # or "immediately" (see below)
                 "online_test_databases": False, # manage.py test: plain DDL on the new DB
+                "plain_fresh_database": True,   # see below
             },
         }
     }
@@ -26,6 +27,11 @@ leaves the old shape in place for the code still running (its expand phase runs,
 migration is recorded, ``onlineschema contract django:<app>.<migration>`` finishes it
 once no running code uses the old shape). ``"immediately"`` runs the contract phase
 within ``migrate`` too, for deploys that stop the old code first.
+
+``plain_fresh_database``: a ``migrate`` that starts on a database where no migration
+was ever applied (``django_migrations`` absent or empty: a new development, CI or
+staging database) runs all its migrations as Django would, with plain DDL: nothing can
+be using a schema that was never migrated. ``False`` plans those online too.
 
 The settings live beside ``OPTIONS`` (which Django hands to the driver) so that the
 driver never sees them. Bad keys or values are refused before any DDL runs.
@@ -56,6 +62,7 @@ _KNOWN = (
     "workers",
     "state_schema",
     "online_test_databases",
+    "plain_fresh_database",
     "contract",
 )
 _CONTRACT = ("later", "immediately")
@@ -73,6 +80,8 @@ class DjangoSettings:
     #: "later": breaking contract steps wait for ``onlineschema contract``;
     #: "immediately": ``migrate`` runs them too
     contract: str = "later"
+    #: a migrate on a database where nothing was ever applied runs plain DDL
+    plain_fresh_database: bool = True
 
 
 def read_settings(settings_dict: dict[str, Any], alias: str) -> DjangoSettings:
@@ -133,4 +142,5 @@ def read_settings(settings_dict: dict[str, Any], alias: str) -> DjangoSettings:
         workers=workers,
         online_test_databases=bool(raw.get("online_test_databases", False)),
         contract=contract,
+        plain_fresh_database=bool(raw.get("plain_fresh_database", True)),
     )

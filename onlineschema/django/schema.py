@@ -43,6 +43,7 @@ from django.db.backends.postgresql.schema import DatabaseSchemaEditor as Postgre
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.operations.special import RunPython, RunSQL
+from django.db.migrations.recorder import MigrationRecorder
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
@@ -138,9 +139,20 @@ def _frames(start: FrameType | None) -> Iterator[FrameType]:
         frame = frame.f_back
 
 
-def find_migration(start: FrameType | None) -> tuple[MigrationRun, Any, Any] | None:
-    """The migration whose ``with connection.schema_editor()`` called us, if any: its
-    run, the ``Migration`` and the project state before it (None under sqlmigrate)."""
+@dataclass
+class Found:
+    """What the frames that opened the editor say about the migration being run."""
+
+    run: MigrationRun
+    migration: Any = None
+    #: the project state before the migration (None under sqlmigrate)
+    state: Any = None
+    #: the MigrationExecutor (one per ``migrate`` command)
+    executor: Any = None
+
+
+def find_migration(start: FrameType | None) -> Found | None:
+    """The migration whose ``with connection.schema_editor()`` called us, if any."""
     for depth, frame in enumerate(_frames(start)):
         if depth > _MAX_DEPTH:
             return None
@@ -156,7 +168,9 @@ def find_migration(start: FrameType | None) -> tuple[MigrationRun, Any, Any] | N
             run = MigrationRun(
                 migration.app_label, migration.name, backwards, bool(migration.atomic)
             )
-            return run, migration, None if collecting else frame.f_locals.get("state")
+            if collecting:
+                return Found(run, migration)
+            return Found(run, migration, frame.f_locals.get("state"), frame.f_locals.get("self"))
     return None
 
 
@@ -230,21 +244,28 @@ class OnlineSchemaEditorMixin:
     def __enter__(self) -> Any:
         found = None
         if self._check_only is not None:
-            found = (self._check_only, None, None)
+            found = Found(self._check_only)
         elif not getattr(self.connection, "onlineschema_plain", False):
             found = find_migration(sys._getframe(1))
-        run = found[0] if found else None
-        if run is not None:
-            self._settings = read_settings(self.connection.settings_dict, self.connection.alias)
-            if not self.collect_sql:
-                # each step commits on its own; CONCURRENTLY cannot run in a transaction
-                self.atomic_migration = False
-                migration, state = found[1], found[2]  # type: ignore[index]
-                if migration is not None and state is not None and _splits(migration.operations):
-                    self._check_whole_migration(run, migration, state)
-        self._run = run
+        if found is not None:
+            self._run = found.run
+            try:
+                self._settings = read_settings(self.connection.settings_dict, self.connection.alias)
+            except Refused as exc:
+                raise self._error(exc) from None
+            if not self.collect_sql and self._fresh_database(found):
+                found = self._run = None
+        if found is not None and not self.collect_sql:
+            # each step commits on its own; CONCURRENTLY cannot run in a transaction
+            self.atomic_migration = False
+            if (
+                found.migration is not None
+                and found.state is not None
+                and _splits(found.migration.operations)
+            ):
+                self._check_whole_migration(found.run, found.migration, found.state)
         editor = super().__enter__()  # type: ignore[misc]
-        if run is not None:
+        if self._run is not None:
             if self.collect_sql:
                 self.collected_sql = _Collected(self)
             else:
@@ -252,6 +273,22 @@ class OnlineSchemaEditorMixin:
             self._wrapper = self._before_query
             self.connection.execute_wrappers.append(self._wrapper)
         return editor
+
+    def _fresh_database(self, found: Found) -> bool:
+        """Does this ``migrate`` run on a database where no migration was ever applied?
+        Then nothing can be using its schema yet: Django's plain DDL is safe (and the
+        SQL front end need not accept everything Django's own apps' migrations do).
+        Decided once per ``migrate`` (per MigrationExecutor)."""
+        if not self._settings.plain_fresh_database or found.executor is None:
+            return False
+        decided = getattr(found.executor, "onlineschema_fresh", None)
+        if decided is None:
+            recorder = MigrationRecorder(self.connection)
+            decided = not recorder.has_table() or not recorder.migration_qs.exists()
+            found.executor.onlineschema_fresh = decided
+            if decided:
+                log.info("django_fresh_database_plain_ddl", database=self.connection.alias)
+        return bool(decided)
 
     def _check_whole_migration(self, run: MigrationRun, migration: Any, state: Any) -> None:
         """A migration that runs in parts is read whole first (as sqlmigrate reads it), so

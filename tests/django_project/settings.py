@@ -2,7 +2,8 @@
 
 ``DJANGO_TEST_DSN``: a libpq connection string; ``DJANGO_ENGINE``: the backend
 (default ``onlineschema.django``); ``ONLINESCHEMA_DJANGO``: JSON for the
-``ONLINESCHEMA`` settings of the database.
+``ONLINESCHEMA`` settings of the database; ``DJANGO_EXTRA_APPS``: comma-separated apps
+installed before ``shop``.
 """
 
 import json
@@ -13,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 _db = conninfo_to_dict(os.environ["DJANGO_TEST_DSN"])
 
 SECRET_KEY = "test"
-INSTALLED_APPS = ["shop"]
+INSTALLED_APPS = [*filter(None, os.environ.get("DJANGO_EXTRA_APPS", "").split(",")), "shop"]
 DATABASES = {
     "default": {
         "ENGINE": os.environ.get("DJANGO_ENGINE", "onlineschema.django"),
