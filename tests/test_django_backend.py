@@ -416,6 +416,10 @@ def test_unapply_then_apply_again_runs_each_direction_afresh(
     second = project.migrations()[1]
     project.run("migrate")
     index_must_exist(db, "shop_order_amount_idx", valid=True)
+    # sqlmigrate of an applied migration: said so, with Django's SQL, exit 0
+    shown = project.run("sqlmigrate", "shop", second).stdout
+    assert "CANNOT BE PLANNED against the database as it is now" in shown
+    assert "shop_order_amount_idx" in shown
 
     back = project.run("migrate", "shop", first)
     assert "DROP INDEX CONCURRENTLY" in back.stdout or "drop_index" in back.stdout

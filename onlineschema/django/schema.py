@@ -547,13 +547,20 @@ class OnlineSchemaEditorMixin:
                 finally:
                     conn.close()
             except Refused as exc:
-                if part == 1:
-                    raise self._error(exc) from None
-                out.append(
-                    "-- (cannot be planned before the parts above have run:"
-                    f" {exc.problem.splitlines()[0]}); Django's SQL for it:"
+                # e.g. the migration is already applied, or an earlier part has not run:
+                # sqlmigrate is for reading, so say why and show Django's SQL instead
+                why = (
+                    "is it already applied?"
+                    if part == 1
+                    else "it can be planned only once the parts above have run"
                 )
-                out.extend(f"--   {e.sql}" for e in group)
+                out.append(
+                    "-- CANNOT BE PLANNED against the database as it is now"
+                    f" ({why}); `migrate` refuses it while this holds:"
+                )
+                out.extend(f"--   {line}" for line in str(exc).splitlines())
+                out.append("-- Django's SQL for this part:")
+                out.extend(f"--   {line}" for e in group for line in e.sql.splitlines())
                 group = []
                 return
             for note in plan.notes:
