@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -328,6 +329,50 @@ def test_lock_budget_spent_exits_3_unrecorded_and_migrate_resumes(
     assert dict(state_rows(db))[f"django:shop.{second}"] == "completed"
 
 
+def onlineschema_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "onlineschema", *args, "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+def test_an_aborted_migration_is_not_run_again_until_its_record_is_deleted(
+    project: Project, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    first = start_shop(project, db)
+    project.models(MODELS_V2)
+    project.run("makemigrations", "shop")
+    second = project.migrations()[1]
+    name = f"django:shop.{second}"
+    tight = {"lock_timeout": "100ms", "retry": {"max_attempts": 2, "max_wait": "1s"}}
+    with Blocker(project.dsn, "SELECT count(*) FROM shop_order").start():
+        assert project.run("migrate", settings=tight, check=False).returncode == 3
+    onlineschema_cli(dsn, "abort", name, "--yes")
+    assert dict(state_rows(db))[name] == "aborted"
+
+    refused = project.run("migrate", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "was aborted" in refused.stderr
+    found = re.search(r"\((DELETE FROM \S+ WHERE name = '[^']*')\)", refused.stderr)
+    assert found, refused.stderr
+    delete = found.group(1)
+    assert delete.endswith(f"'{name}'") and '"onlineschema"."migrations"' in delete
+    assert applied(db) == [(first, 1)]
+
+    db.execute(delete)
+    project.run("migrate")
+    assert applied(db) == [(first, 1), (second, 1)]
+    index_must_exist(db, "shop_order_amount_idx", valid=True)
+    assert dict(state_rows(db))[name] == "completed"
+
+
 REFUSED_MODELS = MODELS_V1.replace(
     "    n = models.IntegerField(default=0)\n",
     "    n = models.IntegerField(default=0)\n    note = models.TextField(null=True)\n\n"
@@ -536,15 +581,7 @@ def test_rename_field_expands_is_recorded_and_waits_for_contract(
     db.execute("INSERT INTO shop_order (total, n) VALUES (-2, 0)")
     assert count(db, "SELECT count(*) FROM shop_order WHERE total IS DISTINCT FROM amount") == 0
     # then the contract, from the CLI, by the name migrate gave it
-    contract = subprocess.run(
-        [sys.executable, "-m", "onlineschema", "contract", name, "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.DEVNULL,
-    )
-    assert contract.returncode == 0, contract.stdout + contract.stderr
+    onlineschema_cli(dsn, "contract", name)
     column_must_exist(db, "shop_order", "total", "integer", nullable=False)
     assert (
         count(

@@ -454,6 +454,24 @@ class OnlineSchemaEditorMixin:
                         # finished before a crash kept Django from recording it
                         log.info("django_part_already_completed", migration=name)
                         return
+                    if existing["state"] == "aborted":
+                        delete = (
+                            sql.SQL("DELETE FROM {} WHERE name = {}")
+                            .format(
+                                sql.Identifier(self._settings.executor.state_schema, "migrations"),
+                                sql.Literal(name),
+                            )
+                            .as_string(conn)
+                        )
+                        raise Refused(
+                            f"onlineschema migration {name!r} was aborted (what it created"
+                            " was removed; rows a backfill already updated stay updated)",
+                            "to run the Django migration again from the start, delete the"
+                            f" record ({delete}) once re-running its backfills is safe, then"
+                            " `migrate`; or"
+                            f" change the schema yourself and `manage.py migrate"
+                            f" {self._run.app_label} {self._run.name} --fake`",
+                        )
                     if existing["changes_hash"] != changes_hash(changes):
                         raise Refused(
                             f"onlineschema migration {name!r} was started"
