@@ -406,6 +406,30 @@ def test_an_operation_onlineschema_refuses_is_refused_before_any_ddl(
     assert applied(db) == [(first, 1)]
 
 
+IN_TRANSACTION = """\
+from django.core.management import call_command
+from django.db import transaction
+
+with transaction.atomic():
+    call_command("migrate", verbosity=0)
+"""
+
+
+def test_migrate_inside_a_transaction_is_refused_before_any_ddl(
+    project: Project, db: psycopg.Connection[Any]
+) -> None:
+    first = start_shop(project, db)
+    project.models(MODELS_V2)
+    project.run("makemigrations", "shop")
+    before = catalog_snapshot(db, "shop_order")
+    refused = project.run("shell", "-c", IN_TRANSACTION, check=False)
+    assert refused.returncode != 0
+    assert "inside an open transaction" in refused.stderr, refused.stderr[-2000:]
+    assert "outside transaction.atomic()" in refused.stderr
+    assert catalog_snapshot(db, "shop_order") == before
+    assert applied(db) == [(first, 1)]
+
+
 def test_sqlmigrate_prints_the_online_plan_and_runs_nothing(
     project: Project, db: psycopg.Connection[Any]
 ) -> None:

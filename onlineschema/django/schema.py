@@ -420,10 +420,9 @@ class OnlineSchemaEditorMixin:
         return conn
 
     def _check_not_in_transaction(self) -> None:
-        raw = self.connection.connection
-        if isinstance(raw, psycopg.Connection) and (
-            raw.info.transaction_status != pq.TransactionStatus.IDLE
-        ):
+        # psycopg 3 and psycopg2 both have info.transaction_status, 0 = idle
+        status = getattr(getattr(self.connection.connection, "info", None), "transaction_status", 0)
+        if int(status) != pq.TransactionStatus.IDLE:
             raise self._error(
                 Refused(
                     "the migration runs inside an open transaction on Django's connection;"
