@@ -238,6 +238,8 @@ class OnlineSchemaEditorMixin:
         self._wrapper: Callable[..., Any] | None = None
         #: set on the editor that only reads a migration's SQL to check it
         self._check_only: MigrationRun | None = None
+        #: something of this migration ran already (a part, RunSQL as written, RunPython)
+        self._changed = False
 
     # --- the editor's lifetime -------------------------------------------------------
 
@@ -357,6 +359,7 @@ class OnlineSchemaEditorMixin:
         self._flush()
         log.info("django_runsql_as_written", migration=self._label(), sql=text[:200])
         self._plain = True
+        self._changed = True
         try:
             super().execute(text, None)  # type: ignore[misc]
         finally:
@@ -364,10 +367,11 @@ class OnlineSchemaEditorMixin:
 
     def _before_query(self, execute: Any, sql: Any, params: Any, many: Any, context: Any) -> Any:
         """Django's execute wrapper: a RunPython's first query runs what is kept first."""
-        if self._buffer and not self._plain and not self.collect_sql:
+        if not self._plain and not self.collect_sql:
             _, _, in_python = _current_operation(sys._getframe(1))
             if in_python:
                 self._flush()
+                self._changed = True
         return execute(sql, params, many, context)
 
     # --- running online --------------------------------------------------------------
@@ -382,7 +386,12 @@ class OnlineSchemaEditorMixin:
         if operation:
             where += f", operation {operation!r}"
         if isinstance(exc, Refused):
-            text = f"{where} was refused before it changed anything: {exc.problem}"
+            when = (
+                "was refused (what ran of it before stays; it is not recorded as applied)"
+                if self._changed
+                else "was refused before it changed anything"
+            )
+            text = f"{where} {when}: {exc.problem}"
             if exc.fix:
                 text += f"\n  fix: {exc.fix}"
             if isinstance(exc, UnsupportedStatement):
@@ -449,6 +458,7 @@ class OnlineSchemaEditorMixin:
             with Executor(conn, self._settings.executor) as ex:
                 existing = ex.store.get(name)
                 if existing is not None:
+                    self._changed = True  # by an earlier run of this migration
                     if existing["state"] == "completed":
                         # finished before a crash kept Django from recording it
                         log.info("django_part_already_completed", migration=name)
@@ -490,6 +500,7 @@ class OnlineSchemaEditorMixin:
                     resuming=existing is not None,
                 )
                 result = ex.apply(changes, name, workers=self._settings.workers)
+                self._changed = True
                 if result.state == "awaiting_contract" and self._settings.contract == "immediately":
                     result = ex.contract(name)
                 if result.state == "awaiting_contract":
