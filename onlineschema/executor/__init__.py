@@ -40,6 +40,15 @@ from ..plan import Plan, Step
 from ..planner import PlanResult, build_plan, catalog_request
 from ..sql import ddl
 from ..state import StateStore
+from .session import (
+    Policy,
+    Timeouts,
+    local_settings,
+    probe_settings,
+    session_settings,
+    timeouts_for,
+    undo_timeouts,
+)
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
 
@@ -124,6 +133,11 @@ class Executor:
         self.conn: psycopg.Connection[Any] = self._cm.__enter__()
         self.store = StateStore(self.conn, self.settings.state_schema)
 
+    @property
+    def policy(self) -> Policy:
+        """The timeouts steps run under (executor/session.py decides them)."""
+        return Policy.from_settings(self.settings)
+
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
 
@@ -162,11 +176,7 @@ class Executor:
         for probe in result.probes:
             try:
                 with self.conn.transaction(), self.conn.cursor() as cur:
-                    cur.execute("SET TRANSACTION READ ONLY")
-                    cur.execute(
-                        "SELECT set_config('lock_timeout', %s, true)",
-                        (f"{int(self.settings.lock_timeout * 1000)}ms",),
-                    )
+                    probe_settings(cur, self.policy)
                     cur.execute(probe.sql)
             except psycopg.errors.LockNotAvailable:
                 continue  # could not look now; the step itself will find out
@@ -524,14 +534,6 @@ class Executor:
         slog.info("step_done", seconds=round(time.monotonic() - t0, 3))
         return True
 
-    def _timeouts(self, step: Step) -> tuple[str, str]:
-        stmt = (
-            self.settings.statement_timeout
-            if step.statement_timeout is None
-            else step.statement_timeout
-        )
-        return f"{int(self.settings.lock_timeout * 1000)}ms", f"{int(stmt * 1000)}ms"
-
     def _guard(self, step: Step, attempt: Callable[[], Any], mode: str | None = None) -> Any:
         long_tx = self.settings.long_transaction
         return guarded(
@@ -547,14 +549,11 @@ class Executor:
         )
 
     def _transactional(self, name: str, step: Step) -> None:
-        lock_timeout, stmt_timeout = self._timeouts(step)
+        timeouts = timeouts_for(step, self.policy)
 
         def attempt() -> None:
             with self.conn.transaction(), self.conn.cursor() as cur:
-                cur.execute(
-                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                    (lock_timeout, stmt_timeout),
-                )
+                local_settings(cur, timeouts)
                 for stmt in step.statements:
                     cur.execute(stmt.encode())
                 self.store.step_state(name, step.id, "done", cur=cur)
@@ -562,24 +561,14 @@ class Executor:
         self._guard(step, attempt)
 
     def _non_transactional(
-        self, name: str, step: Step, statements: Sequence[str], lock_timeout: str | None = None
+        self, name: str, step: Step, statements: Sequence[str], timeouts: Timeouts | None = None
     ) -> None:
-        lt, st = self._timeouts(step)
+        t = timeouts or timeouts_for(step, self.policy)
 
         def attempt() -> None:
-            with self.conn.cursor() as cur:
-                cur.execute(
-                    "SELECT set_config('lock_timeout', %s, false),"
-                    " set_config('statement_timeout', %s, false)",
-                    (lock_timeout or lt, st),
-                )
-                try:
-                    for stmt in statements:
-                        cur.execute(stmt.encode())
-                finally:
-                    if not self.conn.broken:
-                        cur.execute("RESET lock_timeout")
-                        cur.execute("RESET statement_timeout")
+            with self.conn.cursor() as cur, session_settings(cur, t):
+                for stmt in statements:
+                    cur.execute(stmt.encode())
 
         self._guard(step, attempt)
 
@@ -594,7 +583,7 @@ class Executor:
         ``_ccnew`` leftover) -> drop concurrently and build again; verify indisvalid."""
         info = step.details["index"]
         schema, index = info["schema"], info["name"]
-        idx_lock = f"{int(self.settings.index_lock_timeout * 1000)}ms"
+        idx_lock = timeouts_for(step, self.policy, index_build=True)
         self._drop_leftovers(step, schema, index)
 
         def attempt() -> None:
@@ -624,20 +613,10 @@ class Executor:
             raise StepFailed(step.id, f"index {index} is not valid after its build")
         self.store.step_state(name, step.id, "done")
 
-    def _raw_index_build(self, step: Step, idx_lock: str) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT set_config('lock_timeout', %s, false),"
-                " set_config('statement_timeout', '0', false)",
-                (idx_lock,),
-            )
-            try:
-                for stmt in step.statements:
-                    cur.execute(stmt.encode())
-            finally:
-                if not self.conn.broken:
-                    cur.execute("RESET lock_timeout")
-                    cur.execute("RESET statement_timeout")
+    def _raw_index_build(self, step: Step, idx_lock: Timeouts) -> None:
+        with self.conn.cursor() as cur, session_settings(cur, idx_lock):
+            for stmt in step.statements:
+                cur.execute(stmt.encode())
 
     def _drop_leftovers(self, step: Step, schema: str, index: str) -> None:
         with self.conn.cursor(row_factory=dict_row) as cur:
@@ -655,7 +634,7 @@ class Executor:
                 "",
                 step,
                 [ddl.drop_index(schema, left)],
-                f"{int(self.settings.index_lock_timeout * 1000)}ms",
+                timeouts_for(step, self.policy, index_build=True),
             )
 
     def _backfill(self, name: str, step: Step) -> None:
@@ -740,28 +719,18 @@ class Executor:
                 id=f"undo.{step.id}",
                 lock="AccessExclusiveLock" if brief else "ShareUpdateExclusiveLock",
                 statements=(action.sql,),
-                statement_timeout=None if brief else 0,
             )
-            if action.transactional:
-                lt, st = self._timeouts(undo_step)
+            timeouts = undo_timeouts(action, self.policy)
+            if timeouts.local:
 
-                def attempt(sql_text: str = action.sql, lt: str = lt, st: str = st) -> None:
+                def attempt(sql_text: str = action.sql, t: Timeouts = timeouts) -> None:
                     with self.conn.transaction(), self.conn.cursor() as cur:
-                        cur.execute(
-                            "SELECT set_config('lock_timeout', %s, true),"
-                            " set_config('statement_timeout', %s, true)",
-                            (lt, st),
-                        )
+                        local_settings(cur, t)
                         cur.execute(sql_text.encode())
 
                 self._guard(undo_step, attempt)
             else:
-                self._non_transactional(
-                    name,
-                    undo_step,
-                    [action.sql],
-                    f"{int(self.settings.index_lock_timeout * 1000)}ms",
-                )
+                self._non_transactional(name, undo_step, [action.sql], timeouts)
         self.store.step_state(name, step.id, "undone")
 
 
