@@ -23,7 +23,8 @@ from onlineschema import Executor
 from onlineschema.changes import change_from_dict, changes_to_json
 from onlineschema.errors import Refused
 from onlineschema.executor import changes_hash
-from onlineschema.plan import Plan, Step
+from onlineschema.executor.steps import STEP_HANDLERS
+from onlineschema.plan import Plan, Step, StepKind
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -213,3 +214,40 @@ def test_abort_migration_expanded_by_earlier_release(dsn: str, conn: Conn) -> No
     assert [c[0] for c in cols] == ["id", "user_id", "amount", "n", "note"]
     fns = conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'onlineschema%'").fetchone()
     assert fns == (0,)
+
+
+EXPECTED_KINDS = {
+    "create_index": StepKind.INDEX_BUILD,
+    "backfill": StepKind.BACKFILL,
+    "drop_index": StepKind.AUTOCOMMIT,
+}
+
+
+@pytest.mark.server_independent
+def test_stored_steps_get_their_kind_and_payload() -> None:
+    """Stored plans carry no kind: it comes from the payload and the transaction flag,
+    and every kind has a handler that runs and renders it."""
+    seen: set[StepKind] = set()
+    for path in PLAN_FILES:
+        for raw in load(path.name)["plan"]["steps"]:
+            step = Step.from_dict(raw)
+            assert step.kind is EXPECTED_KINDS.get(raw["action"], StepKind.TRANSACTION), raw["id"]
+            assert "kind" not in step.to_dict()
+            seen.add(step.kind)
+            if step.kind is StepKind.INDEX_BUILD:
+                assert step.index_build is not None
+                assert step.index_build.name == raw["details"]["index"]["name"]
+            if step.kind is StepKind.BACKFILL:
+                spec = step.backfill_spec
+                assert spec is not None and spec.table == "orders"
+                assert [list(p) for p in spec.set] == raw["details"]["set"]
+            assert [w.rule for w in step.lint] == [
+                w["rule"] for w in raw["details"].get("squawk_ignore", ())
+            ]
+    assert seen == {
+        StepKind.TRANSACTION,
+        StepKind.AUTOCOMMIT,
+        StepKind.INDEX_BUILD,
+        StepKind.BACKFILL,
+    }
+    assert set(STEP_HANDLERS) == set(StepKind)

@@ -35,8 +35,9 @@ from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
 from ..errors import ConnectionFailed, OnlineSchemaError, Refused
 from ..executor import Executor, Result, Settings, changes_hash, parse_duration
+from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
-from ..plan import Plan, render_sql_script
+from ..plan import Plan
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 

@@ -10,21 +10,18 @@ transaction and is reconciled by its postcondition (an index counts as built onl
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import structlog
 from psycopg import errors as pgerr
-from psycopg.rows import dict_row
 
 from ..backfill import BackfillRunner, BackfillSettings, NotJoinable
-from ..backfill import Observer as BackfillObserver
 from ..catalog import read_catalog
-from ..changes import Backfill, Change, change_from_dict, changes_to_json
+from ..changes import Backfill, Change, changes_to_json
 from ..connection import ConnectLike, connection
 from ..errors import (
     AlreadyRunning,
@@ -35,61 +32,24 @@ from ..errors import (
     Refused,
     StepFailed,
 )
-from ..locks import RetryPolicy, guarded
-from ..plan import Plan, Step
+from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
-from ..sql import ddl
 from ..state import StateStore
-from .session import (
-    Policy,
-    Timeouts,
-    local_settings,
-    probe_settings,
-    session_settings,
-    timeouts_for,
-    undo_timeouts,
-)
+from .runtime import Observer, Runtime
+from .session import Policy, probe_settings
+from .settings import Settings, parse_duration
+from .steps import STEP_HANDLERS, run_undo
+
+__all__ = [
+    "Executor",
+    "Observer",
+    "Result",
+    "Settings",
+    "changes_hash",
+    "parse_duration",
+]
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
-
-
-def parse_duration(text: str | float | int) -> float:
-    """``"500ms"``, ``"2s"``, ``"1min"``, ``1.5`` -> seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 2s, 1min)")
-    value, unit = float(m.group(1)), (m.group(2) or "s")
-    return value * {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[unit]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How the executor behaves. Defaults are for a busy production table."""
-
-    #: how long any step may wait for a lock that blocks the application
-    lock_timeout: float = 0.5
-    #: statement_timeout for brief DDL steps (catalog-only changes)
-    statement_timeout: float = 10.0
-    #: lock_timeout for CREATE INDEX CONCURRENTLY's waits (they do not block the application)
-    index_lock_timeout: float = 60.0
-    #: sessions holding a conflicting lock for longer than this are waited out before
-    #: queueing (None: the lock_timeout)
-    long_transaction: float | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    backfill: BackfillSettings = field(default_factory=BackfillSettings)
-    state_schema: str = "onlineschema"
-
-
-class Observer(BackfillObserver, Protocol):
-    """What the CLI's progress display hooks into (every method optional in practice)."""
-
-    def step_started(self, step: Step, index: int, total: int) -> None: ...
-    def step_finished(self, step: Step, index: int, total: int, skipped: bool) -> None: ...
-
 
 @dataclass
 class Result:
@@ -328,7 +288,7 @@ class Executor:
                 if s.phase == "contract"
                 and states[s.id]["state"] == "done"
                 and not s.undo
-                and s.action not in ("drop_helper_check", "drop_trigger")
+                and not s.cleans_up_helpers
             ]
             if contract_done:
                 raise Refused(
@@ -343,10 +303,12 @@ class Executor:
                 if st == "pending":
                     continue
                 if not step.undo:
-                    if step.action == "backfill" and not step.details.get("only_null"):
+                    spec = step.backfill_spec
+                    if spec is not None and not spec.only_null:
                         log.warning("abort_keeps_backfilled_rows", migration=name, step=step.id)
                     continue
-                self._undo(name, step)
+                log.info("step_undo", migration=name, step=step.id)
+                run_undo(self._runtime(name), step)
                 undone += 1
             self.store.set_state(name, "aborted")
             log.info("migration_aborted", migration=name, steps_undone=undone)
@@ -411,6 +373,17 @@ class Executor:
         return out
 
     # --- running --------------------------------------------------------------------
+
+    def _runtime(self, name: str) -> Runtime:
+        return Runtime(
+            self.conn,
+            self.store,
+            self.settings,
+            name,
+            sleep=self.sleep,
+            observer=self.observer,
+            workers=self._workers,
+        )
 
     def _lock(self, name: str) -> None:
         self.store.ensure()
@@ -486,38 +459,20 @@ class Executor:
         )
         return Result(name, "completed", run, skipped, secs, plan)
 
-    def _check(self, query: str | None) -> bool:
-        if not query:
-            return False
-        with self.conn.cursor() as cur:
-            cur.execute(query)
-            row = cur.fetchone()
-            return bool(row and row[0])
-
     def _step(self, name: str, step: Step) -> bool:
         """Run one step; False when it was found already done."""
         slog = log.bind(migration=name, step=step.id)
         self.store.step_started(name, step.id)
         t0 = time.monotonic()
-        if (
-            not step.transactional
-            and step.action != "create_index"
-            and self._check(step.postcondition)
-        ):
+        rt = self._runtime(name)
+        handler = STEP_HANDLERS[step.kind]
+        if handler.reconcile_first and rt.check(step.postcondition):
             self.store.step_state(name, step.id, "done")
             slog.info("step_skipped", reason="postcondition already holds")
             return False
         slog.info("step_started", action=step.action, lock=step.lock_text, tables=step.tables)
         try:
-            if step.action == "backfill":
-                self._backfill(name, step)
-            elif step.action == "create_index":
-                self._create_index(name, step)
-            elif step.transactional:
-                self._transactional(name, step)
-            else:
-                self._non_transactional(name, step, step.statements)
-                self.store.step_state(name, step.id, "done")
+            handler.run(rt, step)
         except (LockBudgetExhausted, Paused) as exc:
             self.store.step_state(name, step.id, "failed", str(exc))
             raise
@@ -528,131 +483,11 @@ class Executor:
             msg = (exc.diag.message_primary or str(exc)).strip()
             self.store.step_state(name, step.id, "failed", msg)
             raise StepFailed(step.id, msg, _hint(step, exc)) from exc
-        if step.postcondition and not self._check(step.postcondition):
+        if step.postcondition and not rt.check(step.postcondition):
             self.store.step_state(name, step.id, "failed", "postcondition does not hold")
             raise StepFailed(step.id, "the step ran but its result is not in the catalog")
         slog.info("step_done", seconds=round(time.monotonic() - t0, 3))
         return True
-
-    def _guard(self, step: Step, attempt: Callable[[], Any], mode: str | None = None) -> Any:
-        long_tx = self.settings.long_transaction
-        return guarded(
-            self.conn,
-            attempt,
-            step_id=step.id,
-            tables=step.tables,
-            mode=step.lock if mode is None else mode,
-            policy=self.settings.retry,
-            long_transaction=self.settings.lock_timeout if long_tx is None else long_tx,
-            sleep=self.sleep,
-            waits_for_snapshots=step.action == "create_index",
-        )
-
-    def _transactional(self, name: str, step: Step) -> None:
-        timeouts = timeouts_for(step, self.policy)
-
-        def attempt() -> None:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                local_settings(cur, timeouts)
-                for stmt in step.statements:
-                    cur.execute(stmt.encode())
-                self.store.step_state(name, step.id, "done", cur=cur)
-
-        self._guard(step, attempt)
-
-    def _non_transactional(
-        self, name: str, step: Step, statements: Sequence[str], timeouts: Timeouts | None = None
-    ) -> None:
-        t = timeouts or timeouts_for(step, self.policy)
-
-        def attempt() -> None:
-            with self.conn.cursor() as cur, session_settings(cur, t):
-                for stmt in statements:
-                    cur.execute(stmt.encode())
-
-        self._guard(step, attempt)
-
-    def _index_state(self, schema: str, index: str) -> tuple[bool, bool] | None:
-        with self.conn.cursor() as cur:
-            cur.execute(ddl.q_index_state(schema, index))
-            row = cur.fetchone()
-        return (bool(row[0]), bool(row[1])) if row else None
-
-    def _create_index(self, name: str, step: Step) -> None:
-        """The concurrent build as a state machine: valid -> keep; invalid (or a
-        ``_ccnew`` leftover) -> drop concurrently and build again; verify indisvalid."""
-        info = step.details["index"]
-        schema, index = info["schema"], info["name"]
-        idx_lock = timeouts_for(step, self.policy, index_build=True)
-        self._drop_leftovers(step, schema, index)
-
-        def attempt() -> None:
-            state = self._index_state(schema, index)
-            if state == (True, True):
-                log.info("index_already_valid", step=step.id, index=index)
-                return
-            if state is not None:
-                log.warning("index_invalid_dropped", step=step.id, index=index)
-                self._non_transactional(name, step, [ddl.drop_index(schema, index)], idx_lock)
-            try:
-                self._raw_index_build(step, idx_lock)
-            except pgerr.UniqueViolation as exc:
-                self._non_transactional(name, step, [ddl.drop_index(schema, index)], idx_lock)
-                raise StepFailed(
-                    step.id,
-                    f"the table has duplicate values for unique index {index}: "
-                    f"{(exc.diag.message_detail or '').strip()}",
-                    "remove the duplicates, then `onlineschema resume`",
-                ) from exc
-
-        # The build takes SHARE UPDATE EXCLUSIVE but, like a SHARE lock, waits for every
-        # transaction that may write the table: wait those out before it starts, so a
-        # build is never left half-done (invalid) behind them.
-        self._guard(step, attempt, mode="ShareLock")
-        if self._index_state(schema, index) != (True, True):
-            raise StepFailed(step.id, f"index {index} is not valid after its build")
-        self.store.step_state(name, step.id, "done")
-
-    def _raw_index_build(self, step: Step, idx_lock: Timeouts) -> None:
-        with self.conn.cursor() as cur, session_settings(cur, idx_lock):
-            for stmt in step.statements:
-                cur.execute(stmt.encode())
-
-    def _drop_leftovers(self, step: Step, schema: str, index: str) -> None:
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND NOT i.indisvalid AND starts_with(c.relname, %s)",
-                (schema, index + "_cc"),
-            )
-            pattern = re.compile(re.escape(index) + r"_cc(new|old)\d*")
-            leftovers = [r["relname"] for r in cur.fetchall() if pattern.fullmatch(r["relname"])]
-        for left in leftovers:
-            log.warning("index_leftover_dropped", step=step.id, index=left)
-            self._non_transactional(
-                "",
-                step,
-                [ddl.drop_index(schema, left)],
-                timeouts_for(step, self.policy, index_build=True),
-            )
-
-    def _backfill(self, name: str, step: Step) -> None:
-        runner = BackfillRunner(
-            self.conn,
-            self.store,
-            name,
-            step.id,
-            step.details,
-            self.settings.backfill,
-            lock_timeout=self.settings.lock_timeout,
-            retry=self.settings.retry,
-            sleep=self.sleep,
-            observer=self.observer,
-            workers=self._workers,
-        )
-        runner.run()
-        self.store.step_state(name, step.id, "done")
 
     def _join(self, name: str, workers: int) -> Result:
         """Work on the chunks of the backfill another process is running for ``name``."""
@@ -663,7 +498,7 @@ class Executor:
         current = next((s for s in plan.steps if states[s.id]["state"] != "done"), None)
         if (
             current is None
-            or current.action != "backfill"
+            or current.kind is not StepKind.BACKFILL
             or states[current.id]["state"] != "running"
         ):
             raise AlreadyRunning(
@@ -710,32 +545,9 @@ class Executor:
         change = Backfill(table, set, where=where, schema=schema)
         return self.apply([change], name, workers=workers)
 
-    def _undo(self, name: str, step: Step) -> None:
-        log.info("step_undo", migration=name, step=step.id)
-        for action in step.undo:
-            brief = action.transactional and not action.scans
-            undo_step = replace(
-                step,
-                id=f"undo.{step.id}",
-                lock="AccessExclusiveLock" if brief else "ShareUpdateExclusiveLock",
-                statements=(action.sql,),
-            )
-            timeouts = undo_timeouts(action, self.policy)
-            if timeouts.local:
-
-                def attempt(sql_text: str = action.sql, t: Timeouts = timeouts) -> None:
-                    with self.conn.transaction(), self.conn.cursor() as cur:
-                        local_settings(cur, t)
-                        cur.execute(sql_text.encode())
-
-                self._guard(undo_step, attempt)
-            else:
-                self._non_transactional(name, undo_step, [action.sql], timeouts)
-        self.store.step_state(name, step.id, "undone")
-
-
 def _hint(step: Step, exc: psycopg.Error) -> str | None:
-    if isinstance(exc, pgerr.CheckViolation) and step.action == "validate_constraint":
+    # a validation: a transactional step that scans (VALIDATE CONSTRAINT)
+    if isinstance(exc, pgerr.CheckViolation) and step.kind is StepKind.TRANSACTION and step.scans:
         return (
             "existing rows break the constraint: fix them (e.g. a Backfill), then"
             " `onlineschema resume`, or `onlineschema abort` to remove it"
@@ -750,11 +562,3 @@ def _hint(step: Step, exc: psycopg.Error) -> str | None:
     if isinstance(exc, pgerr.QueryCanceled):
         return "the statement was cancelled (statement_timeout or an operator); `onlineschema resume` retries it"
     return None
-
-
-def changes_of(row: dict[str, Any]) -> list[Change]:
-    return [change_from_dict(d) for d in row["changes"]]
-
-
-def with_lock_timeout(settings: Settings, lock_timeout: float) -> Settings:
-    return replace(settings, lock_timeout=lock_timeout)

@@ -41,7 +41,7 @@ DDL with a message saying what to change (:func:`check_environment`).
 against an *assumed* catalog (the tables, columns and constraints the changes name are
 taken to exist as the changes need them; the server version comes from the dialect, the
 ``onlineschema_server_version`` option of ``context.configure()``, or defaults to 18) and
-rendered with :func:`onlineschema.plan.render_sql_script`. The script's header says that
+rendered with :func:`onlineschema.executor.script.render_sql_script`. The script's header says that
 no preflight check ran. A batched backfill cannot be a SQL statement: it is rendered as
 a marked ``onlineschema apply`` command that runs it online.
 
@@ -83,8 +83,10 @@ from ...changes import (
 )
 from ...errors import OnlineSchemaError, Refused, UnknownMigration
 from ...executor import Executor, Result, Settings, changes_hash
+from ...executor.script import render_sql_script
+from ...executor.steps import undo_steps, with_backfill_command
 from ...expressions import column_refs
-from ...plan import Plan, Step, render_sql_script, with_backfill_command
+from ...plan import Plan, Step, StepKind
 from ...planner import PlanResult, build_plan, catalog_request
 from ...sqlinput import parse_sql
 from ...state import StateStore
@@ -734,54 +736,21 @@ def assumed_catalog(
 
 
 def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:
-    """What ``abort`` runs for a fully expanded migration, newest first, as steps."""
+    """What ``abort`` runs for a fully expanded migration, newest first, as steps
+    (executor.steps.undo_steps, as the online abort runs them)."""
     out: list[Step] = []
     notes: list[str] = []
     for s in reversed(plan.steps):
         if s.phase == "contract":
             continue
-        if s.action in ("set_default", "drop_default"):
+        if not s.undo_offline_ok:
             notes.append(
                 f"step {s.id} ({s.description}) is not undone: the previous default is not"
                 " known without the database"
             )
             continue
-        for i, action in enumerate(s.undo):
-            out.append(
-                Step(
-                    id=f"undo.{s.id}" + (f".{i + 1}" if len(s.undo) > 1 else ""),
-                    phase=s.phase,
-                    action="undo",
-                    description=f"undo: {s.description}",
-                    statements=(action.sql,),
-                    transactional=action.transactional,
-                    lock="AccessExclusiveLock"
-                    if action.transactional
-                    else "ShareUpdateExclusiveLock",
-                    tables=s.tables,
-                    statement_timeout=None if action.transactional else 0,
-                    details={"squawk_ignore": _undo_ignores(action.sql)},
-                )
-            )
+        out += [undo for undo, _ in undo_steps(s)]
     return out, notes
-
-
-#: squawk's compatibility rules that fire when abort drops what the expand created
-_UNDO_RULES = (
-    ("DROP COLUMN", "ban-drop-column"),
-    ("DROP CONSTRAINT", "ban-drop-constraint"),
-    ("DROP FUNCTION", "ban-drop-function"),
-    ("DROP NOT NULL", "ban-drop-not-null"),
-)
-
-
-def _undo_ignores(statement: str) -> list[dict[str, str]]:
-    text = " ".join(statement.split()).upper()
-    return [
-        {"rule": rule, "why": "abort removes what this migration created; nothing else uses it"}
-        for words, rule in _UNDO_RULES
-        if words in text
-    ]
 
 
 def _duration(seconds: float) -> str:
@@ -843,7 +812,7 @@ def render_offline(
     rendered: list[Step] = []
     commands = 0
     for s in steps:
-        if s.action == "backfill":
+        if s.kind is StepKind.BACKFILL:
             commands += 1
             s = with_backfill_command(s)  # its command, for the marked line
             s = dataclasses.replace(
