@@ -247,6 +247,7 @@ class StateStore:
             )
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        state = str(state)  # a MigrationState's value
         assert state in STATES
         finished = state in ("completed", "aborted")
         with self.conn.cursor() as cur:

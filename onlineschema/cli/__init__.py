@@ -34,7 +34,15 @@ import structlog
 from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
 from ..errors import ConnectionFailed, OnlineSchemaError, Refused
-from ..executor import Executor, Result, Settings, changes_hash, parse_duration
+from ..executor import (
+    Executor,
+    Result,
+    Settings,
+    changes_hash,
+    default_name,
+    parse_duration,
+)
+from ..executor.lifecycle import Command, MigrationState, Outcome, decide
 from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
 from ..plan import Plan
@@ -245,9 +253,7 @@ def _mark_interrupted(ex: Executor, name: str) -> None:
     if ex.conn.closed or ex.conn.broken or ex.joining:  # a guest: not ours to mark
         return
     with contextlib.suppress(psycopg.Error):
-        row = ex.store.get(name)
-        if row is not None and row["state"] == "running":
-            ex.store.set_state(name, "paused", "interrupted (Ctrl-C)")
+        ex.mark_interrupted(name, "interrupted (Ctrl-C)")
 
 
 def _with_hint(exc: OnlineSchemaError, hint: str) -> OnlineSchemaError:
@@ -419,11 +425,11 @@ def _apply(
     yes: bool,
     workers: int | None = None,
 ) -> int:
-    name = name or f"migration_{changes_hash(changes)[:10]}"
-    existing = ex.store.get(name)
+    name = name or default_name(changes)
+    existing = ex.record(name)
     if existing is not None and (
         existing["changes_hash"] != changes_hash(changes)
-        or existing["state"] in ("completed", "awaiting_contract", "aborted")
+        or decide(Command.APPLY, existing["state"]) is not Outcome.RUN
     ):
         # nothing to confirm: apply() refuses, or reports it done
         result = ex.apply(changes, name)
@@ -499,7 +505,7 @@ def resume(
     if ex.joining:
         report_joined(result)
     else:
-        report(result, already=before["state"] in ("completed", "aborted"))
+        report(result, already=MigrationState(before["state"]).finished)
     return 0
 
 
@@ -542,16 +548,9 @@ def abort(
 ) -> int:
     """Undo what an unfinished migration created, leaving the tables as they were."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        row = ex.store.require(name)
+        state, todo = ex.undo_preview(name)
         if not yes and _stdin_is_terminal():
-            plan_ = Plan.from_dict(row["plan"])
-            states = ex.store.steps(name)
-            todo = [
-                s
-                for s in reversed(plan_.steps)
-                if s.undo and states.get(s.id, {}).get("state") not in (None, "pending", "undone")
-            ]
-            click.echo(f"migration {name} is {row['state']}; abort undoes:")
+            click.echo(f"migration {name} is {state}; abort undoes:")
             for s in todo:
                 click.echo(f"  - {s.description}")
             if not todo:

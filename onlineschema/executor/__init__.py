@@ -17,7 +17,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import errors as pgerr
 
 from ..backfill import BackfillRunner, BackfillSettings, NotJoinable
 from ..catalog import read_catalog
@@ -28,24 +27,39 @@ from ..errors import (
     LockBudgetExhausted,
     OnlineSchemaError,
     Paused,
-    PreflightError,
     Refused,
-    StepFailed,
 )
 from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
 from ..state import StateStore
+from .lifecycle import (
+    Command,
+    MigrationState,
+    Outcome,
+    contract_steps_blocking_abort,
+    decide,
+    finishes_contract,
+    hold_contract,
+    kept_backfills,
+    lock_migration,
+    undo_preview,
+    waits_for_contract,
+)
+from .lifecycle import MigrationState as S
 from .runtime import Observer, Runtime
-from .session import Policy, probe_settings
+from .session import Policy, run_probes
 from .settings import Settings, parse_duration
-from .steps import STEP_HANDLERS, run_undo
+from .status import status_view
+from .steps import run_step, run_undo
 
 __all__ = [
     "Executor",
+    "MigrationState",
     "Observer",
     "Result",
     "Settings",
     "changes_hash",
+    "default_name",
     "parse_duration",
 ]
 
@@ -60,9 +74,17 @@ class Result:
     seconds: float
     plan: Plan
 
+    def __post_init__(self) -> None:
+        self.state = str(self.state)  # a MigrationState's value
+
 
 def changes_hash(changes: Sequence[Change]) -> str:
     return hashlib.sha256(changes_to_json(changes).encode()).hexdigest()[:16]
+
+
+def default_name(changes: Sequence[Change]) -> str:
+    """The name a migration gets when none is given: from its changes' hash."""
+    return f"migration_{changes_hash(changes)[:10]}"
 
 
 class Executor:
@@ -128,61 +150,62 @@ class Executor:
                 "onlineschema supports PostgreSQL 15 and newer",
             )
         result = build_plan(catalog, changes)
-        self._run_probes(result)
+        run_probes(self.conn, self.policy, result.probes)
         return result
-
-    def _run_probes(self, result: PlanResult) -> None:
-        problems: list[Refused] = []
-        for probe in result.probes:
-            try:
-                with self.conn.transaction(), self.conn.cursor() as cur:
-                    probe_settings(cur, self.policy)
-                    cur.execute(probe.sql)
-            except psycopg.errors.LockNotAvailable:
-                continue  # could not look now; the step itself will find out
-            except psycopg.Error as exc:
-                detail = (exc.diag.message_primary or str(exc)).strip()
-                problems.append(Refused(f"{probe.problem}: {detail}", probe.fix))
-        if problems:
-            raise PreflightError(problems)
 
     # --- lifecycle ------------------------------------------------------------------
 
     def apply(
-        self, changes: Sequence[Change], name: str | None = None, *, workers: int | None = None
+        self,
+        changes: Sequence[Change],
+        name: str | None = None,
+        *,
+        workers: int | None = None,
+        stop_before_contract: bool = False,
+        restart_aborted: bool = False,
     ) -> Result:
         """Plan and run ``changes`` as migration ``name``; with the same name and the same
         changes again, resume it; with other changes under that name, refuse.
-        ``workers``: parallel backfill workers (see :meth:`resume` for joining)."""
+        ``workers``: parallel backfill workers (see :meth:`resume` for joining).
+        ``stop_before_contract``: hold the whole contract phase (and end the plan with a
+        marker step), so the migration stops ``awaiting_contract`` until :meth:`contract`.
+        ``restart_aborted``: a migration of that name that was aborted is forgotten and
+        started afresh instead of refused."""
         changes = list(changes)
         digest = changes_hash(changes)
-        name = name or f"migration_{digest[:10]}"
+        name = name or default_name(changes)
         existing = self.store.get(name)
+        if existing is not None and restart_aborted and existing["state"] == S.ABORTED:
+            # e.g. an Alembic revision upgraded again after its downgrade aborted it
+            log.info("alembic_restart_aborted", migration=name)
+            self.store.forget(name)
+            existing = None
         if existing is not None:
+            state = MigrationState(existing["state"])
             if existing["changes_hash"] != digest:
-                unfinished = existing["state"] not in ("completed", "aborted")
                 raise Refused(
                     f"migration {name!r} already exists with different changes"
-                    f" (it is {existing['state']})",
+                    f" (it is {state})",
                     "use another --name"
-                    + (f", or `onlineschema abort {name}` first" if unfinished else ""),
+                    + ("" if state.finished else f", or `onlineschema abort {name}` first"),
                 )
-            if existing["state"] in ("completed", "awaiting_contract"):
+            outcome = decide(Command.APPLY, state)
+            if outcome is Outcome.NOTHING:
                 log.info("migration_already_applied", migration=name, state=existing["state"])
-                return Result(name, existing["state"], 0, 0, 0.0, Plan.from_dict(existing["plan"]))
-            if existing["state"] == "aborted":
+                return Result(name, state, 0, 0, 0.0, Plan.from_dict(existing["plan"]))
+            if outcome is Outcome.REFUSE:
                 raise Refused(
                     f"migration {name!r} was aborted",
                     "apply it again under a new --name",
                 )
             return self.resume(name, workers=workers)
         result = self._plan(changes)  # refuses bad input before any write
+        plan = hold_contract(result.plan) if stop_before_contract else result.plan
         self.store.ensure()
         self._lock(name)
         try:
             if self.store.get(name) is not None:  # created meanwhile by another process
                 raise AlreadyRunning(f"migration {name!r} was just started by another process")
-            plan = result.plan
             self.store.create(
                 name,
                 changes=[c.to_dict() for c in changes],
@@ -215,16 +238,18 @@ class Executor:
             return self._join(name, workers)
         try:
             row = self.store.require(name)
-            if row["state"] in ("completed", "aborted"):
+            state = MigrationState(row["state"])
+            outcome = decide(Command.RESUME, state)
+            if outcome is Outcome.NOTHING:
                 log.info("migration_nothing_to_resume", migration=name, state=row["state"])
-                return Result(name, row["state"], 0, 0, 0.0, Plan.from_dict(row["plan"]))
-            if row["state"] == "awaiting_contract":
+                return Result(name, state, 0, 0, 0.0, Plan.from_dict(row["plan"]))
+            if outcome is Outcome.REFUSE:
                 raise Refused(
                     f"migration {name!r} is waiting for its contract phase",
                     f"run `onlineschema contract {name}` once the application no longer uses the old shape",
                 )
             self.store.set_paused(name, False)
-            self.store.set_state(name, "running")
+            self.store.set_state(name, S.RUNNING)
             self._workers = workers or 1
             return self._run(name, Plan.from_dict(row["plan"]))
         finally:
@@ -236,12 +261,12 @@ class Executor:
         self._lock(name)
         try:
             row = self.store.require(name)
-            if row["state"] not in ("awaiting_contract", "running", "paused", "failed"):
+            if decide(Command.CONTRACT, row["state"]) is not Outcome.RUN:
                 raise Refused(
                     f"migration {name!r} is {row['state']}; there is no contract phase to run",
                     "run `onlineschema status` to see its state",
                 )
-            self.store.set_state(name, "running")
+            self.store.set_state(name, S.RUNNING)
             return self._run(name, Plan.from_dict(row["plan"]), contract=True)
         finally:
             self.store.unlock(name)
@@ -274,7 +299,7 @@ class Executor:
         t0 = time.monotonic()
         try:
             row = self.store.require(name)
-            if row["state"] in ("completed", "aborted"):
+            if decide(Command.ABORT, row["state"]) is not Outcome.RUN:
                 raise Refused(
                     f"migration {name!r} is already {row['state']}; abort undoes only an"
                     " unfinished migration",
@@ -282,95 +307,49 @@ class Executor:
                 )
             plan = Plan.from_dict(row["plan"])
             states = self.store.steps(name)
-            contract_done = [
-                s.id
-                for s in plan.steps
-                if s.phase == "contract"
-                and states[s.id]["state"] == "done"
-                and not s.undo
-                and not s.cleans_up_helpers
-            ]
+            contract_done = contract_steps_blocking_abort(plan, states)
             if contract_done:
                 raise Refused(
                     f"migration {name!r} has already run contract steps ({', '.join(contract_done)})"
                     " that cannot be undone",
                     f"finish it with `onlineschema resume {name}` instead",
                 )
-            self.store.set_state(name, "aborting")
-            undone = 0
-            for step in reversed(plan.steps):
-                st = states[step.id]["state"]
-                if st == "pending":
-                    continue
-                if not step.undo:
-                    spec = step.backfill_spec
-                    if spec is not None and not spec.only_null:
-                        log.warning("abort_keeps_backfilled_rows", migration=name, step=step.id)
-                    continue
+            self.store.set_state(name, S.ABORTING)
+            for step in kept_backfills(plan, states):
+                log.warning("abort_keeps_backfilled_rows", migration=name, step=step.id)
+            todo = undo_preview(plan, states)
+            for step in todo:
                 log.info("step_undo", migration=name, step=step.id)
                 run_undo(self._runtime(name), step)
-                undone += 1
-            self.store.set_state(name, "aborted")
-            log.info("migration_aborted", migration=name, steps_undone=undone)
-            return Result(name, "aborted", undone, 0, time.monotonic() - t0, plan)
+            self.store.set_state(name, S.ABORTED)
+            log.info("migration_aborted", migration=name, steps_undone=len(todo))
+            return Result(name, S.ABORTED, len(todo), 0, time.monotonic() - t0, plan)
         except LockBudgetExhausted as exc:
-            self.store.set_state(name, "failed", str(exc))
+            self.store.set_state(name, S.FAILED, str(exc))
             raise
         finally:
             self.store.unlock(name)
 
+    def undo_preview(self, name: str) -> tuple[str, list[Step]]:
+        """``(state, steps abort would undo, newest first)`` of migration ``name``."""
+        row = self.store.require(name)
+        plan = Plan.from_dict(row["plan"])
+        return row["state"], undo_preview(plan, self.store.steps(name))
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The stored record of migration ``name`` (state, changes_hash, plan...), or None."""
+        return self.store.get(name)
+
+    def mark_interrupted(self, name: str, reason: str = "interrupted (Ctrl-C)") -> None:
+        """Record that nothing runs ``name`` any more (it stays resumable): a running
+        migration becomes paused."""
+        row = self.store.get(name)
+        if row is not None and row["state"] == S.RUNNING:
+            self.store.set_state(name, S.PAUSED, reason)
+
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         """Migrations with their steps and backfill progress, as plain data."""
-        rows = [self.store.require(name)] if name else self.store.all()
-        out = []
-        for row in rows:
-            plan = Plan.from_dict(row["plan"])
-            states = self.store.steps(row["name"])
-            fills = {b["step_id"]: b for b in self.store.backfills(row["name"])}
-            steps = []
-            for s in plan.steps:
-                st = states.get(s.id, {})
-                entry: dict[str, Any] = {
-                    "id": s.id,
-                    "phase": s.phase,
-                    "description": s.description,
-                    "state": st.get("state"),
-                    "attempts": st.get("attempts"),
-                    "last_error": st.get("last_error"),
-                }
-                b = fills.get(s.id)
-                if b:
-                    # rate and ETA as the running backfill measured them (wall time, so
-                    # throttled time counts); ETA only while the step is unfinished
-                    rate = b["rows_per_second"]
-                    eta = b["eta_seconds"] if st.get("state") != "done" else 0.0
-                    entry["backfill"] = {
-                        "rows_done": b["rows_done"],
-                        "rows_total": b["rows_total"],
-                        "progress": b["progress"],
-                        "rows_per_second": round(rate, 1) if rate else None,
-                        "eta_seconds": round(eta, 1) if eta is not None else None,
-                        "batches": b["batches"],
-                        "batch_size": b["batch_size"],
-                        "busy_seconds": round(b["busy_seconds"] or 0.0, 3),
-                        "throttled_seconds": round(b["throttled_seconds"] or 0.0, 3),
-                        "throttle_reason": b["throttle_reason"],
-                        "workers": b["workers"],
-                        "chunks": b["chunks"],
-                    }
-                steps.append(entry)
-            out.append(
-                {
-                    "name": row["name"],
-                    "state": row["state"],
-                    "plan_hash": row["plan_hash"],
-                    "created_at": row["created_at"].isoformat(),
-                    "updated_at": row["updated_at"].isoformat(),
-                    "last_error": row["last_error"],
-                    "steps": steps,
-                }
-            )
-        return out
+        return status_view(self.store, name)
 
     # --- running --------------------------------------------------------------------
 
@@ -386,19 +365,7 @@ class Executor:
         )
 
     def _lock(self, name: str) -> None:
-        self.store.ensure()
-        if not self.store.try_lock(name):
-            holder = self.store.lock_holder(name)
-            who = ""
-            fix = "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`"
-            if holder:
-                who = (f" (database session pid {holder['pid']}, application"
-                       f" {holder.get('application_name') or '?'}, {holder.get('state') or '?'})")
-                fix += (
-                    f". If that process died, its session may still be finishing a statement;"
-                    f" it ends by itself, or end it with SELECT pg_terminate_backend({holder['pid']})"
-                )
-            raise AlreadyRunning(f"migration {name!r} is being run by another process{who}", fix)
+        lock_migration(self.store, name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         t0 = time.monotonic()
@@ -407,19 +374,16 @@ class Executor:
         total = len(plan.steps)
         # once `contract` has started a breaking step, a resume (after a crash or a
         # lock-budget pause) finishes the contract phase instead of stopping in it
-        contract = contract or any(
-            s.phase == "contract" and s.breaking and states[s.id]["state"] != "pending"
-            for s in plan.steps
-        )
+        contract = contract or finishes_contract(plan, states)
         try:
             for i, step in enumerate(plan.steps):
                 if states[step.id]["state"] == "done":
                     continue
-                if step.phase == "contract" and step.breaking and not contract:
-                    self.store.set_state(name, "awaiting_contract")
+                if waits_for_contract(step, contract):
+                    self.store.set_state(name, S.AWAITING_CONTRACT)
                     log.info("migration_awaiting_contract", migration=name)
                     return Result(
-                        name, "awaiting_contract", run, skipped, time.monotonic() - t0, plan
+                        name, S.AWAITING_CONTRACT, run, skipped, time.monotonic() - t0, plan
                     )
                 if self.store.control(name).get("paused"):
                     raise Paused(
@@ -427,7 +391,7 @@ class Executor:
                     )
                 if self.observer:
                     self.observer.step_started(step, i, total)
-                did = self._step(name, step)
+                did = run_step(self._runtime(name), step)
                 run += did
                 skipped += not did
                 if self.observer:
@@ -439,16 +403,13 @@ class Executor:
                     f"migration {name} was paused; `onlineschema resume {name}` continues it"
                 )
         except (LockBudgetExhausted, Paused) as exc:
-            self.store.set_state(name, "paused", str(exc))
+            self.store.set_state(name, S.PAUSED, str(exc))
             log.warning("migration_paused", migration=name, reason=str(exc))
             raise
-        except OnlineSchemaError as exc:
-            self.store.set_state(name, "failed", str(exc))
+        except (OnlineSchemaError, psycopg.Error) as exc:
+            self.store.set_state(name, S.FAILED, str(exc))
             raise
-        except psycopg.Error as exc:
-            self.store.set_state(name, "failed", str(exc))
-            raise
-        self.store.set_state(name, "completed")
+        self.store.set_state(name, S.COMPLETED)
         secs = time.monotonic() - t0
         log.info(
             "migration_completed",
@@ -457,37 +418,7 @@ class Executor:
             steps_skipped=skipped,
             seconds=round(secs, 3),
         )
-        return Result(name, "completed", run, skipped, secs, plan)
-
-    def _step(self, name: str, step: Step) -> bool:
-        """Run one step; False when it was found already done."""
-        slog = log.bind(migration=name, step=step.id)
-        self.store.step_started(name, step.id)
-        t0 = time.monotonic()
-        rt = self._runtime(name)
-        handler = STEP_HANDLERS[step.kind]
-        if handler.reconcile_first and rt.check(step.postcondition):
-            self.store.step_state(name, step.id, "done")
-            slog.info("step_skipped", reason="postcondition already holds")
-            return False
-        slog.info("step_started", action=step.action, lock=step.lock_text, tables=step.tables)
-        try:
-            handler.run(rt, step)
-        except (LockBudgetExhausted, Paused) as exc:
-            self.store.step_state(name, step.id, "failed", str(exc))
-            raise
-        except StepFailed as exc:
-            self.store.step_state(name, step.id, "failed", str(exc))
-            raise
-        except psycopg.Error as exc:
-            msg = (exc.diag.message_primary or str(exc)).strip()
-            self.store.step_state(name, step.id, "failed", msg)
-            raise StepFailed(step.id, msg, _hint(step, exc)) from exc
-        if step.postcondition and not rt.check(step.postcondition):
-            self.store.step_state(name, step.id, "failed", "postcondition does not hold")
-            raise StepFailed(step.id, "the step ran but its result is not in the catalog")
-        slog.info("step_done", seconds=round(time.monotonic() - t0, 3))
-        return True
+        return Result(name, S.COMPLETED, run, skipped, secs, plan)
 
     def _join(self, name: str, workers: int) -> Result:
         """Work on the chunks of the backfill another process is running for ``name``."""
@@ -544,21 +475,3 @@ class Executor:
         (or, with ``workers``, joins the process running it)."""
         change = Backfill(table, set, where=where, schema=schema)
         return self.apply([change], name, workers=workers)
-
-def _hint(step: Step, exc: psycopg.Error) -> str | None:
-    # a validation: a transactional step that scans (VALIDATE CONSTRAINT)
-    if isinstance(exc, pgerr.CheckViolation) and step.kind is StepKind.TRANSACTION and step.scans:
-        return (
-            "existing rows break the constraint: fix them (e.g. a Backfill), then"
-            " `onlineschema resume`, or `onlineschema abort` to remove it"
-        )
-    if isinstance(exc, pgerr.ForeignKeyViolation):
-        return (
-            "existing rows reference missing rows: fix them, then `onlineschema resume`,"
-            " or `onlineschema abort`"
-        )
-    if isinstance(exc, pgerr.NotNullViolation):
-        return "some rows are still NULL: backfill them, then `onlineschema resume`"
-    if isinstance(exc, pgerr.QueryCanceled):
-        return "the statement was cancelled (statement_timeout or an operator); `onlineschema resume` retries it"
-    return None

@@ -19,13 +19,15 @@ the same thing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 
+from ..errors import PreflightError, Refused
 from ..plan import Action, Step
+from ..planner import Probe
 
 __all__ = [
     "Policy",
@@ -34,6 +36,7 @@ __all__ = [
     "local_settings",
     "ms",
     "probe_settings",
+    "run_probes",
     "session_settings",
     "timeouts_for",
     "undo_timeouts",
@@ -141,3 +144,22 @@ def probe_settings(cur: psycopg.Cursor[Any], policy: Policy) -> None:
     """A preflight probe's transaction: read only, under the lock timeout."""
     cur.execute("SET TRANSACTION READ ONLY")
     cur.execute("SELECT set_config('lock_timeout', %s, true)", (policy.lock_timeout,))
+
+
+def run_probes(conn: psycopg.Connection[Any], policy: Policy, probes: Sequence[Probe]) -> None:
+    """Run the planner's preflight probes, each in a read-only transaction under the lock
+    timeout; refuse (PreflightError) with every probe that failed. A probe that could
+    not get its lock in time is skipped: the step itself will find out."""
+    problems: list[Refused] = []
+    for probe in probes:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                probe_settings(cur, policy)
+                cur.execute(probe.sql)
+        except psycopg.errors.LockNotAvailable:
+            continue
+        except psycopg.Error as exc:
+            detail = (exc.diag.message_primary or str(exc)).strip()
+            problems.append(Refused(f"{probe.problem}: {detail}", probe.fix))
+    if problems:
+        raise PreflightError(problems)

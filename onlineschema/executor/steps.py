@@ -8,22 +8,30 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
+import psycopg
+import structlog
 from pglast import keywords
+from psycopg import errors as pgerr
 from psycopg import sql
 
 from ..backfill import BackfillRunner
+from ..errors import LockBudgetExhausted, Paused, StepFailed
 from ..plan import Action, Step, StepKind
 from .index_build import IndexBuildStep
 from .runtime import Runtime, render_session, terminated
 from .session import Policy, Timeouts, local_settings, timeouts_for, undo_timeouts
 
+log = structlog.stdlib.get_logger("onlineschema.executor")
+
 __all__ = [
     "STEP_HANDLERS",
     "StepHandler",
     "backfill_command",
+    "run_step",
     "run_undo",
     "undo_steps",
     "with_backfill_command",
@@ -167,6 +175,56 @@ def _ident(name: str) -> str:
     ):
         return name
     return sql.Identifier(name).as_string(None)
+
+
+# --- running one step ------------------------------------------------------------------
+
+
+def run_step(rt: Runtime, step: Step) -> bool:
+    """Run one step with its handler and record how it went; False when it was found
+    already done (its postcondition held before it ran)."""
+    slog = log.bind(migration=rt.migration, step=step.id)
+    rt.store.step_started(rt.migration, step.id)
+    t0 = time.monotonic()
+    handler = STEP_HANDLERS[step.kind]
+    if handler.reconcile_first and rt.check(step.postcondition):
+        rt.store.step_state(rt.migration, step.id, "done")
+        slog.info("step_skipped", reason="postcondition already holds")
+        return False
+    slog.info("step_started", action=step.action, lock=step.lock_text, tables=step.tables)
+    try:
+        handler.run(rt, step)
+    except (LockBudgetExhausted, Paused, StepFailed) as exc:
+        rt.store.step_state(rt.migration, step.id, "failed", str(exc))
+        raise
+    except psycopg.Error as exc:
+        msg = (exc.diag.message_primary or str(exc)).strip()
+        rt.store.step_state(rt.migration, step.id, "failed", msg)
+        raise StepFailed(step.id, msg, _hint(step, exc)) from exc
+    if step.postcondition and not rt.check(step.postcondition):
+        rt.store.step_state(rt.migration, step.id, "failed", "postcondition does not hold")
+        raise StepFailed(step.id, "the step ran but its result is not in the catalog")
+    slog.info("step_done", seconds=round(time.monotonic() - t0, 3))
+    return True
+
+
+def _hint(step: Step, exc: psycopg.Error) -> str | None:
+    # a validation: a transactional step that scans (VALIDATE CONSTRAINT)
+    if isinstance(exc, pgerr.CheckViolation) and step.kind is StepKind.TRANSACTION and step.scans:
+        return (
+            "existing rows break the constraint: fix them (e.g. a Backfill), then"
+            " `onlineschema resume`, or `onlineschema abort` to remove it"
+        )
+    if isinstance(exc, pgerr.ForeignKeyViolation):
+        return (
+            "existing rows reference missing rows: fix them, then `onlineschema resume`,"
+            " or `onlineschema abort`"
+        )
+    if isinstance(exc, pgerr.NotNullViolation):
+        return "some rows are still NULL: backfill them, then `onlineschema resume`"
+    if isinstance(exc, pgerr.QueryCanceled):
+        return "the statement was cancelled (statement_timeout or an operator); `onlineschema resume` retries it"
+    return None
 
 
 # --- undo ------------------------------------------------------------------------------
