@@ -25,6 +25,7 @@ from onlineschema.errors import Refused
 from onlineschema.executor import changes_hash
 from onlineschema.executor.steps import STEP_HANDLERS
 from onlineschema.plan import Plan, Step, StepKind
+from onlineschema.state import SCHEMA_VERSION
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -149,7 +150,9 @@ def test_resume_migration_paused_by_earlier_release(dsn: str, conn: Conn) -> Non
     assert Step.from_dict(plan["steps"][0]).id == "add_column.public.orders.big"
     assert migration_state(conn, "paused_after_first_step") == "paused"
     with Executor(dsn) as ex:
+        assert ex.store.schema_version() == 1  # 0.1.0's schema: no version table
         result = ex.resume("paused_after_first_step")
+        assert ex.store.schema_version() == SCHEMA_VERSION  # upgraded in place
     assert result.state == "completed"
     assert (result.steps_run, result.steps_skipped) == (2, 0)
     assert set(step_states(conn, "paused_after_first_step").values()) == {"done"}

@@ -114,6 +114,11 @@ class Executor:
         self._cm = connection(target)
         self.conn: psycopg.Connection[Any] = self._cm.__enter__()
         self.store = StateStore(self.conn, self.settings.state_schema)
+        try:
+            self.store.check_version()  # an older release never touches a newer schema
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def policy(self) -> Policy:
