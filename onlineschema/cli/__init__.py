@@ -500,12 +500,12 @@ def resume(
     other process's). Without --workers, a migration that another process runs is
     refused (exit 2)."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        before = ex.store.require(name)
+        before = ex.record(name)  # None: resume refuses (unknown migration)
         result = run_migration(ex, name, lambda: ex.resume(name, workers=workers))
     if ex.joining:
         report_joined(result)
     else:
-        report(result, already=MigrationState(before["state"]).finished)
+        report(result, already=before is not None and MigrationState(before["state"]).finished)
     return 0
 
 

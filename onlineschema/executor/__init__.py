@@ -5,6 +5,11 @@ One autocommit connection does everything. A transactional step runs inside
 records itself as done in the same transaction. A ``CONCURRENTLY`` step runs outside a
 transaction and is reconciled by its postcondition (an index counts as built only when
 ``pg_index.indisvalid``). An advisory lock keeps a second executor off the same migration.
+
+The package: ``lifecycle`` (migration states and what each command does in them),
+``steps`` (one handler per step kind: run and render), ``index_build`` (the concurrent
+index build), ``session`` (the one place timeouts are decided), ``script`` (the plan as a
+psql script), ``status`` (the status view), ``settings`` (Settings, parse_duration).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from ..backfill import BackfillRunner, BackfillSettings, NotJoinable
+from ..backfill import BackfillSettings, NotJoinable
 from ..catalog import read_catalog
 from ..changes import Backfill, Change, changes_to_json
 from ..connection import ConnectLike, connection
@@ -50,7 +55,7 @@ from .runtime import Observer, Runtime
 from .session import Policy, run_probes
 from .settings import Settings, parse_duration
 from .status import status_view
-from .steps import run_step, run_undo
+from .steps import backfill_runner, run_step, run_undo
 
 __all__ = [
     "Executor",
@@ -64,6 +69,7 @@ __all__ = [
 ]
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
+
 
 @dataclass
 class Result:
@@ -358,7 +364,7 @@ class Executor:
 
     # --- running --------------------------------------------------------------------
 
-    def _runtime(self, name: str) -> Runtime:
+    def _runtime(self, name: str, *, workers: int | None = None) -> Runtime:
         return Runtime(
             self.conn,
             self.store,
@@ -366,7 +372,7 @@ class Executor:
             name,
             sleep=self.sleep,
             observer=self.observer,
-            workers=self._workers,
+            workers=self._workers if workers is None else workers,
         )
 
     def _lock(self, name: str) -> None:
@@ -442,19 +448,7 @@ class Executor:
                 " that workers could join",
                 "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
             )
-        runner = BackfillRunner(
-            self.conn,
-            self.store,
-            name,
-            current.id,
-            current.details,
-            self.settings.backfill,
-            lock_timeout=self.settings.lock_timeout,
-            retry=self.settings.retry,
-            sleep=self.sleep,
-            workers=workers,
-            join=True,
-        )
+        runner = backfill_runner(self._runtime(name, workers=workers), current, join=True)
         self.joining = True
         try:
             runner.run()

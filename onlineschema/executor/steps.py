@@ -31,6 +31,7 @@ __all__ = [
     "STEP_HANDLERS",
     "StepHandler",
     "backfill_command",
+    "backfill_runner",
     "run_step",
     "run_undo",
     "undo_steps",
@@ -98,20 +99,7 @@ class BackfillStep:
     reconcile_first: ClassVar[bool] = False
 
     def run(self, rt: Runtime, step: Step) -> None:
-        runner = BackfillRunner(
-            rt.conn,
-            rt.store,
-            rt.migration,
-            step.id,
-            step.details,
-            rt.settings.backfill,
-            lock_timeout=rt.settings.lock_timeout,
-            retry=rt.settings.retry,
-            sleep=rt.sleep,
-            observer=rt.observer,
-            workers=rt.workers,
-        )
-        runner.run()
+        backfill_runner(rt, step).run()
         rt.store.step_state(rt.migration, step.id, "done")
 
     def render(self, step: Step, policy: Policy, ignores: Sequence[str]) -> list[str]:
@@ -119,6 +107,25 @@ class BackfillStep:
             "-- This step updates existing rows in batches; run it with:",
             f"--   {backfill_command(step)}",
         ]
+
+
+def backfill_runner(rt: Runtime, step: Step, *, join: bool = False) -> BackfillRunner:
+    """The backfill engine for a BACKFILL step: as the process running the migration,
+    or (``join``) as a guest working on the chunks of the process that runs it."""
+    return BackfillRunner(
+        rt.conn,
+        rt.store,
+        rt.migration,
+        step.id,
+        step.details,
+        rt.settings.backfill,
+        lock_timeout=rt.settings.lock_timeout,
+        retry=rt.settings.retry,
+        sleep=rt.sleep,
+        observer=None if join else rt.observer,
+        workers=rt.workers,
+        join=join,
+    )
 
 
 class MarkerStep:
