@@ -134,6 +134,37 @@ _DDL = [
 ]
 
 
+def _stored_version(cur: psycopg.Cursor[Any], schema: str) -> int | None:
+    """The state schema's version: None when there is none, 1 without a version table."""
+    cur.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (f'"{schema}".migrations', f'"{schema}".schema_version'),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    has_state, has_version = row
+    if not has_version:
+        return 1 if has_state else None
+    cur.execute(
+        sql.SQL("SELECT max(version) FROM {}").format(sql.Identifier(schema, "schema_version"))
+    )
+    got = cur.fetchone()
+    return int(got[0]) if got and got[0] is not None else 1
+
+
+def _refuse_newer(schema: str, version: int | None) -> None:
+    """A release never works on a state schema that a newer release wrote."""
+    if version is not None and version > SCHEMA_VERSION:
+        raise Refused(
+            f"the state schema {schema!r} was written by a newer onlineschema"
+            f" (state schema version {version}; this release, {_release()}, knows"
+            f" versions up to {SCHEMA_VERSION}): it may hold migrations this release"
+            " cannot read, so it changes nothing",
+            "run the newer onlineschema that wrote it (pip install -U onlineschema),"
+            " or give this release a state schema of its own with --state-schema",
+        )
+
+
 class StateStore:
     """Reads and writes the state schema through the executor's connection."""
 
@@ -154,8 +185,8 @@ class StateStore:
                 "SELECT pg_advisory_xact_lock(hashtext('onlineschema.state'), hashtext(%s))",
                 (self.schema,),
             )
-            version = self._version(cur)
-            self._refuse_newer(version)
+            version = _stored_version(cur, self.schema)
+            _refuse_newer(self.schema, version)
             for stmt in _DDL:  # version 1, as release 0.1.0 created it
                 cur.execute(sql.SQL(stmt).format(s=self._s))
             current = version or 1
@@ -176,37 +207,12 @@ class StateStore:
         """The version of the state schema in the database: None when there is none, 1
         for one made by release 0.1.0 (which had no version table)."""
         with self.conn.cursor() as cur:
-            return self._version(cur)
+            return _stored_version(cur, self.schema)
 
     def check_version(self) -> None:
         """Refuse to work on a state schema written by a newer release (which may hold
         migrations this release cannot read or would corrupt)."""
-        self._refuse_newer(self.schema_version())
-
-    def _version(self, cur: psycopg.Cursor[Any]) -> int | None:
-        cur.execute(
-            "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-            (f'"{self.schema}".migrations', f'"{self.schema}".schema_version'),
-        )
-        row = cur.fetchone()
-        assert row is not None
-        has_state, has_version = row
-        if not has_version:
-            return 1 if has_state else None
-        cur.execute(sql.SQL("SELECT max(version) FROM {}").format(self.t("schema_version")))
-        got = cur.fetchone()
-        return int(got[0]) if got and got[0] is not None else 1
-
-    def _refuse_newer(self, version: int | None) -> None:
-        if version is not None and version > SCHEMA_VERSION:
-            raise Refused(
-                f"the state schema {self.schema!r} was written by a newer onlineschema"
-                f" (state schema version {version}; this release, {_release()}, knows"
-                f" versions up to {SCHEMA_VERSION}): it may hold migrations this release"
-                " cannot read, so it changes nothing",
-                "run the newer onlineschema that wrote it (pip install -U onlineschema),"
-                " or give this release a state schema of its own with --state-schema",
-            )
+        _refuse_newer(self.schema, self.schema_version())
 
     def exists(self) -> bool:
         with self.conn.cursor() as cur:
