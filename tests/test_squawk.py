@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from onlineschema import Executor, Settings
-from onlineschema.plan import render_sql_script
+from onlineschema.executor.script import render_sql_script
 from onlineschema.sqlinput import parse_sql
 
 EXAMPLE = (

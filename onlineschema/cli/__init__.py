@@ -18,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -34,9 +32,18 @@ import structlog
 from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
 from ..errors import ConnectionFailed, OnlineSchemaError, Refused
-from ..executor import Executor, Result, Settings, changes_hash, parse_duration
+from ..executor import (
+    Executor,
+    Result,
+    Settings,
+    changes_hash,
+    default_name,
+    parse_duration,
+)
+from ..executor.lifecycle import Command, MigrationState, Outcome, decide
+from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
-from ..plan import Plan, render_sql_script
+from ..plan import Plan
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -244,9 +251,7 @@ def _mark_interrupted(ex: Executor, name: str) -> None:
     if ex.conn.closed or ex.conn.broken or ex.joining:  # a guest: not ours to mark
         return
     with contextlib.suppress(psycopg.Error):
-        row = ex.store.get(name)
-        if row is not None and row["state"] == "running":
-            ex.store.set_state(name, "paused", "interrupted (Ctrl-C)")
+        ex.mark_interrupted(name, "interrupted (Ctrl-C)")
 
 
 def _with_hint(exc: OnlineSchemaError, hint: str) -> OnlineSchemaError:
@@ -418,11 +423,11 @@ def _apply(
     yes: bool,
     workers: int | None = None,
 ) -> int:
-    name = name or f"migration_{changes_hash(changes)[:10]}"
-    existing = ex.store.get(name)
+    name = name or default_name(changes)
+    existing = ex.record(name)
     if existing is not None and (
         existing["changes_hash"] != changes_hash(changes)
-        or existing["state"] in ("completed", "awaiting_contract", "aborted")
+        or decide(Command.APPLY, existing["state"]) is not Outcome.RUN
     ):
         # nothing to confirm: apply() refuses, or reports it done
         result = ex.apply(changes, name)
@@ -461,12 +466,14 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
         return 0
     from rich.console import Console
 
-    console = _stdout_console(Console)
+    from .views import list_table, migration_view, stdout_console
+
+    console = stdout_console(Console)
     if name is None:
-        console.print(_list_table(data, opts.state_schema))
+        console.print(list_table(data, opts.state_schema))
     else:
         for mig in data:
-            for item in _migration_view(mig):
+            for item in migration_view(mig):
                 console.print(item)
     return 0
 
@@ -493,12 +500,12 @@ def resume(
     other process's). Without --workers, a migration that another process runs is
     refused (exit 2)."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        before = ex.store.require(name)
+        before = ex.record(name)  # None: resume refuses (unknown migration)
         result = run_migration(ex, name, lambda: ex.resume(name, workers=workers))
     if ex.joining:
         report_joined(result)
     else:
-        report(result, already=before["state"] in ("completed", "aborted"))
+        report(result, already=before is not None and MigrationState(before["state"]).finished)
     return 0
 
 
@@ -541,16 +548,9 @@ def abort(
 ) -> int:
     """Undo what an unfinished migration created, leaving the tables as they were."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        row = ex.store.require(name)
+        state, todo = ex.undo_preview(name)
         if not yes and _stdin_is_terminal():
-            plan_ = Plan.from_dict(row["plan"])
-            states = ex.store.steps(name)
-            todo = [
-                s
-                for s in reversed(plan_.steps)
-                if s.undo and states.get(s.id, {}).get("state") not in (None, "pending", "undone")
-            ]
-            click.echo(f"migration {name} is {row['state']}; abort undoes:")
+            click.echo(f"migration {name} is {state}; abort undoes:")
             for s in todo:
                 click.echo(f"  - {s.description}")
             if not todo:
@@ -757,103 +757,6 @@ def demo(
     if blocker is not None:
         options["blocker"] = blocker
     return int(demo_module.run_demo(**options))
-
-
-# --- status rendering -----------------------------------------------------------------
-
-
-def _stdout_console(console_cls: Any) -> Any:
-    terminal = sys.stdout.isatty()
-    width = None if terminal else int(os.environ.get("COLUMNS") or 200)
-    return console_cls(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
-
-
-def _when(text: str | None) -> str:
-    if not text:
-        return ""
-    try:
-        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return text
-
-
-def _first_line(text: str | None, limit: int = 80) -> str:
-    if not text:
-        return ""
-    line = text.strip().splitlines()[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _list_table(data: list[dict[str, Any]], schema: str) -> Any:
-    from rich.table import Table
-
-    if not data:
-        return f"no migrations recorded in schema {schema}"
-    table = Table(title="migrations", title_justify="left")
-    for col in ("name", "state", "steps done", "updated", "last error"):
-        table.add_column(col)
-    for m in data:
-        done = sum(1 for s in m["steps"] if s["state"] == "done")
-        table.add_row(
-            m["name"],
-            m["state"],
-            f"{done}/{len(m['steps'])}",
-            _when(m["updated_at"]),
-            _first_line(m["last_error"]),
-        )
-    return table
-
-
-def _migration_view(m: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    from .progress import format_seconds
-
-    head = (
-        f"migration {m['name']}: {m['state']}  (created {_when(m['created_at'])},"
-        f" updated {_when(m['updated_at'])}, plan {m['plan_hash']})"
-    )
-    out: list[Any] = [head]
-    if m["last_error"]:
-        out.append(f"last error: {m['last_error']}")
-    table = Table()
-    for col, justify in (
-        ("#", "right"),
-        ("step", "left"),
-        ("phase", "left"),
-        ("state", "left"),
-        ("attempts", "right"),
-        ("rows done / total", "right"),
-        ("rows/s", "right"),
-        ("ETA", "right"),
-        ("throttle", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for i, s in enumerate(m["steps"], 1):
-        b = s.get("backfill")
-        rows = rate = eta = throttle = ""
-        if b:
-            total = f"{b['rows_total']:,}" if b["rows_total"] is not None else "?"
-            rows = f"{b['rows_done']:,} / {total}"
-            rate = f"{b['rows_per_second']:,.0f}" if b["rows_per_second"] else ""
-            eta = format_seconds(b["eta_seconds"]) if b["eta_seconds"] is not None else ""
-            throttle = b["throttle_reason"] or ""
-        table.add_row(
-            str(i),
-            s["id"],
-            s["phase"],
-            s["state"] or "",
-            str(s["attempts"] or 0),
-            rows,
-            rate,
-            eta,
-            throttle,
-        )
-    out.append(table)
-    for s in m["steps"]:
-        if s["last_error"]:
-            out.append(f"step {s['id']}: {s['last_error']}")
-    return out
 
 
 def _ms(seconds: float) -> str:

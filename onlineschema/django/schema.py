@@ -51,7 +51,7 @@ from ..changes import Change
 from ..connection import open_dsn
 from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, UnsupportedStatement
 from ..executor import Executor, changes_hash
-from ..plan import render_sql_script
+from ..executor.script import render_sql_script
 from ..sqlinput import parse_sql
 from .conf import DjangoSettings, read_settings
 
