@@ -4,8 +4,9 @@ for the executor, its preflight probes, the SQL script and the backfill alike.
 * a brief (transactional) step: ``SET LOCAL`` the lock timeout and its statement timeout
   inside the step's own transaction;
 * a ``CONCURRENTLY`` (autocommit) step: the same values for the session, reset after;
-* an index build: ``index_lock_timeout`` (its waits do not block the application) and no
-  statement timeout;
+* a step that waits for old snapshots (an index build, a ``REINDEX CONCURRENTLY``:
+  ``Step.waits_for_snapshots``): ``index_lock_timeout`` (its waits do not block the
+  application);
 * an undo action: brief ones as a brief step; ones that scan or run outside a
   transaction without a statement timeout (``CONCURRENTLY`` undo under
   ``index_lock_timeout``);
@@ -100,15 +101,15 @@ class Timeouts:
     local: bool
 
 
-def timeouts_for(step: Step, policy: Policy, *, index_build: bool = False) -> Timeouts:
-    """The timeouts ``step``'s statements run under (``index_build``: the statements of
-    a concurrent index build, or the drop of its invalid leftovers)."""
+def timeouts_for(step: Step, policy: Policy) -> Timeouts:
+    """The timeouts ``step``'s statements run under (for an index build, also the drop
+    of its invalid leftovers)."""
     statement = (
         policy.statement_timeout
         if step.statement_timeout is None
         else _statement(step.statement_timeout)
     )
-    if index_build:
+    if step.waits_for_snapshots:
         return Timeouts(policy.index_lock_timeout, statement, local=False)
     return Timeouts(policy.lock_timeout, statement, local=step.transactional)
 

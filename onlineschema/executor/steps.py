@@ -85,7 +85,12 @@ class AutocommitStep:
     reconcile_first: ClassVar[bool] = True
 
     def run(self, rt: Runtime, step: Step) -> None:
-        rt.autocommit(step, step.statements, timeouts_for(step, rt.policy))
+        rt.autocommit(
+            step,
+            step.statements,
+            timeouts_for(step, rt.policy),
+            waits_for_snapshots=step.waits_for_snapshots,
+        )
         rt.store.step_state(rt.migration, step.id, "done")
 
     def render(self, step: Step, policy: Policy, ignores: Sequence[str]) -> list[str]:
@@ -283,7 +288,7 @@ def run_undo(rt: Runtime, step: Step) -> None:
     for undo, action in undo_steps(step):
         timeouts = undo_timeouts(action, rt.policy)
         # undoing an index build waits out old snapshots as the build did
-        snapshots = step.kind is StepKind.INDEX_BUILD
+        snapshots = step.waits_for_snapshots
         if timeouts.local:
 
             def attempt(sql_text: str = action.sql, t: Timeouts = timeouts) -> None:
