@@ -4,12 +4,11 @@ for the executor, its preflight probes, the SQL script and the backfill alike.
 * a brief (transactional) step: ``SET LOCAL`` the lock timeout and its statement timeout
   inside the step's own transaction;
 * a ``CONCURRENTLY`` (autocommit) step: the same values for the session, reset after;
-* a step that waits for old snapshots (an index build, a ``REINDEX CONCURRENTLY``:
-  ``Step.waits_for_snapshots``): ``index_lock_timeout`` (its waits do not block the
-  application);
-* an undo action: brief ones as a brief step; ones that scan or run outside a
-  transaction without a statement timeout (``CONCURRENTLY`` undo under
-  ``index_lock_timeout``);
+* a step whose lock waits block no one (``Step.lock_waits_block_no_one``: an index
+  build, a ``REINDEX CONCURRENTLY``, an abort's undo outside a transaction):
+  ``index_lock_timeout``;
+* an undo action (``executor.steps.undo_steps`` makes it a step): brief ones as a brief
+  step; ones that scan or run outside a transaction without a statement timeout;
 * a preflight probe: a read-only transaction under the lock timeout;
 * a backfill transaction (a batch, a chunk claim, the cut at start): settings local to
   the transaction (:func:`backfill_timeouts`); the backfill's own VACUUM connection: no
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from .plan import Action, Step
+from .plan import Step
 
 __all__ = [
     "CLAIM_LOCK_TIMEOUT",
@@ -48,7 +47,6 @@ __all__ = [
     "probe_settings",
     "session_settings",
     "timeouts_for",
-    "undo_timeouts",
 ]
 
 
@@ -64,8 +62,9 @@ class TimeoutSettings(Protocol):
 
 
 def ms(seconds: float) -> str:
-    """Seconds as the server's duration text: ``0.5`` -> ``"500ms"``."""
-    return f"{int(seconds * 1000)}ms"
+    """Seconds as the server's duration text: ``0.5`` -> ``"500ms"``, rounded to the
+    millisecond. The one way a duration is written, for the server and for scripts."""
+    return f"{round(seconds * 1000)}ms"
 
 
 def _statement(seconds: float) -> str:
@@ -109,20 +108,9 @@ def timeouts_for(step: Step, policy: Policy) -> Timeouts:
         if step.statement_timeout is None
         else _statement(step.statement_timeout)
     )
-    if step.waits_for_snapshots:
+    if step.lock_waits_block_no_one:
         return Timeouts(policy.index_lock_timeout, statement, local=False)
     return Timeouts(policy.lock_timeout, statement, local=step.transactional)
-
-
-def undo_timeouts(action: Action, policy: Policy) -> Timeouts:
-    """The timeouts an undo action runs under: brief ones as a brief step; one that
-    scans or runs outside a transaction (``DROP INDEX CONCURRENTLY``) without a
-    statement timeout, the latter under ``index_lock_timeout``."""
-    brief = action.transactional and not action.scans
-    statement = policy.statement_timeout if brief else "0"
-    if action.transactional:
-        return Timeouts(policy.lock_timeout, statement, local=True)
-    return Timeouts(policy.index_lock_timeout, statement, local=False)
 
 
 def local_settings(cur: psycopg.Cursor[Any], t: Timeouts) -> None:
@@ -193,7 +181,7 @@ def batch_settings(lock_timeout: float, batch_statement_timeout: float) -> sql.C
     (never none: at least 1ms) and no sequential scan."""
     return backfill_timeouts(
         lock_timeout=ms(lock_timeout),
-        statement_timeout=f"{max(int(batch_statement_timeout * 1000), 1)}ms",
+        statement_timeout=ms(max(batch_statement_timeout, 0.001)),
         seqscan=False,
     )
 

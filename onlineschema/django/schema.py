@@ -594,12 +594,7 @@ class OnlineSchemaEditorMixin:
             for note in plan.notes:
                 out.append(f"-- note: {note}")
             out.append(
-                render_sql_script(
-                    plan.steps,
-                    lock_timeout=_ms(s.lock_timeout),
-                    statement_timeout=_ms(s.statement_timeout),
-                    index_lock_timeout=_ms(s.index_lock_timeout),
-                )
+                render_sql_script(plan.steps, s)
             )
             group = []
 
@@ -621,10 +616,6 @@ class OnlineSchemaEditorMixin:
         if wrapped:
             out.append("BEGIN;  -- for sqlmigrate's COMMIT")
         self.collected_sql = out
-
-
-def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
 
 
 class DatabaseSchemaEditor(OnlineSchemaEditorMixin, PostgresSchemaEditor):  # type: ignore[misc]

@@ -19,7 +19,6 @@ from ..session import (
     probe_settings,
     session_settings,
     timeouts_for,
-    undo_timeouts,
 )
 
 __all__ = [
@@ -32,7 +31,6 @@ __all__ = [
     "run_probes",
     "session_settings",
     "timeouts_for",
-    "undo_timeouts",
 ]
 
 

@@ -69,6 +69,7 @@ from ..changes import Change
 from ..connection import open_dsn
 from ..errors import OnlineSchemaError, Refused, UnsupportedStatement
 from ..executor import Executor, Result, Settings, changes_hash
+from ..session import ms
 from ..state import StateStore
 
 __all__ = [
@@ -743,7 +744,7 @@ def _migrate_lock(dsn: str, wait: float) -> Iterator[None]:
     """Hold ``pg_advisory_lock(72707369)`` on a session of its own for the block."""
     conn = open_dsn(dsn, application_name="onlineschema-prisma-lock")
     try:
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait * 1000)}ms",))
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (ms(wait),))
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         except pgerr.LockNotAvailable:

@@ -529,10 +529,6 @@ def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:
     return out, notes
 
 
-def _duration(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
-
-
 def render_offline(
     name: str,
     changes: Sequence[Change],
@@ -608,10 +604,5 @@ def render_offline(
         head.append(f"-- note: {note}")
     if not rendered:
         head.append("-- (no steps)")
-    body = render_sql_script(
-        rendered,
-        lock_timeout=_duration(settings.lock_timeout),
-        statement_timeout=_duration(settings.statement_timeout),
-        index_lock_timeout=_duration(settings.index_lock_timeout),
-    )
+    body = render_sql_script(rendered, settings)
     return "\n".join(head) + "\n" + body
