@@ -68,7 +68,14 @@ from psycopg.rows import dict_row
 from ..changes import Change
 from ..connection import open_dsn
 from ..errors import OnlineSchemaError, Refused, UnsupportedStatement
-from ..executor import Executor, Result, Settings, changes_hash
+from ..executor import (
+    Executor,
+    MigrationState,
+    Result,
+    Settings,
+    apply_through_contract,
+    changes_hash,
+)
 from ..session import ms
 from ..state import StateStore
 
@@ -618,11 +625,11 @@ def _apply_one(
 ) -> AppliedMigration:
     name = state_name(m.name)
     bound = log.bind(prisma_migration=m.name, migration=name)
-    row = ex.store.get(name)
-    if row is not None and row["state"] == "aborted":
+    row = ex.record(name)
+    if row is not None and row["state"] == MigrationState.ABORTED:
         # undone with `onlineschema abort`: deploying it again starts it afresh
         bound.info("prisma_restart_aborted")
-        ex.store.forget(name)
+        ex.forget(name)
         row = None
     if row is not None and row["changes_hash"] != changes_hash(changes):
         raise Refused(
@@ -639,11 +646,8 @@ def _apply_one(
         bound.info("prisma_migration_started", resumed=resumed)
 
         def work() -> Result:
-            res = ex.apply(changes, name, workers=workers)
-            if res.state == "awaiting_contract":
-                # migration.sql asks for the whole change now, contract phase included
-                res = ex.contract(name)
-            return res
+            # migration.sql asks for the whole change now, contract phase included
+            return apply_through_contract(ex, changes, name, workers=workers)
 
         try:
             result = run(ex, name, work)
@@ -654,7 +658,7 @@ def _apply_one(
                 f"Prisma migration {m.name}: onlineschema migration {name} is {result.state},"
                 " not completed; it was not recorded in _prisma_migrations"
             )
-        state_row = ex.store.get(name)
+        state_row = ex.record(name)
         if state_row is not None:
             started = state_row["created_at"]
     with ex.conn.transaction(), ex.conn.cursor() as cur:
@@ -680,7 +684,7 @@ def _apply_one(
             (str(uuid.uuid4()), m.checksum, m.name, started),
         )
         if changes:
-            ex.store.forget(name)
+            ex.forget(name)
     bound.info("prisma_migration_recorded", checksum=m.checksum)
     return AppliedMigration(m.name, name if changes else None, result, resumed, m.checksum)
 
