@@ -344,13 +344,16 @@ def check_environment(ctx: MigrationContext) -> None:
                 " context.configure(connection=connection, ...)",
             )
         )
+    refuse_all(problems, "the Alembic environment is not safe for online migrations")
+
+
+def refuse_all(problems: list[Refused], headline: str) -> None:
+    """Refuse with every problem found (one as it is, several listed under
+    ``headline``), so that one run shows all there is to fix in env.py."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        raise Refused(
-            "the Alembic environment is not safe for online migrations:\n"
-            + "\n".join(f"- {p}" for p in problems)
-        )
+        raise Refused(f"{headline}:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Settings) -> Result:
