@@ -11,7 +11,7 @@ from golden.cases import golden_ids
 from golden.compare import check
 from harness import Conn
 from helpers import index_must_exist, invalid_indexes, migration_state
-from scenario_tools import Blocker, query_value, wait_until
+from scenario_tools import Blocker
 from structlog.testing import capture_logs
 
 from onlineschema import (
@@ -132,20 +132,7 @@ def test_a_rebuild_waits_out_an_old_snapshot_outside_the_lock_queue(
     assert "SET lock_timeout = '7000ms';" in lines[:rebuild], script
     with Blocker(dsn, "SELECT count(*) FROM audit", isolation="repeatable read") as blocker:
         blocker.start(hold_for=2.5)
-        wait_until(
-            lambda: (
-                query_value(
-                    dsn,
-                    "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
-                    " WHERE pid = %s",
-                    (blocker.pid,),
-                )
-                or 0
-            )
-            > 0.5,
-            timeout=10,
-            what="the snapshot holder's transaction to be older than the lock timeout",
-        )
+        blocker.wait_until_older_than(0.5)  # older than the lock timeout: a long one
         with capture_logs() as logs, Executor(dsn, settings) as ex:
             assert ex.apply(change, "reindex").state == "completed"
         assert blocker.released_at is not None  # it finished after the snapshot went
