@@ -77,7 +77,6 @@ from ..executor import (
     changes_hash,
 )
 from ..session import ms
-from ..state import StateStore
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
@@ -471,11 +470,11 @@ def read_history(
             )
             rows = [MigrationRow(**r) for r in cur.fetchall()]
     history = History(schema, list(local), rows, exists)
-    store = StateStore(conn, state_schema)
-    if store.exists():
+    # through the executor: a state schema written by a newer release is refused
+    with Executor(conn, Settings(state_schema=state_schema)) as ex:
         for m in history.pending:
-            row = store.get(state_name(m.name))
-            if row is not None and row["state"] not in ("aborted",):
+            row = ex.record(state_name(m.name))
+            if row is not None and row["state"] != MigrationState.ABORTED:
                 history.unfinished[m.name] = (row["name"], row["state"])
     return history
 
