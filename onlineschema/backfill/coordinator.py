@@ -222,8 +222,7 @@ class Coordinator:
             progress=round(fraction, 6),
             workers=self.workers,
         )
-        if self.workers > 1:
-            self.notify(rows_done)
+        self.notify(rows_done)  # also while throttled, when no batch runs
 
     def notify(self, rows_done: int) -> None:
         """Tell the observer (a progress display) where the backfill is."""

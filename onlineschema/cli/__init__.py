@@ -37,6 +37,8 @@ from ..errors import ConnectionFailed, OnlineSchemaError, Refused
 from ..executor import Executor, Result, Settings, changes_hash, parse_duration
 from ..locks import RetryPolicy
 from ..plan import Plan, render_sql_script
+from .ops import register as register_ops
+from .ops import run_options, watch_option
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -379,6 +381,7 @@ def plan(
 
 
 @cli.command()
+@run_options
 @dsn_option
 @input_options
 @click.option("--name", metavar="NAME", help="Migration name (default: from the changes' hash).")
@@ -446,6 +449,7 @@ def _apply(
 
 
 @cli.command()
+@watch_option
 @dsn_option
 @click.argument("name", required=False)
 @click.option(
@@ -472,6 +476,7 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -562,6 +567,7 @@ def abort(
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -624,6 +630,7 @@ def setting_value(key: str, value: str) -> str:
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.option(
     "--table", required=True, metavar="TABLE", help="Table to update (may be schema.table)."
@@ -757,6 +764,9 @@ def demo(
     if blocker is not None:
         options["blocker"] = blocker
     return int(demo_module.run_demo(**options))
+
+
+register_ops(cli)  # verify
 
 
 # --- status rendering -----------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -36,10 +36,13 @@ from ..errors import (
     StepFailed,
 )
 from ..locks import RetryPolicy, guarded
+from ..observe import run_observed
+from ..observe.hooks import Hook
 from ..plan import Plan, Step
 from ..planner import PlanResult, build_plan, catalog_request
 from ..sql import ddl
 from ..state import StateStore
+from ..verify import verify_before_contract
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
 
@@ -73,6 +76,10 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     state_schema: str = "onlineschema"
+    #: event -> commands or callables to run on it (see onlineschema.observe.hooks)
+    hooks: Mapping[str, Sequence[Hook]] = field(default_factory=dict)
+    #: check a column copy's data before the contract phase drops the old column
+    verify_before_contract: bool = True
 
 
 class Observer(BackfillObserver, Protocol):
@@ -271,6 +278,7 @@ class Executor:
                     f"migration {name!r} is {row['state']}; there is no contract phase to run",
                     "run `onlineschema status` to see its state",
                 )
+            verify_before_contract(self, name)  # refuses (nothing dropped) on a mismatch
             self.store.set_state(name, "running")
             return self._run(name, Plan.from_dict(row["plan"]), contract=True)
         finally:
@@ -418,6 +426,10 @@ class Executor:
             raise AlreadyRunning(f"migration {name!r} is being run by another process{who}", fix)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
+        work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
+        return run_observed(self, name, plan, work)  # hooks, metrics, observer
+
+    def _run_steps(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         t0 = time.monotonic()
         run = skipped = 0
         states = self.store.steps(name)
