@@ -243,9 +243,7 @@ class Verifier:
                     cur.execute(locals_)
                     if c.key:
                         lower = [batches.key_after(spec, cursor)] if cursor is not None else []
-                        cur.execute(
-                            batches.keyset_upper(spec, [*lower, sql.SQL("true")], size)
-                        )
+                        cur.execute(batches.keyset_upper(spec, [*lower, sql.SQL("true")], size))
                         up = cur.fetchone()
                         conds = [*lower] + ([batches.key_upto(spec, list(up))] if up else [])
                         label: sql.Composable = sql.SQL("concat_ws(',', {})").format(

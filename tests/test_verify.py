@@ -18,13 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import column_must_exist, column_must_not_exist, make_orders, trigger_names
 
 from onlineschema import Executor
 from onlineschema.errors import Refused
 from onlineschema.executor import Settings
 from onlineschema.verify import copies_of, verify
-
-from helpers import column_must_exist, column_must_not_exist, make_orders, trigger_names
 
 ROWS = 3000
 
@@ -150,7 +149,9 @@ def test_verify_refuses_an_unfinished_backfill_and_ignores_plain_backfills(
     dsn: str, orders: psycopg.Connection[Any]
 ) -> None:
     # a plain backfill is no copy: nothing to verify
-    expect(cli("backfill", "--dsn", dsn, "--table", "orders", "--set", "n = n + 1", "--name", "b"), 0)
+    expect(
+        cli("backfill", "--dsn", dsn, "--table", "orders", "--set", "n = n + 1", "--name", "b"), 0
+    )
     out = expect(cli("verify", "--dsn", dsn, "b"), 0)
     assert "no column copy to verify" in out.stdout
     with Executor(dsn) as ex:

@@ -139,7 +139,8 @@ def watch_option(f: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError("--watch needs the NAME of a migration")
         if kwargs.get("fmt") not in (None, "text"):
             raise click.UsageError("--watch draws text; leave out --format json")
-        return run_watch(args[0], kwargs.get("dsn"), name, interval)
+        opts = click.get_current_context().obj
+        return run_watch(opts, kwargs.get("dsn"), name, interval)
 
     from . import DURATION
 
@@ -203,9 +204,7 @@ def verify(opts: Any, dsn: str | None, name: str) -> int:
         raise refusal(report, before_contract=False)
     for r in report.results:
         c = r.copy
-        click.echo(
-            f"{c.qual}.{c.new}: {r.rows:,} row(s) match {c.forward} ({r.seconds:.1f}s)"
-        )
+        click.echo(f"{c.qual}.{c.new}: {r.rows:,} row(s) match {c.forward} ({r.seconds:.1f}s)")
     click.echo(f"migration {name}: verified, every row matches")
     return 0
 

@@ -78,6 +78,8 @@ class Settings:
     state_schema: str = "onlineschema"
     #: event -> commands or callables to run on it (see onlineschema.observe.hooks)
     hooks: Mapping[str, Sequence[Hook]] = field(default_factory=dict)
+    #: a hook running longer is abandoned (a command is killed) and logged
+    hook_timeout: float = 10.0
     #: check a column copy's data before the contract phase drops the old column
     verify_before_contract: bool = True
 

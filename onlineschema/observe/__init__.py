@@ -160,7 +160,8 @@ def run_observed(ex: Executor, name: str, plan: Plan, work: Callable[[], T]) -> 
     observer, its settings' hooks and the ambient observers all watching."""
     from .hooks import HookRunner
 
-    hooks = HookRunner(ex.settings.hooks) if getattr(ex.settings, "hooks", None) else None
+    s = ex.settings
+    hooks = HookRunner(s.hooks, timeout=s.hook_timeout) if s.hooks else None
     extra = [hooks, *_ambient.get()]
     if not any(extra):
         return work()

@@ -156,9 +156,7 @@ class HookRunner:
         elif state in ("completed", "awaiting_contract"):
             self.fire("completed", STATE=state)
         elif state in ("failed", "interrupted"):
-            self.fire(
-                "failed", STATE=state, ERROR=text or type(error).__name__ if error else None
-            )
+            self.fire("failed", STATE=state, ERROR=text or type(error).__name__ if error else None)
 
     # --- queue and worker -----------------------------------------------------------------
 
@@ -224,9 +222,7 @@ class HookRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=5)
-            log.warning(
-                "hook_timed_out", hook_event=event, command=command, timeout=self.timeout
-            )
+            log.warning("hook_timed_out", hook_event=event, command=command, timeout=self.timeout)
             return False
         if proc.returncode != 0:
             tail = out.decode(errors="replace").strip()[-500:]

@@ -389,7 +389,9 @@ class MetricsObserver:
             return
         with self._lock:
             seen = self._blockers.setdefault(step, set())
-            new = [b.get("pid") for b in blockers if isinstance(b, dict) and b.get("pid") not in seen]
+            new = [
+                b.get("pid") for b in blockers if isinstance(b, dict) and b.get("pid") not in seen
+            ]
             seen.update(new)
         if new:
             self.blockers.labels(self.migration, step).inc(len(new))

@@ -111,8 +111,9 @@ def render(data: dict[str, Any], now: float | None = None) -> RenderableType:
             Text(f"backfill {s['id']}"),
             bar,
             Text(
-                f"{b['rows_done']:,}/{total:,} rows" if total is not None else
-                f"{b['rows_done']:,} rows"
+                f"{b['rows_done']:,}/{total:,} rows"
+                if total is not None
+                else f"{b['rows_done']:,} rows"
             ),
         )
         parts.append(line)
