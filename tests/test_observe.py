@@ -8,6 +8,7 @@ function that sleeps ~1 ms per row, so there is something to watch.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -395,3 +396,29 @@ def test_status_watch_stops_on_ctrl_c(dsn: str, slow: psycopg.Connection[Any]) -
                 watcher.wait()
     finally:
         finish(runner)
+
+
+# --- the dashboard and the docs name only metrics that exist ----------------------------------
+
+
+@pytest.mark.server_independent
+def test_dashboard_and_docs_use_the_exported_metric_names() -> None:
+    from onlineschema.observe.metrics import MetricsObserver
+
+    root = Path(__file__).resolve().parent.parent
+    metrics = MetricsObserver()
+    fams = parse(metrics.exposition())
+    families = {n for n in fams if n.startswith("onlineschema_")}
+    assert len(families) >= 20
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {n + s for n in families for s in suffixes[fams[n].type]}
+    dashboard = json.loads((root / "docs" / "grafana" / "onlineschema-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"onlineschema_[a-z_]+", e)}
+    assert used - exported == set(), "the dashboard queries metrics that do not exist"
+    assert {"onlineschema_backfill_rows_done", "onlineschema_lock_retries_total"} <= used
+    page = (root / "docs" / "operating.md").read_text()
+    documented = set(re.findall(r"`(onlineschema_[a-z_]+)", page))
+    assert documented - exported - families == set(), "operating.md names unknown metrics"
+    undocumented = {n for n in families if not any(d.startswith(n) for d in documented)}
+    assert undocumented == set(), "metrics missing from docs/operating.md"
