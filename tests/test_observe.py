@@ -372,6 +372,11 @@ def test_status_watch_in_a_terminal_while_another_process_runs_it(
 
 
 def test_status_watch_stops_on_ctrl_c(dsn: str, slow: psycopg.Connection[Any]) -> None:
+    # ~5 ms a row: the backfill outlasts the view by far
+    slow.execute(
+        "CREATE OR REPLACE FUNCTION slow_inc(bigint, int) RETURNS int LANGUAGE sql VOLATILE AS"
+        " $$ SELECT pg_sleep(CASE WHEN $1 > 500 THEN 0.005 ELSE 0 END); SELECT $2 + 1 $$"
+    )
     runner = start(*backfill_args(dsn))
     try:
         wait_until(lambda: rows_done(slow, "slow") > 0, timeout=30, what="the backfill to start")
@@ -381,21 +386,30 @@ def test_status_watch_stops_on_ctrl_c(dsn: str, slow: psycopg.Connection[Any]) -
             stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env(),
         )  # fmt: skip
         os.close(secondary)
+        screen = b""
         try:
-            screen = b""
-            while b"rows" not in screen:
-                assert select.select([primary], [], [], 20)[0], "the view did not draw"
+            while b"rows/s" not in screen:
+                assert select.select([primary], [], [], 30)[0], f"the view did not draw: {screen!r}"
                 screen += os.read(primary, 65536)
             watcher.send_signal(signal.SIGINT)
-            assert watcher.wait(timeout=20) == 0
+            assert watcher.wait(timeout=20) == 0, screen.decode(errors="replace")[-2000:]
             assert runner.poll() is None  # the migration goes on
         finally:
             os.close(primary)
             if watcher.poll() is None:
                 watcher.kill()
                 watcher.wait()
+        pause = subprocess.run(
+            [sys.executable, "-m", "onlineschema", "pause", "--dsn", dsn, "slow"],
+            capture_output=True, text=True, env=env(), timeout=30, check=False,
+        )  # fmt: skip
+        assert pause.returncode == 0, pause.stderr
+        runner.communicate(timeout=60)
+        assert runner.returncode == 3  # paused, resumable: the view's Ctrl-C did not stop it
     finally:
-        finish(runner)
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
 
 
 # --- the dashboard and the docs name only metrics that exist ----------------------------------

@@ -222,7 +222,8 @@ class Coordinator:
             progress=round(fraction, 6),
             workers=self.workers,
         )
-        self.notify(rows_done)  # also while throttled, when no batch runs
+        if self.workers > 1 or self.throttle.engaged:  # throttled: no batch notifies
+            self.notify(rows_done)
 
     def notify(self, rows_done: int) -> None:
         """Tell the observer (a progress display) where the backfill is."""

@@ -309,6 +309,8 @@ class MetricsObserver:
             self.step_seconds.labels(self.migration, step.id).set(time.monotonic() - t0)
         self.steps_done.labels(self.migration).set(index + 1)
         self._set_step(step.id, "skipped" if skipped else "done")
+        if step.action == "backfill" and not skipped:
+            self.eta.labels(self.migration, step.id).set(0)
 
     def backfill_progress(
         self,
