@@ -34,7 +34,7 @@ from onlineschema.executor import Settings
 
 ROWS = 3000
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-LABELS = {"migration", "step", "reason", "state", "le"}
+LABELS = {"migration", "step", "reason", "state", "signal", "le"}
 
 
 def env() -> dict[str, str]:
@@ -182,6 +182,9 @@ def test_metrics_scraped_during_a_real_backfill(
                 timeout=20,
                 what="the throttled gauge",
             )
+            # the signal's reading is exported while it is read, throttled or not
+            age = maybe(scrape(port), "onlineschema_throttle_signal_seconds", migration="slow", signal="long_transaction")  # fmt: skip
+            assert age is not None and age > 0.5
         second = scrape(port)
         rows2 = value(second, "onlineschema_backfill_rows_done", migration="slow", step=step)
         updated2 = value(second, "onlineschema_backfill_rows_updated", "onlineschema_backfill_rows_updated_total", migration="slow", step=step)  # fmt: skip

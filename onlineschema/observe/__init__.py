@@ -10,7 +10,9 @@ Two sources feed an observer:
   ``backfill_batch``, ``backfill_throttled``, ...), delivered to ``event(event_dict)``
   by the structlog processor :func:`tap`. The CLI puts it first in its processor chain;
   a program that configures structlog itself adds ``onlineschema.observe.tap`` as the
-  first processor to get them (the library never configures logging).
+  first processor to get them (the library never configures logging);
+* readings too frequent to log (the throttle's signal values, ``backfill_signal_read``),
+  handed to the same subscribers directly with :func:`publish`.
 
 Observers get each call on the thread that made it (a backfill worker, the tap of any
 thread); every call is guarded: an observer that raises is logged and never stops the
@@ -53,6 +55,17 @@ def subscribe(fn: Callable[[dict[str, Any]], None]) -> None:
 def unsubscribe(fn: Callable[[dict[str, Any]], None]) -> None:
     with _sub_lock, contextlib.suppress(ValueError):
         _subscribers.remove(fn)
+
+
+def publish(event: dict[str, Any]) -> None:
+    """Hand ``event`` to the subscribers directly (a reading too frequent to log)."""
+    with _sub_lock:
+        subs = list(_subscribers)
+    for fn in subs:
+        try:
+            fn(dict(event))
+        except Exception as exc:
+            log.warning("observer_failed", observer=repr(fn), error=str(exc))
 
 
 def tap(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

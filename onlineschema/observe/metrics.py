@@ -177,14 +177,21 @@ class MetricsObserver:
         )
         self.replica_lag_seconds = pc.Gauge(
             "onlineschema_replica_lag_seconds",
-            "Replay lag the backfill's throttle last reported (when it engaged or released)",
-            m,
+            "Replay lag of the standbys (the largest), as the backfill's throttle last read it",
+            ["migration", "signal"],
             registry=r,
         )
         self.replica_lag_bytes = pc.Gauge(
             "onlineschema_replica_lag_bytes",
-            "Bytes of WAL a standby was behind, as the throttle last reported",
-            m,
+            "Bytes of WAL the standbys are behind (the most), as the throttle last read it",
+            ["migration", "signal"],
+            registry=r,
+        )
+        self.signal_seconds = pc.Gauge(
+            "onlineschema_throttle_signal_seconds",
+            "Each throttle signal's last reading in seconds (replica lag, age of the oldest"
+            " long transaction on the table, longest lock wait behind a batch)",
+            ["migration", "signal"],
             registry=r,
         )
         self.migration = ""
@@ -376,15 +383,18 @@ class MetricsObserver:
         elif name == "waiting_for_blockers":
             self.lock_waits.labels(mig, step).inc()
             self._saw_blockers(step, ev.get("blockers"))
-        elif name in ("backfill_throttled", "backfill_unthrottled"):
-            reason = str(ev.get("reason") or "")
-            if name == "backfill_throttled" and reason:
-                self.throttle_events.labels(mig, step, reason).inc()
-            if reason.startswith("replica_lag"):
-                if isinstance(ev.get("seconds"), int | float):
-                    self.replica_lag_seconds.labels(mig).set(float(ev["seconds"]))
-                if isinstance(ev.get("bytes"), int | float):
-                    self.replica_lag_bytes.labels(mig).set(float(ev["bytes"]))
+        elif name in ("backfill_throttled", "backfill_signal_read"):
+            signal = str(ev.get("reason") or ev.get("signal") or "")
+            if name == "backfill_throttled" and signal:
+                self.throttle_events.labels(mig, step, signal).inc()
+            secs, nbytes = ev.get("seconds"), ev.get("bytes")
+            if signal and isinstance(secs, int | float):
+                self.signal_seconds.labels(mig, signal).set(float(secs))
+            if signal.startswith("replica_lag"):
+                if isinstance(secs, int | float):
+                    self.replica_lag_seconds.labels(mig, signal).set(float(secs))
+                if isinstance(nbytes, int | float):
+                    self.replica_lag_bytes.labels(mig, signal).set(float(nbytes))
 
     def _saw_blockers(self, step: str, blockers: Any) -> None:
         if not isinstance(blockers, list):
