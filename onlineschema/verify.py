@@ -280,7 +280,14 @@ class Verifier:
                     row = cur.fetchone()
                 break
             except (pgerr.LockNotAvailable, pgerr.QueryCanceled) as exc:
-                if isinstance(exc, pgerr.QueryCanceled) and size > self.settings.batch_min:
+                if isinstance(exc, pgerr.QueryCanceled):
+                    if size <= self.settings.batch_min:
+                        raise Refused(
+                            f"verifying {c.qual}.{c.new}: a batch of {size} rows still ran"
+                            f" past batch_statement_timeout ({self.settings.batch_statement_timeout}s)",
+                            "raise it (onlineschema set NAME batch_statement_timeout=30) and"
+                            " try again",
+                        ) from exc
                     size = max(self.settings.batch_min, size // 4)
                 elif attempt == 30:
                     raise

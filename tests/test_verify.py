@@ -166,3 +166,29 @@ def test_verify_refuses_an_unfinished_backfill_and_ignores_plain_backfills(
         with pytest.raises(Refused) as err:
             verify(ex, "half")
     assert "has not finished" in str(err.value) and "onlineschema resume half" in str(err.value)
+
+
+def test_a_table_without_key_is_verified_by_block_ranges(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("CREATE TABLE logs (msg text, code int)")
+    conn.execute("INSERT INTO logs SELECT 'm' || g, g FROM generate_series(1, 5000) g")
+    conn.execute("ANALYZE logs")
+    with Executor(dsn) as ex:
+        from onlineschema.changes import AlterColumnType
+
+        assert ex.apply([AlterColumnType("logs", "code", "bigint")], "nokey").state == (
+            "awaiting_contract"
+        )
+        [copy] = _copies(ex, "nokey")
+        assert copy.key == () and copy.spec().strategy == "ctid"
+        report = verify(ex, "nokey")
+        assert report.ok and report.results[0].rows == 5000
+    behind_the_triggers_back(dsn, "UPDATE logs SET code = -1 WHERE code = 4321")
+    with Executor(dsn) as ex:
+        report = verify(ex, "nokey")
+        [res] = report.results
+        assert (res.rows, res.mismatches, len(res.samples)) == (5000, 1, 1)
+        assert res.samples[0].startswith("(")  # a ctid
+        with pytest.raises(Refused, match="ctid = "):
+            ex.contract("nokey")
