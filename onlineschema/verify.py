@@ -343,11 +343,13 @@ def refusal(report: Report, *, before_contract: bool) -> Refused:
             f"{r.mismatches} of {r.rows} row(s) of {c.qual} have {c.new} different from"
             f" {c.forward}; e.g. {key_name} = {keys}"
         )
-        where = f"{shlex.quote(c.new)}::text IS DISTINCT FROM ({c.forward})::text"
+        col = sql.Identifier(c.new).as_string(None)
+        table = sql.Identifier(c.schema, c.table).as_string(None)
+        where = f"{col}::text IS DISTINCT FROM ({c.forward})::text"
         fixes.append(
             "onlineschema backfill"
-            f" --table {shlex.quote(c.qual)}"
-            f" --set {shlex.quote(f'{c.new} = {c.forward}')}"
+            f" --table {shlex.quote(table)}"
+            f" --set {shlex.quote(f'{col} = {c.forward}')}"
             f" --where {shlex.quote(where)}"
             f" --name {shlex.quote(f'{report.migration}_fix_{int(time.time())}')}"
         )
