@@ -44,6 +44,8 @@ from ..executor.lifecycle import Command, MigrationState, Outcome, decide
 from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
 from ..plan import Plan
+from .ops import register as register_ops
+from .ops import run_options, watch_option
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -384,6 +386,7 @@ def plan(
 
 
 @cli.command()
+@run_options
 @dsn_option
 @input_options
 @click.option("--name", metavar="NAME", help="Migration name (default: from the changes' hash).")
@@ -451,6 +454,7 @@ def _apply(
 
 
 @cli.command()
+@watch_option
 @dsn_option
 @click.argument("name", required=False)
 @click.option(
@@ -479,6 +483,7 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -562,6 +567,7 @@ def abort(
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -624,6 +630,7 @@ def setting_value(key: str, value: str) -> str:
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.option(
     "--table", required=True, metavar="TABLE", help="Table to update (may be schema.table)."
@@ -812,4 +819,5 @@ def _error(opts: Options, message: str, code: int, exc: BaseException) -> None:
         traceback.print_exception(exc, file=sys.stderr)
 
 
+register_ops(cli)  # verify
 cli.add_command(importlib.import_module("onlineschema.integrations.prisma_cli").prisma)
