@@ -73,6 +73,7 @@ KILL_POINTS = {
 #: land in a chunk that is partly done
 BATCH_MAX = 50
 
+
 def slow_down(dsn: str, where: str) -> None:
     table, when, seconds, _ = KILL_POINTS[where]
     constraint = "CONSTRAINT " if "DEFERRED" in when else ""
