@@ -139,30 +139,32 @@ def assert_ok(done: Finished) -> None:
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
 
 
-#: the executor session in the statement a kill point names, inside a batch: it holds
-#: RowExclusiveLock on t (taken by the batch's UPDATE of t, held to the end of its
-#: transaction) and has a transaction id (it wrote), and the chunk it claimed is partly
-#: done (the chunk takes several batches)
+#: the executor session in the statement a kill point names, in a chunk that is partly
+#: done (it takes several batches), and what shows that the batch's rows of t are in
+#: flight: RowExclusiveLock on t (taken by the batch's UPDATE of t, held to the end of
+#: its transaction) and a transaction id; plus the rows committed (same snapshot)
 IN_BATCH_SQL = """
-SELECT a.pid, a.backend_xid::text AS xid, left(a.query, 90) AS query, c.chunk,
-       c.rows_done AS chunk_rows_done,
+SELECT a.pid, a.backend_xid::text AS xid,
+       EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation'
+               AND l.granted AND l.relation = 'public.t'::regclass
+               AND l.mode = 'RowExclusiveLock') AS holds_t,
+       left(a.query, 90) AS query, c.chunk, c.rows_done AS chunk_rows_done,
        (SELECT sum(rows_done)::int FROM onlineschema.chunks WHERE migration = %(migration)s)
        AS committed_rows
 FROM pg_stat_activity a
-JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'relation' AND l.granted
-     AND l.relation = 'public.t'::regclass AND l.mode = 'RowExclusiveLock'
 JOIN onlineschema.chunks c ON c.claimed_by = a.pid AND c.migration = %(migration)s
      AND NOT c.done AND c.rows_done > 0
 WHERE a.datname = current_database() AND a.application_name = %(app)s
   AND a.state = 'active' AND starts_with(a.query, %(prefix)s)
-  AND a.backend_xid IS NOT NULL
 """
+KEYS = ("pid", "xid", "holds_t", "query", "chunk", "chunk_rows_done", "committed_rows")
 
 
 def batch_in_flight(dsn: str, migration: str, where: str) -> dict[str, Any] | None:
-    """Some batches are committed, not all, and the executor is inside a batch right now,
-    in the statement ``where`` names, with the batch's rows of t uncommitted in its
-    transaction (IN_BATCH_SQL); returns what it saw then, or None."""
+    """Some batches are committed, not all, and the executor is in the statement
+    ``where`` names, in a partly done chunk; returns what it saw then (IN_BATCH_SQL), or
+    None. ``rows_in_flight`` checks, after the kill, that the batch's rows were
+    uncommitted in that statement's transaction."""
     if backfill_progress(dsn, migration) is None:
         return None
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -170,10 +172,15 @@ def batch_in_flight(dsn: str, migration: str, where: str) -> dict[str, Any] | No
             IN_BATCH_SQL,
             {"migration": migration, "app": EXECUTOR_APP, "prefix": KILL_POINTS[where][3]},
         ).fetchone()
-    keys = ("pid", "xid", "query", "chunk", "chunk_rows_done", "committed_rows")
     if row is None or not 0 < row[-1] < ROWS:
         return None
-    return dict(zip(keys, row, strict=True))
+    return dict(zip(KEYS, row, strict=True))
+
+
+def rows_in_flight(seen: dict[str, Any]) -> None:
+    assert seen["holds_t"] and seen["xid"] is not None, (
+        f"the kill did not land inside a batch's transaction with its rows of t: {seen}"
+    )
 
 
 def migration_recorded(dsn: str, migration: str) -> bool:
@@ -224,6 +231,7 @@ def kill_mid_backfill(dsn: str, name: str, where: str = "update") -> int:
         assert rows_done > seen["committed_rows"], (rows_done, seen)
     else:  # the batch in flight was rolled back: nothing beyond what was committed
         assert rows_done == seen["committed_rows"], (rows_done, seen)
+    rows_in_flight(seen)
     assert migration_state(dsn, name) == "running"  # the process died: nobody recorded it
     speed_up(dsn, where)  # the rest may go fast
     return rows_done

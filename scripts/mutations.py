@@ -1,0 +1,180 @@
+"""Mutation check of the scenario tests: does each test fail when the behaviour it names
+is broken?
+
+Each mutation is one small text replacement in one file of the package, located by a
+distinctive snippet of today's code. For each mutation this script copies the project
+(``onlineschema/``, ``tests/``, ``pyproject.toml``) to a scratch directory, applies the
+breakage there (the package itself is never touched), runs the named tests with that copy
+first on ``PYTHONPATH`` (the CLI subprocesses the tests start inherit it) and reports
+``killed`` (a test failed, as it should) or ``survived`` (every test passed: the tests do
+not see the breakage). A snippet that is not found exactly once stops the script with
+"mutation target not found": the code moved, and the mutation must be updated rather than
+silently pass.
+
+    export PATH=/work/main/.ci/venv/bin:$PATH
+    python scripts/mutations.py                 # every mutation
+    python scripts/mutations.py --list          # what each one breaks
+    python scripts/mutations.py cursor_commit   # some of them
+    python scripts/mutations.py --baseline      # the same tests, unmutated: must pass
+
+Exit status: 0 when every mutation was killed (and, with --baseline, every baseline
+passed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    path: str  #: file of the package, relative to the project root
+    old: str  #: a distinctive snippet of today's code, found exactly once
+    new: str  #: what it becomes
+    breaks: str  #: the behaviour this breaks
+    tests: tuple[str, ...]  #: the tests (pytest node ids) that must fail
+
+
+CRASH = "tests/test_crash.py::test_sigkill_mid_backfill_then_resume_applies_each_row_once"
+
+MUTATIONS: list[Mutation] = [
+    Mutation(
+        id="cursor_commit",
+        path="onlineschema/backfill/__init__.py",
+        old="""            elapsed = time.monotonic() - t0
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET cursor = %s, rows_done = rows_done + %s,""",
+        new="""            elapsed = time.monotonic() - t0
+            cur.execute("COMMIT")  # MUTATION: the batch's rows commit before its cursor
+            cur.execute("BEGIN")
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET cursor = %s, rows_done = rows_done + %s,""",
+        breaks="a batch's rows are committed in a transaction of their own, before the"
+        " chunk's cursor: a crash between the two applies the batch twice on resume",
+        tests=(f"{CRASH}[cursor]",),
+    ),
+]
+
+
+def copy_project(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
+    for name in ("onlineschema", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def apply_mutation(dest: Path, m: Mutation) -> None:
+    target = dest / m.path
+    if not target.is_file():
+        raise SystemExit(f"{m.id}: mutation target not found: no file {m.path}")
+    text = target.read_text()
+    found = text.count(m.old)
+    if found != 1:
+        raise SystemExit(
+            f"{m.id}: mutation target not found: the snippet occurs {found} times in {m.path}"
+            f" (expected once); update the mutation to today's code:\n{m.old}"
+        )
+    target.write_text(text.replace(m.old, m.new))
+
+
+def run_tests(dest: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(dest)
+    env.pop("PYTEST_ADDOPTS", None)
+    # the copy of the package is the one imported (not the editable install)
+    check = subprocess.run(
+        [sys.executable, "-c", "import onlineschema; print(onlineschema.__file__)"],
+        cwd=dest,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if not check.stdout.strip().startswith(str(dest)):
+        raise SystemExit(f"the scratch copy is not the package imported: {check.stdout}")
+    t0 = time.monotonic()
+    with log.open("w") as out:
+        rc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=dest,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
+    return rc, time.monotonic() - t0
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ids", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--baseline", action="store_true", help="run the tests unmutated")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    args = parser.parse_args()
+    by_id = {m.id: m for m in MUTATIONS}
+    unknown = [i for i in args.ids if i not in by_id]
+    if unknown:
+        parser.error(f"unknown mutation(s) {unknown}; known: {sorted(by_id)}")
+    chosen = [by_id[i] for i in args.ids] if args.ids else MUTATIONS
+    if args.list:
+        for m in chosen:
+            print(f"{m.id}: {m.breaks}\n    {m.path}; tests: {' '.join(m.tests)}")
+        return 0
+    logs = Path(tempfile.mkdtemp(prefix="mutations-logs-"))
+    rows: list[tuple[str, str, str, str]] = []
+    ok = True
+    for m in chosen:
+        scratch = Path(tempfile.mkdtemp(prefix=f"mutation-{m.id}-"))
+        try:
+            copy_project(scratch)
+            if args.baseline:
+                rc, secs = run_tests(scratch, m.tests, logs / f"{m.id}.baseline.log")
+                verdict = "baseline passed" if rc == 0 else f"BASELINE FAILED (rc {rc})"
+                ok &= rc == 0
+                rows.append((m.id, verdict, f"{secs:.0f}s", last_line(logs / f"{m.id}.baseline.log")))
+                print(f"{m.id}: {verdict}", flush=True)
+            apply_mutation(scratch, m)
+            log = logs / f"{m.id}.log"
+            rc, secs = run_tests(scratch, m.tests, log)
+            # pytest: 1 = some test failed; 2-5 = interrupted, usage or collection errors
+            if rc == 1:
+                verdict = "killed"
+            elif rc == 0:
+                verdict = "SURVIVED"
+            else:
+                verdict = f"ERROR (pytest exit {rc})"
+            ok &= rc == 1
+            rows.append((m.id, verdict, f"{secs:.0f}s", last_line(log)))
+            print(f"{m.id}: {verdict} ({secs:.0f}s) {last_line(log)}", flush=True)
+        finally:
+            if not args.keep:
+                shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\nlogs: {logs}\n")
+    print("| mutation | result | time | pytest summary |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
