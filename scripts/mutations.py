@@ -66,6 +66,19 @@ MUTATIONS: list[Mutation] = [
         " chunk's cursor: a crash between the two applies the batch twice on resume",
         tests=(f"{CRASH}[cursor]",),
     ),
+    Mutation(
+        id="state_schema_before_preflight",
+        path="onlineschema/executor/__init__.py",
+        old="""        result = self._plan(changes)  # refuses bad input before any write
+        self.store.ensure()
+""",
+        new="""        self.store.ensure()  # MUTATION: the state schema is created before the preflight
+        result = self._plan(changes)
+""",
+        breaks="apply creates the state schema and its tables (DDL) before the preflight"
+        " refuses bad input: a refused request changes the database",
+        tests=("tests/test_bad_input.py::test_refused_before_any_ddl",),
+    ),
 ]
 
 
