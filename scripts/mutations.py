@@ -79,6 +79,19 @@ MUTATIONS: list[Mutation] = [
         " refuses bad input: a refused request changes the database",
         tests=("tests/test_bad_input.py::test_refused_before_any_ddl",),
     ),
+    Mutation(
+        id="vacuum_throttle_flaps",
+        path="onlineschema/throttle.py",
+        old="""    def clear(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("vacuums", 0) == 0
+""",
+        new="""    def clear(self, r: Reading, s: Limits) -> bool:
+        return True  # MUTATION: released at the next poll, the VACUUM still running
+""",
+        breaks="pause_on_vacuum engages for one poll, then lets batches run while the"
+        " VACUUM of the table still runs (engaged and released alternately)",
+        tests=("tests/test_throttle.py::test_vacuum_of_the_table_pauses_the_backfill_when_asked",),
+    ),
 ]
 
 
@@ -163,7 +176,9 @@ def main() -> int:
                 rc, secs = run_tests(scratch, m.tests, logs / f"{m.id}.baseline.log")
                 verdict = "baseline passed" if rc == 0 else f"BASELINE FAILED (rc {rc})"
                 ok &= rc == 0
-                rows.append((m.id, verdict, f"{secs:.0f}s", last_line(logs / f"{m.id}.baseline.log")))
+                rows.append(
+                    (m.id, verdict, f"{secs:.0f}s", last_line(logs / f"{m.id}.baseline.log"))
+                )
                 print(f"{m.id}: {verdict}", flush=True)
             apply_mutation(scratch, m)
             log = logs / f"{m.id}.log"
