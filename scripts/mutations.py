@@ -44,6 +44,8 @@ class Mutation:
     new: str  #: what it becomes
     breaks: str  #: the behaviour this breaks
     tests: tuple[str, ...]  #: the tests (pytest node ids) that must fail
+    #: further (old, new) replacements in the same file, each also found exactly once
+    also: tuple[tuple[str, str], ...] = ()
 
 
 CRASH = "tests/test_crash.py::test_sigkill_mid_backfill_then_resume_applies_each_row_once"
@@ -92,6 +94,48 @@ MUTATIONS: list[Mutation] = [
         " VACUUM of the table still runs (engaged and released alternately)",
         tests=("tests/test_throttle.py::test_vacuum_of_the_table_pauses_the_backfill_when_asked",),
     ),
+    Mutation(
+        id="lock_guard_skipped",
+        path="onlineschema/locks.py",
+        old="""    def once() -> T:
+        wait_outside_the_queue()
+""",
+        new="""    def once() -> T:
+        # MUTATION: no wait outside the lock queue for long transactions
+""",
+        breaks="the lock guard never waits for a long transaction outside the lock queue:"
+        " every attempt queues for its lock, in front of the application, for lock_timeout",
+        tests=(
+            "tests/test_concurrency.py"
+            "::test_apply_waits_for_long_transaction_without_blocking_writers",
+        ),
+    ),
+    Mutation(
+        id="lock_timeout_ignored",
+        path="onlineschema/executor/__init__.py",
+        old="""        return f"{int(self.settings.lock_timeout * 1000)}ms", f"{int(stmt * 1000)}ms"
+""",
+        new="""        return "500ms", f"{int(stmt * 1000)}ms"  # MUTATION: the default, not the setting
+""",
+        breaks="DDL steps run under the default lock_timeout (500ms) whatever"
+        " Settings.lock_timeout says: the application queues behind them for longer",
+        tests=("tests/test_concurrency.py::test_attempts_that_queue_wait_at_most_lock_timeout",),
+    ),
+    Mutation(
+        id="backfill_one_statement",
+        path="onlineschema/backfill/__init__.py",
+        old="""                    for a, b in split_range(lo, hi, n):""",
+        new="""                    for a, b in [(lo, hi)]:  # MUTATION: one chunk""",
+        also=(
+            (
+                """            width = max(1, math.ceil(size / self._density))""",
+                """            width = 10**15  # MUTATION: the whole chunk at once""",
+            ),
+        ),
+        breaks="the backfill is one UPDATE of the whole table (one chunk, one batch): its"
+        " row locks make the application's updates wait for the whole fill",
+        tests=("tests/test_concurrency.py::test_example_script_as_owner_while_application_writes",),
+    ),
 ]
 
 
@@ -107,13 +151,15 @@ def apply_mutation(dest: Path, m: Mutation) -> None:
     if not target.is_file():
         raise SystemExit(f"{m.id}: mutation target not found: no file {m.path}")
     text = target.read_text()
-    found = text.count(m.old)
-    if found != 1:
-        raise SystemExit(
-            f"{m.id}: mutation target not found: the snippet occurs {found} times in {m.path}"
-            f" (expected once); update the mutation to today's code:\n{m.old}"
-        )
-    target.write_text(text.replace(m.old, m.new))
+    for old, new in ((m.old, m.new), *m.also):
+        found = text.count(old)
+        if found != 1:
+            raise SystemExit(
+                f"{m.id}: mutation target not found: the snippet occurs {found} times in"
+                f" {m.path} (expected once); update the mutation to today's code:\n{old}"
+            )
+        text = text.replace(old, new)
+    target.write_text(text)
 
 
 def run_tests(dest: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
