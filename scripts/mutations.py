@@ -136,6 +136,28 @@ MUTATIONS: list[Mutation] = [
         " row locks make the application's updates wait for the whole fill",
         tests=("tests/test_concurrency.py::test_example_script_as_owner_while_application_writes",),
     ),
+    Mutation(
+        id="cursor_first",
+        path="onlineschema/backfill/__init__.py",
+        old="""            cur.execute(batch.statement)
+            n = max(cur.rowcount, 0)
+""",
+        new="""            cur.execute("COMMIT")  # MUTATION: the cursor is saved before the batch's rows
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET cursor = %s, done = %s WHERE migration = %s"
+                    " AND step_id = %s AND chunk = %s"
+                ).format(t),
+                (json.dumps(batch.cursor), batch.last, *key),
+            )
+            cur.execute("BEGIN")
+            cur.execute(batch.statement)
+            n = max(cur.rowcount, 0)
+""",
+        breaks="a batch's cursor is committed before its rows: a crash inside the batch's"
+        " UPDATE skips those rows for good",
+        tests=("tests/test_workers.py::test_sigkill_at_twenty_random_moments",),
+    ),
 ]
 
 

@@ -240,14 +240,24 @@ def test_a_dead_workers_chunk_is_finished_by_another(dsn: str, conn: Conn, worke
 # --- another process joins ----------------------------------------------------------------------
 
 
-def _child(dsn: str, name: str, workers: int | None, backfill: dict[str, Any]) -> None:
-    """Body of a forked worker process: run (or resume, or join) the backfill."""
+def _child(
+    dsn: str,
+    name: str,
+    workers: int | None,
+    backfill: dict[str, Any],
+    report: Any = None,
+) -> None:
+    """Body of a forked worker process: run (or resume, or join) the backfill. With
+    ``report`` (a multiprocessing queue), first put (os pid, backend pid) on it: with one
+    worker, every batch of this process runs on that session."""
     import structlog
 
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
     code = 0
     try:
         with Executor(dsn, settings(**backfill)) as ex:
+            if report is not None:
+                report.put((os.getpid(), ex.conn.info.backend_pid))
             ex.backfill("r", {"n": "n + 1"}, name=name, workers=workers)
     except OnlineSchemaError as exc:
         code = exc.exit_code
@@ -256,8 +266,8 @@ def _child(dsn: str, name: str, workers: int | None, backfill: dict[str, Any]) -
     os._exit(code)
 
 
-def fork(dsn: str, name: str, workers: int | None, **backfill: Any) -> Any:
-    p = FORK.Process(target=_child, args=(dsn, name, workers, backfill), daemon=True)
+def fork(dsn: str, name: str, workers: int | None, report: Any = None, **backfill: Any) -> Any:
+    p = FORK.Process(target=_child, args=(dsn, name, workers, backfill, report), daemon=True)
     p.start()
     return p
 
@@ -354,42 +364,88 @@ def test_cli_workers(dsn: str, conn: Conn) -> None:
 
 FAULT_ROWS = 30_000
 
+#: the session ``pid`` is inside a batch: it wrote in its open transaction (an xid) and
+#: holds RowExclusiveLock on r (the batch's UPDATE, held until its COMMIT)
+IN_BATCH = """
+SELECT a.backend_xid IS NOT NULL AND EXISTS (
+    SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+    AND l.relation = 'r'::regclass AND l.mode = 'RowExclusiveLock')
+FROM pg_stat_activity a WHERE a.pid = %s
+"""
+
+#: 1 ms per row (20 ms per batch of 20 rows) so that batches, not the rests between
+#: them, fill most of a worker's time; dropped after the kills
+SLOW_ROWS = """
+CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+CREATE TRIGGER slow_row BEFORE UPDATE ON r FOR EACH ROW EXECUTE FUNCTION slow_row();
+"""
+
 
 @pytest.mark.slow
 def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
     """Two worker processes (each joins whichever is running the migration) on a
-    non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random, is killed
-    with SIGKILL at a random moment while rows are being updated, and a new one takes its
-    place (resuming, or joining). At the end every row was updated exactly once and the
-    chunks' counters agree."""
+    non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random among those
+    that have claimed a chunk, is killed with SIGKILL and a new one takes its place
+    (resuming, or joining). Every other kill waits for the victim to be inside a batch;
+    the others come at a random moment. Just before each kill the victim's session is
+    sampled: at least 8 kills must have landed inside an open batch (rows written, not
+    committed). At the end every row was updated exactly once and the chunks' counters
+    agree."""
     make_range(conn, FAULT_ROWS)
+    conn.execute(SLOW_ROWS)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     name = "fault"
     backfill = dict(batch_initial=20, batch_max=20, sleep=0.01, chunks=8)
+    report = FORK.Queue()
+    backends: dict[int, int] = {}  # os pid -> backend pid
     procs: list[Any] = []
-    kills = 0
+    landed: list[bool] = []  # per kill: inside an open batch?
     t0 = time.monotonic()
+
+    def claimed(p: Any) -> bool:
+        while not report.empty():
+            os_pid, backend = report.get_nowait()
+            backends[os_pid] = backend
+        backend = backends.get(p.pid)
+        return backend is not None and backend in claimers(conn, name)
+
+    def in_batch(p: Any) -> bool:
+        return bool(one(conn, IN_BATCH, (backends[p.pid],)))
+
     try:
-        while kills < 20:
+        while len(landed) < 20:
             procs = [p for p in procs if p.is_alive()]
             while len(procs) < 2:
-                procs.append(fork(dsn, name, 1, **backfill))
+                procs.append(fork(dsn, name, 1, report, **backfill))
+            kill = len(landed) + 1
             before = rows_done(conn, name)
             wait_until(
                 lambda b=before: rows_done(conn, name) > b,  # type: ignore[misc]
                 timeout=30,
-                what=f"progress before kill {kills + 1} (seed {seed})",
+                what=f"progress before kill {kill} (seed {seed})",
             )
-            time.sleep(rng.uniform(0.0, 0.2))
-            victim = rng.choice([p for p in procs if p.is_alive()] or procs)
+            candidates = wait_until(
+                lambda live=procs: [p for p in live if p.is_alive() and claimed(p)],  # type: ignore[misc]
+                timeout=30,
+                what=f"a worker that has claimed a chunk, before kill {kill} (seed {seed})",
+            )
+            victim = rng.choice(candidates)
+            if kill % 2:  # at a random moment
+                time.sleep(rng.uniform(0.0, 0.2))
+            else:  # while it is in a batch (or, if it never is within 5 s, anyway)
+                deadline = time.monotonic() + 5
+                while not in_batch(victim) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            landed.append(in_batch(victim))
             victim.kill()
             victim.join(10)
             procs.remove(victim)
-            kills += 1
             assert migration_state(conn, name) != "completed", (
-                f"the backfill finished after {kills} kills: make it longer (seed {seed})"
+                f"the backfill finished after {kill} kills: make it longer (seed {seed})"
             )
+        conn.execute("DROP TRIGGER slow_row ON r")  # the rest may go fast
         for p in procs:
             p.join(120)
             assert p.exitcode in (0, 2), p.exitcode  # done, or refused while starting
@@ -398,7 +454,12 @@ def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
             if p.is_alive():
                 p.kill()
                 p.join(10)
-    print(f"20 kills in {time.monotonic() - t0:.1f}s (seed {seed})")
+    hits = sum(landed)
+    print(
+        f"20 kills in {time.monotonic() - t0:.1f}s, {hits} inside an open batch"
+        f" (random moments: {sum(landed[0::2])}/10) (seed {seed})"
+    )
+    assert hits >= 8, f"only {hits} of 20 kills landed inside an open batch: {landed}"
     with Executor(dsn, settings()) as ex:
         if migration_state(conn, name) != "completed":
             ex.resume(name)
