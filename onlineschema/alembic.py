@@ -16,6 +16,7 @@ from .integrations.alembic import (
     check_environment,
     contract,
     expand,
+    hold_contract,
     render_offline,
     run,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "check_environment",
     "contract",
     "expand",
+    "hold_contract",
     "render_offline",
     "run",
 ]

