@@ -48,6 +48,22 @@ class Mutation:
     also: tuple[tuple[str, str], ...] = ()
 
 
+CURSOR_FIRST_OLD = """            cur.execute(batch.statement)
+            n = max(cur.rowcount, 0)
+"""
+CURSOR_FIRST_NEW = """            cur.execute("COMMIT")  # MUTATION: the cursor is saved before the batch's rows
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET cursor = %s, done = %s WHERE migration = %s"
+                    " AND step_id = %s AND chunk = %s"
+                ).format(t),
+                (json.dumps(batch.cursor), batch.last, *key),
+            )
+            cur.execute("BEGIN")
+            cur.execute(batch.statement)
+            n = max(cur.rowcount, 0)
+"""
+
 CRASH = "tests/test_crash.py::test_sigkill_mid_backfill_then_resume_applies_each_row_once"
 
 MUTATIONS: list[Mutation] = [
@@ -139,24 +155,22 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="cursor_first",
         path="onlineschema/backfill/__init__.py",
-        old="""            cur.execute(batch.statement)
-            n = max(cur.rowcount, 0)
-""",
-        new="""            cur.execute("COMMIT")  # MUTATION: the cursor is saved before the batch's rows
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET cursor = %s, done = %s WHERE migration = %s"
-                    " AND step_id = %s AND chunk = %s"
-                ).format(t),
-                (json.dumps(batch.cursor), batch.last, *key),
-            )
-            cur.execute("BEGIN")
-            cur.execute(batch.statement)
-            n = max(cur.rowcount, 0)
-""",
+        old=CURSOR_FIRST_OLD,
+        new=CURSOR_FIRST_NEW,
         breaks="a batch's cursor is committed before its rows: a crash inside the batch's"
         " UPDATE skips those rows for good",
         tests=("tests/test_workers.py::test_sigkill_at_twenty_random_moments",),
+    ),
+    Mutation(
+        id="cursor_first_alembic",
+        path="onlineschema/backfill/__init__.py",
+        old=CURSOR_FIRST_OLD,
+        new=CURSOR_FIRST_NEW,
+        breaks="as cursor_first, seen through `alembic upgrade` killed inside a batch",
+        tests=(
+            "tests/test_alembic.py"
+            "::test_sigkill_mid_backfill_then_upgrade_again_finishes_exactly_once",
+        ),
     ),
 ]
 
