@@ -172,6 +172,32 @@ MUTATIONS: list[Mutation] = [
             "::test_sigkill_mid_backfill_then_upgrade_again_finishes_exactly_once",
         ),
     ),
+    Mutation(
+        id="backfill_stale_copy",
+        path="onlineschema/backfill/__init__.py",
+        old="""            sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(e)) for c, e in self.set""",
+        new="""            sql.SQL("{} = (SELECT {} FROM {} AS stale WHERE stale.{} = {}.{})").format(
+                sql.Identifier(c),
+                sql.SQL(e),
+                self.rel,
+                sql.Identifier(self.key[0]),
+                sql.Identifier(self.table),
+                sql.Identifier(self.key[0]),
+            )  # MUTATION: the value is read from the statement's snapshot
+            for c, e in self.set""",
+        also=(
+            (
+                """        if self.only_null:
+            out.append(""",
+                """        if False:  # MUTATION: rows already written are copied again
+            out.append(""",
+            ),
+        ),
+        breaks="the backfill copies every row of its range (not only those still NULL)"
+        " from its statement's snapshot: a row the application updated after the batch"
+        " began is overwritten with the stale value, in both columns",
+        tests=("tests/test_breaking.py::test_type_change_expand_abort_contract",),
+    ),
 ]
 
 
