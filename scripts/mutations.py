@@ -64,6 +64,11 @@ CURSOR_FIRST_NEW = """            cur.execute("COMMIT")  # MUTATION: the cursor 
             n = max(cur.rowcount, 0)
 """
 
+ONE_CHUNK_OLD = """                    for a, b in split_range(lo, hi, n):"""
+ONE_CHUNK_NEW = """                    for a, b in [(lo, hi)]:  # MUTATION: one chunk"""
+ONE_BATCH_OLD = """            width = max(1, math.ceil(size / self._density))"""
+ONE_BATCH_NEW = """            width = 10**15  # MUTATION: the whole chunk at once"""
+
 CRASH = "tests/test_crash.py::test_sigkill_mid_backfill_then_resume_applies_each_row_once"
 
 MUTATIONS: list[Mutation] = [
@@ -140,14 +145,9 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="backfill_one_statement",
         path="onlineschema/backfill/__init__.py",
-        old="""                    for a, b in split_range(lo, hi, n):""",
-        new="""                    for a, b in [(lo, hi)]:  # MUTATION: one chunk""",
-        also=(
-            (
-                """            width = max(1, math.ceil(size / self._density))""",
-                """            width = 10**15  # MUTATION: the whole chunk at once""",
-            ),
-        ),
+        old=ONE_CHUNK_OLD,
+        new=ONE_CHUNK_NEW,
+        also=((ONE_BATCH_OLD, ONE_BATCH_NEW),),
         breaks="the backfill is one UPDATE of the whole table (one chunk, one batch): its"
         " row locks make the application's updates wait for the whole fill",
         tests=("tests/test_concurrency.py::test_example_script_as_owner_while_application_writes",),
@@ -197,6 +197,34 @@ MUTATIONS: list[Mutation] = [
         " from its statement's snapshot: a row the application updated after the batch"
         " began is overwritten with the stale value, in both columns",
         tests=("tests/test_breaking.py::test_type_change_expand_abort_contract",),
+    ),
+    Mutation(
+        id="index_build_not_concurrent",
+        path="onlineschema/executor/__init__.py",
+        old="""                (idx_lock,),
+            )
+            try:
+                for stmt in step.statements:
+                    cur.execute(stmt.encode())""",
+        new="""                (idx_lock,),
+            )
+            try:
+                for stmt in step.statements:  # MUTATION: not what the script shows
+                    cur.execute(stmt.replace("CONCURRENTLY ", "").encode())""",
+        breaks="the executor builds indexes without CONCURRENTLY (blocking writes) while"
+        " the rendered script that squawk lints still says CONCURRENTLY",
+        tests=(
+            "tests/test_squawk.py::test_the_ddl_the_executor_runs_is_the_ddl_of_the_linted_script",
+        ),
+    ),
+    Mutation(
+        id="backfill_one_statement_lifecycle",
+        path="onlineschema/backfill/__init__.py",
+        old=ONE_CHUNK_OLD,
+        new=ONE_CHUNK_NEW,
+        also=((ONE_BATCH_OLD, ONE_BATCH_NEW),),
+        breaks="as backfill_one_statement, seen through the volatile-default lifecycle",
+        tests=("tests/test_lifecycle.py::test_add_column_volatile_default_clock_timestamp",),
     ),
 ]
 
