@@ -226,6 +226,20 @@ MUTATIONS: list[Mutation] = [
         breaks="as backfill_one_statement, seen through the volatile-default lifecycle",
         tests=("tests/test_lifecycle.py::test_add_column_volatile_default_clock_timestamp",),
     ),
+    Mutation(
+        id="workers_serialised",
+        path="onlineschema/backfill/__init__.py",
+        old="""        with w.conn.transaction(), w.conn.cursor() as cur:
+            cur.execute(self.batch_locals())
+""",
+        new="""        with w.conn.transaction(), w.conn.cursor() as cur:
+            cur.execute(self.batch_locals())
+            cur.execute("SELECT pg_advisory_xact_lock(4242)")  # MUTATION: one batch at a time
+""",
+        breaks="a global lock lets only one worker's batch run at a time: the workers"
+        " claim chunks but do not work in parallel",
+        tests=("tests/test_workers.py::test_two_workers_each_row_once",),
+    ),
 ]
 
 

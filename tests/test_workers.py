@@ -122,8 +122,43 @@ def test_split_helpers_cover_the_range_without_overlap() -> None:
 # --- threads in one process -------------------------------------------------------------------
 
 
+#: about one row in five costs 1 ms to update, so that a batch of 40 rows lasts ~10 ms
+SOME_SLOW_ROWS = """
+CREATE FUNCTION some_slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF random() < 0.2 THEN PERFORM pg_sleep(0.001); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER some_slow_rows BEFORE UPDATE ON r FOR EACH ROW EXECUTE FUNCTION some_slow_rows();
+"""
+
+
+class MostUpdatesAtOnce(threading.Thread):
+    """Samples pg_stat_activity every 2 ms: the most batch UPDATEs of r active at once."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True, name="updates-at-once")
+        self.dsn = dsn
+        self.most = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self.halt.is_set():
+                n = one(
+                    c,
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                    " AND starts_with(application_name, 'onlineschema')"
+                    ' AND starts_with(query, \'UPDATE "public"."r"\')',
+                )
+                self.most = max(self.most, int(n))
+                time.sleep(0.002)
+
+
 @pytest.mark.parametrize("strategy", ["range", "keyset", "ctid"])
 def test_two_workers_each_row_once(dsn: str, conn: Conn, strategy: str) -> None:
+    """Two workers fill the table together: both claim chunks, their batches run at the
+    same time (two batch UPDATEs seen active at once), and every row is updated once."""
     if strategy == "range":
         make_range(conn)
         change: Any = Backfill("r", {"n": "n + 1"})
@@ -138,8 +173,18 @@ def test_two_workers_each_row_once(dsn: str, conn: Conn, strategy: str) -> None:
         conn.execute("CREATE TABLE r (x int, n int NOT NULL DEFAULT 0)")
         conn.execute("INSERT INTO r (x) SELECT g FROM generate_series(1, %s) g", (ROWS,))
         change = AddColumn("r", "filled", "int", backfill="n + 1")
-    with Executor(dsn, settings(batch_initial=40, batch_max=40, sleep=0.002)) as ex:
-        assert ex.apply([change], "two", workers=2).state == "completed"
+    conn.execute(SOME_SLOW_ROWS)
+    sampler = MostUpdatesAtOnce(dsn)
+    sampler.start()
+    try:
+        with Executor(dsn, settings(batch_initial=40, batch_max=40, sleep=0.002)) as ex:
+            assert ex.apply([change], "two", workers=2).state == "completed"
+    finally:
+        sampler.halt.set()
+        sampler.join(10)
+    assert sampler.most == 2, (
+        f"the two workers' batches never ran at the same time ({sampler.most})"
+    )
     if strategy == "ctid":
         assert one(conn, "SELECT count(*) FROM r WHERE filled = 1") == ROWS
     else:
