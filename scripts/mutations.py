@@ -240,6 +240,18 @@ MUTATIONS: list[Mutation] = [
         " claim chunks but do not work in parallel",
         tests=("tests/test_workers.py::test_two_workers_each_row_once",),
     ),
+    Mutation(
+        id="cursor_first_takeover",
+        path="onlineschema/backfill/__init__.py",
+        old=CURSOR_FIRST_OLD,
+        new=CURSOR_FIRST_NEW,
+        breaks="as cursor_first, seen through one worker killed inside a batch and its"
+        " chunk taken over",
+        tests=(
+            "tests/test_workers.py"
+            "::test_a_worker_killed_inside_a_batch_leaves_its_partly_done_chunk_to_another",
+        ),
+    ),
 ]
 
 

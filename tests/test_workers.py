@@ -282,6 +282,70 @@ def test_a_dead_workers_chunk_is_finished_by_another(dsn: str, conn: Conn, worke
     assert one(conn, "SELECT step_id FROM onlineschema.chunks LIMIT 1") == step_id
 
 
+def test_a_worker_killed_inside_a_batch_leaves_its_partly_done_chunk_to_another(
+    dsn: str, conn: Conn
+) -> None:
+    """A real worker process commits some batches of a chunk and is killed with SIGKILL
+    inside the next one (its UPDATE running, rows written, not committed): the chunk keeps
+    exactly the committed batches; another process takes the chunk over from its cursor
+    and every row is updated exactly once."""
+    make_range(conn)
+    conn.execute(SLOW_ROWS)
+    name = "partly"
+    report = FORK.Queue()
+    child = fork(dsn, name, 1, report, batch_initial=50, batch_max=50, chunks=4)
+    try:
+        _, backend = report.get(timeout=30)
+
+        def in_batch_of_a_started_chunk() -> tuple[int, int] | None:
+            if one(conn, "SELECT to_regclass('onlineschema.chunks')") is None:
+                return None
+            row = conn.execute(
+                "SELECT c.chunk, c.rows_done FROM onlineschema.chunks c"
+                " WHERE c.migration = %s AND c.claimed_by = %s AND NOT c.done"
+                " AND c.rows_done > 0",
+                (name, backend),
+            ).fetchone()
+            if row is None or not one(conn, IN_BATCH, (backend,)):
+                return None
+            return int(row[0]), int(row[1])
+
+        chunk, committed = wait_until(
+            in_batch_of_a_started_chunk, timeout=30, what="the worker inside a batch of a chunk"
+        )
+        child.kill()
+        child.join(10)
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(10)
+    wait_until(
+        lambda: one(conn, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s", (backend,)),
+        timeout=30,
+        what="the killed worker's session to end",
+    )
+    lo, hi, rows, done, claims = conn.execute(
+        "SELECT lo::bigint, hi::bigint, rows_done, done, claims FROM onlineschema.chunks"
+        " WHERE migration = %s AND chunk = %s",
+        (name, chunk),
+    ).fetchone() or pytest.fail("no chunk")
+    updated = one(conn, "SELECT count(*) FROM r WHERE n = 1 AND id BETWEEN %s AND %s", (lo, hi))
+    assert (rows, done, claims) == (committed, False, 1), (rows, done, claims, committed)
+    assert updated == committed, f"{updated} rows of chunk {chunk} updated, {committed} recorded"
+    assert 0 < committed < hi - lo + 1
+    conn.execute("DROP TRIGGER slow_row ON r")
+    with Executor(dsn, settings()) as ex:
+        assert ex.resume(name).state == "completed"
+        taker = ex.conn.info.backend_pid
+    exactly_once(conn)
+    after = conn.execute(
+        "SELECT rows_done, done, claims, claimed_by FROM onlineschema.chunks"
+        " WHERE migration = %s AND chunk = %s",
+        (name, chunk),
+    ).fetchone()
+    assert after == (hi - lo + 1, True, 2, taker), after
+
+
 # --- another process joins ----------------------------------------------------------------------
 
 
