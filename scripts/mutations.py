@@ -16,6 +16,7 @@ silently pass.
     python scripts/mutations.py --list          # what each one breaks
     python scripts/mutations.py cursor_commit   # some of them
     python scripts/mutations.py --baseline      # the same tests, unmutated: must pass
+    python scripts/mutations.py --tests-from 3e698d7   # the tests as they were then
 
 Exit status: 0 when every mutation was killed (and, with --baseline, every baseline
 passed), 1 otherwise.
@@ -255,11 +256,21 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
-def copy_project(dest: Path) -> None:
+def copy_project(dest: Path, tests_from: str | None = None) -> None:
+    """The package and pyproject.toml as they are in the worktree; ``tests/`` too, or as
+    it was at git revision ``tests_from`` (to show what the older tests missed)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
-    for name in ("onlineschema", "tests"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copytree(ROOT / "onlineschema", dest / "onlineschema", ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    if tests_from is None:
+        shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
+        return
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", tests_from, "tests"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
 def apply_mutation(dest: Path, m: Mutation) -> None:
@@ -317,6 +328,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--baseline", action="store_true", help="run the tests unmutated")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    parser.add_argument(
+        "--tests-from", metavar="REV", help="run the tests as they were at this git revision"
+    )
     args = parser.parse_args()
     by_id = {m.id: m for m in MUTATIONS}
     unknown = [i for i in args.ids if i not in by_id]
@@ -333,7 +347,7 @@ def main() -> int:
     for m in chosen:
         scratch = Path(tempfile.mkdtemp(prefix=f"mutation-{m.id}-"))
         try:
-            copy_project(scratch)
+            copy_project(scratch, args.tests_from)
             if args.baseline:
                 rc, secs = run_tests(scratch, m.tests, logs / f"{m.id}.baseline.log")
                 verdict = "baseline passed" if rc == 0 else f"BASELINE FAILED (rc {rc})"
@@ -350,9 +364,11 @@ def main() -> int:
                 verdict = "killed"
             elif rc == 0:
                 verdict = "SURVIVED"
+            elif rc == 4 and args.tests_from:
+                verdict = f"no such test at {args.tests_from}"
             else:
                 verdict = f"ERROR (pytest exit {rc})"
-            ok &= rc == 1
+            ok &= rc == 1 or (rc == 4 and bool(args.tests_from))
             rows.append((m.id, verdict, f"{secs:.0f}s", last_line(log)))
             print(f"{m.id}: {verdict} ({secs:.0f}s) {last_line(log)}", flush=True)
         finally:
