@@ -7,14 +7,14 @@ changes; nothing here is consulted again while a plan runs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from .sql import ddl
+from .sql import checks
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
@@ -78,10 +78,6 @@ class TableInfo:
     #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
     dependents: tuple[tuple[str, str, str], ...] = ()
 
-    @property
-    def qualname(self) -> str:
-        return f"{self.schema}.{self.name}"
-
 
 @dataclass
 class Catalog:
@@ -122,11 +118,63 @@ class Catalog:
                 return s
         return self.search_path[0] if self.search_path else "public"
 
-    def table(self, schema: str | None, name: str) -> TableInfo | None:
-        return self.tables.get((self.resolve_schema(schema, name), name))
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The snapshot as JSON-ready data (``Catalog.from_dict`` reads it back)."""
+        return {
+            "server_version": self.server_version,
+            "search_path": list(self.search_path),
+            "tables": [dataclasses.asdict(t) for _, t in sorted(self.tables.items())],
+            "index_owner": sorted([*k, *v] for k, v in self.index_owner.items()),
+            "volatility": dict(sorted(self.volatility.items())),
+            "types": dict(sorted(self.types.items())),
+            "other_relations": sorted(list(r) for r in self.other_relations),
+            "role_is_superuser": self.role_is_superuser,
+            "index_methods": sorted(self.index_methods),
+            "type_mods": dict(sorted(self.type_mods.items())),
+            "binary_casts": sorted(list(c) for c in self.binary_casts),
+            "timezone": self.timezone,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
+        """Rebuild a snapshot from ``to_dict()`` output (after a JSON round trip): for
+        planning without a server (golden plans, offline rendering)."""
+        tables = {}
+        for t in data["tables"]:
+            info = TableInfo(
+                **{
+                    **_tuples(t),
+                    "columns": {k: ColumnInfo(**_tuples(v)) for k, v in t["columns"].items()},
+                    "indexes": {k: IndexInfo(**_tuples(v)) for k, v in t["indexes"].items()},
+                    "constraints": {
+                        k: ConstraintInfo(**_tuples(v)) for k, v in t["constraints"].items()
+                    },
+                }
+            )
+            tables[(info.schema, info.name)] = info
+        return cls(
+            server_version=data["server_version"],
+            search_path=tuple(data["search_path"]),
+            tables=tables,
+            index_owner={(s, i): (ts, tn) for s, i, ts, tn in data["index_owner"]},
+            volatility=dict(data["volatility"]),
+            types={k: None if v is None else _tuple(v) for k, v in data["types"].items()},
+            other_relations={(s, n) for s, n in data["other_relations"]},
+            role_is_superuser=data["role_is_superuser"],
+            index_methods=frozenset(data["index_methods"]),
+            type_mods={k: _tuple(v) for k, v in data["type_mods"].items()},
+            binary_casts={(s, t) for s, t in data["binary_casts"]},
+            timezone=data["timezone"],
+        )
+
+
+def _tuple(value: Any) -> Any:
+    """JSON lists back to the tuples the snapshot holds."""
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _tuple(v) for k, v in fields.items()}
 
 
 _TABLES_SQL = """
@@ -334,7 +382,7 @@ def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | Non
     have no function that parses one (``to_regtypemod`` is 17+)."""
     try:
         with cur.connection.transaction():
-            cur.execute(ddl.q_type_probe(text))
+            cur.execute(checks.q_type_probe(text))
             res = cur.pgresult
             assert res is not None
             oid, mod = int(res.ftype(0)), int(res.fmod(0))

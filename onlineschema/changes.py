@@ -23,10 +23,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+__all__ = [
+    "AddCheck",
+    "AddColumn",
+    "AddForeignKey",
+    "AddIndex",
+    "AddUnique",
+    "AlterColumnType",
+    "Backfill",
+    "Change",
+    "DropColumn",
+    "DropConstraint",
+    "DropDefault",
+    "DropIndex",
+    "DropNotNull",
+    "DropTable",
+    "Reindex",
+    "RenameColumn",
+    "RunSQL",
+    "SetDefault",
+    "SetNotNull",
+    "ValidateConstraint",
+    "change_from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,20 @@ class Change:
         return out
 
 
+CHANGE_TYPES: dict[str, type[Change]] = {}
+C = typing.TypeVar("C", bound="type[Change]")
+
+
+def register_change(cls: C) -> C:
+    """Class decorator: register a change class under its ``kind`` so
+    ``change_from_dict`` can rebuild it (its recipe registers with ``recipe_for``)."""
+    old = CHANGE_TYPES.get(cls.kind)
+    if old is not None and old is not cls:
+        raise ValueError(f"change kind {cls.kind!r} is already {old.__name__}")
+    CHANGE_TYPES[cls.kind] = cls
+    return cls
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
@@ -62,6 +101,7 @@ def _q(schema: str | None, name: str) -> str:
     return f"{schema}.{name}" if schema else name
 
 
+@register_change
 @dataclass(frozen=True)
 class AddColumn(Change):
     """Add a column. ``default`` applies to new rows and, unless ``backfill`` is given,
@@ -88,6 +128,7 @@ class AddColumn(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class SetNotNull(Change):
     kind: ClassVar[str] = "set_not_null"
@@ -99,6 +140,7 @@ class SetNotNull(Change):
         return f"set NOT NULL on {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropNotNull(Change):
     kind: ClassVar[str] = "drop_not_null"
@@ -110,6 +152,7 @@ class DropNotNull(Change):
         return f"drop NOT NULL on {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class SetDefault(Change):
     kind: ClassVar[str] = "set_default"
@@ -122,6 +165,7 @@ class SetDefault(Change):
         return f"set default of {_q(self.schema, self.table)}.{self.column} to {self.default}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropDefault(Change):
     kind: ClassVar[str] = "drop_default"
@@ -133,6 +177,7 @@ class DropDefault(Change):
         return f"drop default of {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class AddIndex(Change):
     """An index built ``CONCURRENTLY``. ``columns`` are column names; ``expressions``
@@ -161,6 +206,7 @@ class AddIndex(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class DropIndex(Change):
     kind: ClassVar[str] = "drop_index"
@@ -172,6 +218,21 @@ class DropIndex(Change):
         return f"drop index {_q(self.schema, self.name)}"
 
 
+@register_change
+@dataclass(frozen=True)
+class Reindex(Change):
+    """Rebuild an existing index with ``REINDEX INDEX CONCURRENTLY`` (e.g. after a large
+    backfill left it bloated): reads and writes go on."""
+
+    kind: ClassVar[str] = "reindex"
+    name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"reindex {_q(self.schema, self.name)} concurrently"
+
+
+@register_change
 @dataclass(frozen=True)
 class AddForeignKey(Change):
     kind: ClassVar[str] = "add_foreign_key"
@@ -206,6 +267,7 @@ class AddForeignKey(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class AddCheck(Change):
     kind: ClassVar[str] = "add_check"
@@ -221,6 +283,7 @@ class AddCheck(Change):
         )
 
 
+@register_change
 @dataclass(frozen=True)
 class AddUnique(Change):
     """A UNIQUE (or PRIMARY KEY) constraint built from a concurrently built unique index."""
@@ -240,6 +303,7 @@ class AddUnique(Change):
         )
 
 
+@register_change
 @dataclass(frozen=True)
 class ValidateConstraint(Change):
     kind: ClassVar[str] = "validate_constraint"
@@ -251,6 +315,7 @@ class ValidateConstraint(Change):
         return f"validate constraint {self.name} on {_q(self.schema, self.table)}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropConstraint(Change):
     kind: ClassVar[str] = "drop_constraint"
@@ -263,6 +328,7 @@ class DropConstraint(Change):
         return f"drop constraint {self.name} on {_q(self.schema, self.table)}"
 
 
+@register_change
 @dataclass(frozen=True)
 class Backfill(Change):
     """``UPDATE table SET col = expr, ... [WHERE ...]`` run in batches.
@@ -301,6 +367,7 @@ class Backfill(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class RunSQL(Change):
     """A statement run as written, as one lock-guarded step.
@@ -330,6 +397,7 @@ class RunSQL(Change):
         return f"{'raw SQL' if self.raw else 'create'}: {text}"
 
 
+@register_change
 @dataclass(frozen=True)
 class AlterColumnType(Change):
     """Change a column's type; ``using`` converts existing values (``USING`` clause).
@@ -356,6 +424,7 @@ class AlterColumnType(Change):
         return text + (f" (back: {self.reverse_using})" if self.reverse_using else "")
 
 
+@register_change
 @dataclass(frozen=True)
 class RenameColumn(Change):
     """Rename a column. ``instant=True`` renames in place (breaks running code that uses
@@ -373,6 +442,7 @@ class RenameColumn(Change):
         return f"rename column {_q(self.schema, self.table)}.{self.column} to {self.new_name}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropColumn(Change):
     kind: ClassVar[str] = "drop_column"
@@ -386,6 +456,7 @@ class DropColumn(Change):
         return f"drop column {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropTable(Change):
     kind: ClassVar[str] = "drop_table"
@@ -398,38 +469,6 @@ class DropTable(Change):
         return f"drop table {_q(self.schema, self.table)}"
 
 
-CHANGE_TYPES: dict[str, type[Change]] = {}
-
-
-def register_change(cls: type[Change]) -> type[Change]:
-    """Register a change class so ``change_from_dict`` can rebuild it."""
-    CHANGE_TYPES[cls.kind] = cls
-    return cls
-
-
-for _cls in (
-    AddColumn,
-    SetNotNull,
-    DropNotNull,
-    SetDefault,
-    DropDefault,
-    AddIndex,
-    DropIndex,
-    AddForeignKey,
-    AddCheck,
-    AddUnique,
-    ValidateConstraint,
-    DropConstraint,
-    Backfill,
-    RunSQL,
-    AlterColumnType,
-    RenameColumn,
-    DropColumn,
-    DropTable,
-):
-    register_change(_cls)
-
-
 def change_from_dict(data: Mapping[str, Any]) -> Change:
     """Rebuild a change from ``Change.to_dict()`` output."""
     data = dict(data)
@@ -438,19 +477,27 @@ def change_from_dict(data: Mapping[str, Any]) -> Change:
     if cls is None:
         raise ValueError(f"unknown change kind {kind!r}; known: {', '.join(sorted(CHANGE_TYPES))}")
     hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if isinstance(value, list):
-            hint = str(hints.get(f.name))
-            if "tuple[tuple" in hint:
-                value = tuple(tuple(v) for v in value)
-            else:
-                value = tuple(value)
-        kwargs[f.name] = value
+    kwargs = {
+        f.name: _from_json(hints[f.name], data[f.name])
+        for f in dataclasses.fields(cls)
+        if f.name in data
+    }
     return cls(**kwargs)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """A JSON value as the field's type: lists back to (nested) tuples."""
+    if not isinstance(value, list):
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        tuples = [a for a in args if typing.get_origin(a) is tuple]
+        return _from_json(tuples[0], value) if tuples else value
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+    return tuple(value)
 
 
 def changes_to_json(changes: typing.Sequence[Change]) -> str:

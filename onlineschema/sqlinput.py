@@ -73,6 +73,7 @@ from pglast.enums import (
     ConstrType,
     DropBehavior,
     ObjectType,
+    ReindexObjectType,
     SortByDir,
     SortByNulls,
     TransactionStmtKind,
@@ -94,6 +95,7 @@ from onlineschema.changes import (
     DropIndex,
     DropNotNull,
     DropTable,
+    Reindex,
     RenameColumn,
     RunSQL,
     SetDefault,
@@ -122,6 +124,7 @@ Supported statements (t may be schema-qualified):
   CREATE [UNIQUE] INDEX [CONCURRENTLY] [name] ON t [USING method] (columns or expressions)
       [INCLUDE (cols)] [WHERE condition]
   DROP INDEX [CONCURRENTLY] [IF EXISTS] name [, ...]
+  REINDEX INDEX [CONCURRENTLY] name                 (always rebuilt concurrently)
   UPDATE t SET c = e [, ...] [WHERE condition]     (run in batches)
   CREATE TABLE | SEQUENCE | TYPE | DOMAIN | FUNCTION | PROCEDURE | EXTENSION | SCHEMA | VIEW,
       COMMENT ON ...                                   (new objects: run as written)
@@ -400,8 +403,6 @@ def _needs_no_transaction(node: Any) -> bool:
 _STATEMENT_REASONS: dict[str, str] = {
     "ClusterStmt": "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads"
     " and writes for the whole copy",
-    "ReindexStmt": "REINDEX blocks writes (and reads that use the index) while it rebuilds;"
-    " run REINDEX ... CONCURRENTLY yourself, outside a migration",
     "LockStmt": "LOCK TABLE holds a lock for the whole transaction; onlineschema takes only"
     " short, time-limited locks itself",
     "TruncateStmt": "TRUNCATE takes an ACCESS EXCLUSIVE lock and removes every row",
@@ -543,6 +544,8 @@ class _Translator:
             return self._drop(node)
         if isinstance(node, ast.IndexStmt):
             return self._create_index(node)
+        if isinstance(node, ast.ReindexStmt):
+            return [self._reindex(node)]
         if isinstance(node, ast.UpdateStmt):
             return [self._update(node)]
         if isinstance(node, ast.CreateStmt) and node.partbound is not None:
@@ -763,6 +766,19 @@ class _Translator:
             else:
                 out.append(DropIndex(name, if_exists=bool(node.missing_ok), schema=schema))
         return out
+
+    def _reindex(self, node: Any) -> Change:
+        if node.kind != ReindexObjectType.REINDEX_OBJECT_INDEX:
+            what = node.kind.name.removeprefix("REINDEX_OBJECT_")
+            raise _Unsupported(
+                f"REINDEX {what} rebuilds many indexes, blocking writes while it does; name"
+                " each index instead: REINDEX INDEX CONCURRENTLY name (one statement per"
+                " index), which onlineschema runs online"
+            )
+        options = {d.defname for d in node.params or ()} - {"concurrently", "verbose"}
+        if options:
+            raise _Unsupported(f"REINDEX option(s) {', '.join(sorted(options))} are not supported")
+        return Reindex(_str(node.relation.relname), schema=_opt(node.relation.schemaname))
 
     def _create_index(self, node: Any) -> list[Change]:
         problems: list[str] = []

@@ -356,3 +356,209 @@ class StateStore:
                 (name,),
             )
             return cur.fetchall()
+
+
+class BackfillStore:
+    """The state rows of one backfill step: its ``backfills`` row (what was frozen at
+    start, then progress) and its ``chunks`` rows (bounds, cursor, counters, claims).
+
+    Every method runs on the cursor or connection it is given, not on the executor's:
+    a worker updates its chunk's cursor on its own connection, inside the batch's
+    transaction, so the rows a batch changed and the cursor after it commit together.
+    """
+
+    def __init__(self, schema: str, migration: str, step_id: str) -> None:
+        self.schema = schema
+        self.migration = migration
+        self.step_id = step_id
+
+    @classmethod
+    def of(cls, store: StateStore, migration: str, step_id: str) -> BackfillStore:
+        return cls(store.schema, migration, step_id)
+
+    def t(self, table: str) -> sql.Composable:
+        return sql.Identifier(self.schema, table)
+
+    def create(
+        self,
+        cur: psycopg.Cursor[Any],
+        *,
+        strategy: str,
+        end: Any,
+        rows_total: float,
+        batch_size: int,
+        workers: int,
+        chunks: list[tuple[Any, Any, float]],
+    ) -> None:
+        """The backfill's row and one row per chunk ``(lo, hi, estimated rows)``, each
+        chunk's cursor at its start; nothing if the backfill's row exists already."""
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (migration, step_id, strategy, cursor, end_key, rows_total,"
+                " batch_size, workers, chunks) VALUES (%s, %s, %s, NULL, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (migration, step_id) DO NOTHING"
+            ).format(self.t("backfills")),
+            (
+                self.migration,
+                self.step_id,
+                strategy,
+                json.dumps(end),
+                rows_total,
+                batch_size,
+                workers,
+                len(chunks),
+            ),
+        )
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (migration, step_id, chunk, lo, hi, cursor, est_rows)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            ).format(self.t("chunks")),
+            [
+                (
+                    self.migration,
+                    self.step_id,
+                    i,
+                    json.dumps(lo),
+                    json.dumps(hi),
+                    json.dumps(lo),
+                    est,
+                )
+                for i, (lo, hi, est) in enumerate(chunks)
+            ],
+        )
+
+    def write_progress(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        rows_done: int,
+        batches: int,
+        busy_seconds: float,
+        batch_size: int,
+        throttle_reason: str | None,
+        throttled_seconds: float,
+        active_seconds: float,
+        rows_per_second: float,
+        eta_seconds: float | None,
+        progress: float,
+        workers: int,
+    ) -> None:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET rows_done = %s, batches = %s, busy_seconds = %s,"
+                    " batch_size = %s, throttle_reason = %s, throttled_seconds = %s,"
+                    " active_seconds = %s, rows_per_second = %s, eta_seconds = %s,"
+                    " progress = %s, workers = %s, updated_at = now()"
+                    " WHERE migration = %s AND step_id = %s"
+                ).format(self.t("backfills")),
+                (
+                    rows_done,
+                    batches,
+                    busy_seconds,
+                    batch_size,
+                    throttle_reason,
+                    throttled_seconds,
+                    active_seconds,
+                    rows_per_second,
+                    eta_seconds,
+                    progress,
+                    workers,
+                    self.migration,
+                    self.step_id,
+                ),
+            )
+
+    # --- chunks -------------------------------------------------------------------
+
+    def chunks(self, conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT chunk, lo, hi, cursor, est_rows, done, rows_done, scanned, batches,"
+                    " busy_seconds FROM {} WHERE migration = %s AND step_id = %s ORDER BY chunk"
+                ).format(self.t("chunks")),
+                (self.migration, self.step_id),
+            )
+            return cur.fetchall()
+
+    def remaining(self, conn: psycopg.Connection[Any]) -> int:
+        """Chunks not done yet (claimed by someone or not)."""
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM {} WHERE migration = %s AND step_id = %s AND NOT done"
+                ).format(self.t("chunks")),
+                (self.migration, self.step_id),
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def next_unclaimed(
+        self, cur: psycopg.Cursor[dict[str, Any]], after: int, held: list[int]
+    ) -> dict[str, Any] | None:
+        """The first chunk after ``after``, not done, not in ``held``, whose row no other
+        transaction has locked; locked now (``FOR UPDATE SKIP LOCKED``)."""
+        cur.execute(
+            sql.SQL(
+                "SELECT chunk, lo, hi, cursor, est_rows, done, rows_done, scanned"
+                " FROM {} WHERE migration = %s AND step_id = %s AND NOT done"
+                " AND chunk > %s AND NOT (chunk = ANY(%s))"
+                " ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ).format(self.t("chunks")),
+            (self.migration, self.step_id, after, held),
+        )
+        return cur.fetchone()
+
+    def mark_claimed(self, cur: psycopg.Cursor[Any], chunk: int) -> None:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET claimed_by = pg_backend_pid(), claimed_at = now(),"
+                " claims = claims + 1 WHERE migration = %s AND step_id = %s"
+                " AND chunk = %s"
+            ).format(self.t("chunks")),
+            (self.migration, self.step_id, chunk),
+        )
+
+    def lock_chunk(self, cur: psycopg.Cursor[Any], chunk: int) -> tuple[Any, bool] | None:
+        """(cursor, done) of ``chunk``, its row locked until the transaction ends."""
+        cur.execute(
+            sql.SQL(
+                "SELECT cursor, done FROM {} WHERE migration = %s AND step_id = %s"
+                " AND chunk = %s FOR UPDATE"
+            ).format(self.t("chunks")),
+            (self.migration, self.step_id, chunk),
+        )
+        row = cur.fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def finish_chunk(self, cur: psycopg.Cursor[Any], chunk: int) -> None:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET done = true, updated_at = now() WHERE migration = %s"
+                " AND step_id = %s AND chunk = %s"
+            ).format(self.t("chunks")),
+            (self.migration, self.step_id, chunk),
+        )
+
+    def advance_chunk(
+        self,
+        cur: psycopg.Cursor[Any],
+        chunk: int,
+        *,
+        cursor: Any,
+        rows: int,
+        scanned: float,
+        seconds: float,
+        done: bool,
+    ) -> None:
+        """Record one batch of ``chunk``: its cursor after the batch and its counters."""
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET cursor = %s, rows_done = rows_done + %s, scanned = scanned + %s,"
+                " batches = batches + 1, busy_seconds = busy_seconds + %s, done = %s,"
+                " updated_at = now() WHERE migration = %s AND step_id = %s AND chunk = %s"
+            ).format(self.t("chunks")),
+            (json.dumps(cursor), rows, scanned, seconds, done, self.migration, self.step_id, chunk),
+        )

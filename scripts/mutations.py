@@ -14,6 +14,7 @@ silently pass.
     export PATH=/work/main/.ci/venv/bin:$PATH
     python scripts/mutations.py                 # every mutation
     python scripts/mutations.py --list          # what each one breaks
+    python scripts/mutations.py --check         # every target still found? (no tests run)
     python scripts/mutations.py cursor_commit   # some of them
     python scripts/mutations.py --baseline      # the same tests, unmutated: must pass
     python scripts/mutations.py --tests-from 3e698d7   # the tests as they were then
@@ -45,47 +46,54 @@ class Mutation:
     new: str  #: what it becomes
     breaks: str  #: the behaviour this breaks
     tests: tuple[str, ...]  #: the tests (pytest node ids) that must fail
-    #: further (old, new) replacements in the same file, each also found exactly once
-    also: tuple[tuple[str, str], ...] = ()
+    #: further (path, old, new) replacements, each also found exactly once
+    also: tuple[tuple[str, str, str], ...] = ()
 
+
+ENGINE = "onlineschema/backfill/engine.py"
 
 CURSOR_FIRST_OLD = """            cur.execute(batch.statement)
             n = max(cur.rowcount, 0)
 """
 CURSOR_FIRST_NEW = """            cur.execute("COMMIT")  # MUTATION: the cursor is saved before the batch's rows
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET cursor = %s, done = %s WHERE migration = %s"
-                    " AND step_id = %s AND chunk = %s"
-                ).format(t),
-                (json.dumps(batch.cursor), batch.last, *key),
+            self.records.advance_chunk(
+                cur,
+                chunk.chunk,
+                cursor=batch.cursor,
+                rows=0,
+                scanned=0.0,
+                seconds=0.0,
+                done=batch.last,
             )
             cur.execute("BEGIN")
             cur.execute(batch.statement)
             n = max(cur.rowcount, 0)
 """
 
-ONE_CHUNK_OLD = """                    for a, b in split_range(lo, hi, n):"""
-ONE_CHUNK_NEW = """                    for a, b in [(lo, hi)]:  # MUTATION: one chunk"""
-ONE_BATCH_OLD = """            width = max(1, math.ceil(size / self._density))"""
-ONE_BATCH_NEW = """            width = 10**15  # MUTATION: the whole chunk at once"""
+#: the backfill as one UPDATE: one chunk (cut at start), one batch (the whole chunk)
+ONE_STATEMENT = (
+    "onlineschema/backfill/chunks.py",
+    """            for a, b in split_range(lo, hi, n):""",
+    """            for a, b in [(lo, hi)]:  # MUTATION: one chunk""",
+)
+ONE_BATCH = (
+    ENGINE,
+    """        width = max(1, math.ceil(size / density))""",
+    """        width = 10**15  # MUTATION: the whole chunk at once""",
+)
 
 CRASH = "tests/test_crash.py::test_sigkill_mid_backfill_then_resume_applies_each_row_once"
 
 MUTATIONS: list[Mutation] = [
     Mutation(
         id="cursor_commit",
-        path="onlineschema/backfill/__init__.py",
+        path=ENGINE,
         old="""            elapsed = time.monotonic() - t0
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET cursor = %s, rows_done = rows_done + %s,""",
+            self.records.advance_chunk(""",
         new="""            elapsed = time.monotonic() - t0
             cur.execute("COMMIT")  # MUTATION: the batch's rows commit before its cursor
             cur.execute("BEGIN")
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} SET cursor = %s, rows_done = rows_done + %s,""",
+            self.records.advance_chunk(""",
         breaks="a batch's rows are committed in a transaction of their own, before the"
         " chunk's cursor: a crash between the two applies the batch twice on resume",
         tests=(f"{CRASH}[cursor]",),
@@ -145,17 +153,17 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="backfill_one_statement",
-        path="onlineschema/backfill/__init__.py",
-        old=ONE_CHUNK_OLD,
-        new=ONE_CHUNK_NEW,
-        also=((ONE_BATCH_OLD, ONE_BATCH_NEW),),
+        path=ONE_STATEMENT[0],
+        old=ONE_STATEMENT[1],
+        new=ONE_STATEMENT[2],
+        also=(ONE_BATCH,),
         breaks="the backfill is one UPDATE of the whole table (one chunk, one batch): its"
         " row locks make the application's updates wait for the whole fill",
         tests=("tests/test_concurrency.py::test_example_script_as_owner_while_application_writes",),
     ),
     Mutation(
         id="cursor_first",
-        path="onlineschema/backfill/__init__.py",
+        path=ENGINE,
         old=CURSOR_FIRST_OLD,
         new=CURSOR_FIRST_NEW,
         breaks="a batch's cursor is committed before its rows: a crash inside the batch's"
@@ -164,7 +172,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="cursor_first_alembic",
-        path="onlineschema/backfill/__init__.py",
+        path=ENGINE,
         old=CURSOR_FIRST_OLD,
         new=CURSOR_FIRST_NEW,
         breaks="as cursor_first, seen through `alembic upgrade` killed inside a batch",
@@ -175,7 +183,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="backfill_stale_copy",
-        path="onlineschema/backfill/__init__.py",
+        path="onlineschema/sql/batches.py",
         old="""            sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(e)) for c, e in self.set""",
         new="""            sql.SQL("{} = (SELECT {} FROM {} AS stale WHERE stale.{} = {}.{})").format(
                 sql.Identifier(c),
@@ -188,6 +196,7 @@ MUTATIONS: list[Mutation] = [
             for c, e in self.set""",
         also=(
             (
+                "onlineschema/sql/batches.py",
                 """        if self.only_null:
             out.append(""",
                 """        if False:  # MUTATION: rows already written are copied again
@@ -219,23 +228,27 @@ MUTATIONS: list[Mutation] = [
         ),
     ),
     Mutation(
-        id="backfill_one_statement_lifecycle",
-        path="onlineschema/backfill/__init__.py",
-        old=ONE_CHUNK_OLD,
-        new=ONE_CHUNK_NEW,
-        also=((ONE_BATCH_OLD, ONE_BATCH_NEW),),
+        id="backfill_one_statement_volatile_default",
+        path=ONE_STATEMENT[0],
+        old=ONE_STATEMENT[1],
+        new=ONE_STATEMENT[2],
+        also=(ONE_BATCH,),
         breaks="as backfill_one_statement, seen through the volatile-default lifecycle",
-        tests=("tests/test_lifecycle.py::test_add_column_volatile_default_clock_timestamp",),
+        tests=(
+            "tests/recipes/test_add_column.py::test_add_column_volatile_default_clock_timestamp",
+        ),
     ),
     Mutation(
         id="workers_serialised",
-        path="onlineschema/backfill/__init__.py",
+        path=ENGINE,
         old="""        with w.conn.transaction(), w.conn.cursor() as cur:
-            cur.execute(self.batch_locals())
+            cur.execute(self.locals())
+            row = self.records.lock_chunk(cur, chunk.chunk)
 """,
         new="""        with w.conn.transaction(), w.conn.cursor() as cur:
-            cur.execute(self.batch_locals())
+            cur.execute(self.locals())
             cur.execute("SELECT pg_advisory_xact_lock(4242)")  # MUTATION: one batch at a time
+            row = self.records.lock_chunk(cur, chunk.chunk)
 """,
         breaks="a global lock lets only one worker's batch run at a time: the workers"
         " claim chunks but do not work in parallel",
@@ -243,7 +256,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="cursor_first_takeover",
-        path="onlineschema/backfill/__init__.py",
+        path=ENGINE,
         old=CURSOR_FIRST_OLD,
         new=CURSOR_FIRST_NEW,
         breaks="as cursor_first, seen through one worker killed inside a batch and its"
@@ -274,19 +287,18 @@ def copy_project(dest: Path, tests_from: str | None = None) -> None:
 
 
 def apply_mutation(dest: Path, m: Mutation) -> None:
-    target = dest / m.path
-    if not target.is_file():
-        raise SystemExit(f"{m.id}: mutation target not found: no file {m.path}")
-    text = target.read_text()
-    for old, new in ((m.old, m.new), *m.also):
+    for path, old, new in ((m.path, m.old, m.new), *m.also):
+        target = dest / path
+        if not target.is_file():
+            raise SystemExit(f"{m.id}: mutation target not found: no file {path}")
+        text = target.read_text()
         found = text.count(old)
         if found != 1:
             raise SystemExit(
                 f"{m.id}: mutation target not found: the snippet occurs {found} times in"
-                f" {m.path} (expected once); update the mutation to today's code:\n{old}"
+                f" {path} (expected once); update the mutation to today's code:\n{old}"
             )
-        text = text.replace(old, new)
-    target.write_text(text)
+        target.write_text(text.replace(old, new))
 
 
 def run_tests(dest: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
@@ -326,6 +338,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ids", nargs="*", help="mutations to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument(
+        "--check", action="store_true", help="only apply each mutation to a copy (no tests)"
+    )
     parser.add_argument("--baseline", action="store_true", help="run the tests unmutated")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories")
     parser.add_argument(
@@ -340,6 +355,13 @@ def main() -> int:
     if args.list:
         for m in chosen:
             print(f"{m.id}: {m.breaks}\n    {m.path}; tests: {' '.join(m.tests)}")
+        return 0
+    if args.check:
+        for m in chosen:
+            with tempfile.TemporaryDirectory(prefix=f"mutation-{m.id}-") as scratch:
+                copy_project(Path(scratch))
+                apply_mutation(Path(scratch), m)  # exits on a target not found
+            print(f"{m.id}: target found")
         return 0
     logs = Path(tempfile.mkdtemp(prefix="mutations-logs-"))
     rows: list[tuple[str, str, str, str]] = []

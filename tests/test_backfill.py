@@ -37,6 +37,7 @@ from onlineschema import (
     StepFailed,
 )
 from onlineschema.backfill import BackfillRunner
+from onlineschema.backfill.engine import CLAIM_LOCK_TIMEOUT, backfill_timeouts
 from onlineschema.plan import Step
 from onlineschema.state import StateStore
 
@@ -144,18 +145,56 @@ def prepared_runner(dsn: str, step: Step, name: str, **backfill: Any) -> Iterato
             server_version=0,
             step_ids=[(step.id, step.phase)],
         )
-        runner = BackfillRunner(
+        runner = BackfillRunner.for_step(
             ex.conn,
             ex.store,
             name,
-            step.id,
-            step.details,
-            BackfillSettings(**backfill),
-            lock_timeout=0.5,
-            retry=RetryPolicy(),
+            step,
+            Settings(lock_timeout=0.5, backfill=BackfillSettings(**backfill)),
         )
         runner.prepare()
         yield runner
+
+
+@pytest.mark.server_independent
+def test_backfill_timeouts_render_what_each_transaction_starts_with() -> None:
+    """The one function behind the backfill's timeouts renders, byte for byte, what a
+    batch, a chunk claim and the cut at start have always sent."""
+    assert backfill_timeouts(
+        lock_timeout="500ms", statement_timeout="10000ms", seqscan=False
+    ).as_string(None) == (
+        "SELECT set_config('lock_timeout', '500ms', true),"
+        " set_config('statement_timeout', '10000ms', true),"
+        " set_config('enable_seqscan', 'off', true)"
+    )
+    assert backfill_timeouts(lock_timeout=CLAIM_LOCK_TIMEOUT).as_string(None) == (
+        "SELECT set_config('lock_timeout', '2s', true)"
+    )
+    assert backfill_timeouts(statement_timeout="0").as_string(None) == (
+        "SELECT set_config('statement_timeout', '0', true)"
+    )
+
+
+def test_runner_for_a_step_takes_the_executors_settings(dsn: str, conn: Conn) -> None:
+    """``BackfillRunner.for_step`` (what the executor calls for a backfill step and to
+    join one) runs the step's backfill under the executor's lock_timeout, retry policy
+    and backfill settings, with the workers and join mode asked for."""
+    make_range(conn, 10)
+    step = backfill_step(dsn, Backfill("r", {"n": "n + 1"}))
+    policy = RetryPolicy(max_attempts=7)
+    s = Settings(
+        lock_timeout=1.25, retry=policy, backfill=BackfillSettings(batch_statement_timeout=3.5)
+    )
+    with Executor(dsn) as ex:
+        runner = BackfillRunner.for_step(ex.conn, ex.store, "m", step, s, workers=3, join=True)
+        assert (runner.step_id, runner.spec.table, runner.spec.strategy) == (step.id, "r", "range")
+        assert runner.settings is s.backfill and runner.batcher.retry is policy
+        assert (runner.workers, runner.join) == (3, True)
+        assert runner.batch_locals().as_string(ex.conn) == (
+            "SELECT set_config('lock_timeout', '1250ms', true),"
+            " set_config('statement_timeout', '3500ms', true),"
+            " set_config('enable_seqscan', 'off', true)"
+        )
 
 
 def plan_nodes(plan: dict[str, Any]) -> list[str]:

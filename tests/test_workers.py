@@ -38,6 +38,7 @@ from onlineschema import (
     RetryPolicy,
     Settings,
 )
+from onlineschema.backfill.engine import CLAIM_LOCK_TIMEOUT, backfill_timeouts
 from onlineschema.state import StateStore
 from onlineschema.workers import Claims, split_blocks, split_keys, split_range
 
@@ -212,7 +213,9 @@ def test_claims_are_exclusive_and_die_with_the_session(dsn: str, conn: Conn) -> 
             psycopg.connect(dsn, autocommit=True) as a,
             psycopg.connect(dsn, autocommit=True) as b,
         ):
-            ca, cb = Claims(a, store, "claims", step), Claims(b, store, "claims", step)
+            timeouts = backfill_timeouts(lock_timeout=CLAIM_LOCK_TIMEOUT)
+            ca = Claims(a, store, "claims", step, timeouts=timeouts)
+            cb = Claims(b, store, "claims", step, timeouts=timeouts)
             got_a = [ca.claim(), ca.claim()]
             got_b = [cb.claim(), cb.claim(), cb.claim()]
             assert [c.chunk for c in got_a if c] == [0, 1]

@@ -907,3 +907,6 @@ def _error(opts: Options, message: str, code: int, exc: BaseException) -> None:
     click.echo(f"error: {message.rstrip()}", err=True)
     if debug and code == 1:
         traceback.print_exception(exc, file=sys.stderr)
+
+
+cli.add_command(importlib.import_module("onlineschema.integrations.prisma_cli").prisma)

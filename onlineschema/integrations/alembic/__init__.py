@@ -63,29 +63,14 @@ import structlog
 from alembic.operations import MigrateOperation, Operations
 from alembic.runtime.migration import MigrationContext
 
-from ...catalog import Catalog, ColumnInfo, ConstraintInfo, IndexInfo, TableInfo
-from ...changes import (
-    AddCheck,
-    AddColumn,
-    AddForeignKey,
-    AddIndex,
-    AddUnique,
-    Backfill,
-    Change,
-    DropConstraint,
-    DropDefault,
-    DropIndex,
-    DropNotNull,
-    RunSQL,
-    SetDefault,
-    SetNotNull,
-    ValidateConstraint,
-)
+from ... import recipes
+from ...catalog import Catalog
+from ...changes import Change
 from ...errors import OnlineSchemaError, Refused, UnknownMigration
 from ...executor import Executor, Result, Settings, changes_hash
-from ...expressions import column_refs
 from ...plan import Plan, Step, render_sql_script, with_backfill_command
 from ...planner import PlanResult, build_plan, catalog_request
+from ...planner.assumed import AssumedSchema
 from ...sqlinput import parse_sql
 from ...state import StateStore
 
@@ -515,45 +500,6 @@ def offline_server_version(ctx: MigrationContext) -> int:
     return value * 10000 if value < 1000 else value
 
 
-#: provolatile of built-in functions often used in defaults and backfills (PostgreSQL 15-18,
-#: the most volatile overload): ``now()`` is a fast default, ``gen_random_uuid()`` is not.
-#: Other functions are assumed volatile offline, which is safe (never a table rewrite).
-BUILTIN_VOLATILITY: dict[str, str] = {
-    **dict.fromkeys(
-        "abs array_length btrim ceil char_length decode encode floor initcap jsonb_set left"
-        " lower lpad ltrim make_interval md5 mod octet_length position power regexp_replace"
-        " replace right round rpad rtrim sha256 sign split_part sqrt string_to_array strpos"
-        " substring trunc upper".split(),
-        "i",
-    ),
-    **dict.fromkeys(
-        "age array_to_string concat concat_ws current_setting date_part date_trunc extract"
-        " format json_build_object jsonb_build_object length now statement_timestamp timezone"
-        " to_char to_date to_json to_jsonb to_number to_timestamp transaction_timestamp".split(),
-        "s",
-    ),
-    **dict.fromkeys(
-        "clock_timestamp currval gen_random_uuid nextval random random_normal timeofday"
-        " uuidv4 uuidv7".split(),
-        "v",
-    ),
-}
-
-#: the key column assumed for a table that a ``Backfill`` updates (never rendered as SQL:
-#: the backfill is rendered as a command that plans against the live table)
-_ASSUMED_KEY = "(primary key)"
-
-
-@dataclasses.dataclass
-class _AssumedTable:
-    schema: str
-    name: str
-    columns: dict[str, ColumnInfo] = dataclasses.field(default_factory=dict)
-    indexes: dict[str, IndexInfo] = dataclasses.field(default_factory=dict)
-    constraints: dict[str, ConstraintInfo] = dataclasses.field(default_factory=dict)
-    primary_key: tuple[str, ...] = ()
-
-
 def assumed_catalog(
     changes: Sequence[Change],
     server_version: int,
@@ -564,58 +510,15 @@ def assumed_catalog(
     Every table a change names exists; every column, constraint and index it uses
     exists in the state the change needs (a column made NOT NULL is nullable, a
     constraint validated is NOT VALID, ...), unless an earlier change of the list creates
-    it. Returns the catalog and the assumptions, one line each, for the script header.
+    it: each change's recipe says so (``Recipe.assume``). Returns the catalog and the
+    assumptions, one line each, for the script header.
     """
-    default_schema = search_path[0]
-    tables: dict[tuple[str, str], _AssumedTable] = {}
-    created_tables: set[tuple[str, str]] = set()
-    created_cols: set[tuple[str, str, str]] = set()
-    created_cons: set[tuple[str, str, str]] = set()
-    assumptions: list[str] = []
-    index_owner: dict[tuple[str, str], tuple[str, str]] = {}
-    pk_changes = {
-        (c.schema or default_schema, c.table)
-        for c in changes
-        if isinstance(c, AddUnique) and c.primary_key
-    }
-
+    schema = AssumedSchema(search_path[0])
     for c in changes:
-        if isinstance(c, RunSQL):
-            for rel in c.creates:
-                schema, _, rel_name = rel.rpartition(".")
-                created_tables.add((schema or default_schema, rel_name))
-
-    def table(schema: str | None, name: str) -> _AssumedTable | None:
-        key = (schema or default_schema, name)
-        if key in created_tables:
-            return None
-        t = tables.get(key)
-        if t is None:
-            t = tables[key] = _AssumedTable(key[0], name)
-            assumptions.append(f"table {key[0]}.{name} exists")
-        return t
-
-    def column(
-        t: _AssumedTable | None, name: str, *, notnull: bool = False, default: str | None = None
-    ) -> None:
-        if t is None or (t.schema, t.name, name) in created_cols or name in t.columns:
-            return
-        t.columns[name] = ColumnInfo(name, "unknown", 0, notnull, default, "", "")
-        state = " NOT NULL" if notnull else ""
-        state += " with a default" if default is not None else ""
-        assumptions.append(f"column {t.schema}.{t.name}.{name} exists{state}")
-
-    def constraint(t: _AssumedTable | None, name: str, *, validated: bool) -> None:
-        if t is None or (t.schema, t.name, name) in created_cons or name in t.constraints:
-            return
-        t.constraints[name] = ConstraintInfo(name, "c", validated, "", (), None, None)
-        assumptions.append(
-            f"constraint {name} exists on {t.schema}.{t.name}"
-            + ("" if validated else " and is NOT VALID")
-        )
-
+        recipes.lookup(c).announce(c, schema)
     for c in changes:
-        if c.breaking:
+        recipe = recipes.lookup(c)
+        if not recipe.offline_ok:
             raise Refused(
                 f"{c.describe()}: with --sql there is no database, and how a type change,"
                 " rename or drop runs depends on the live table (its types, indexes,"
@@ -623,114 +526,9 @@ def assumed_catalog(
                 "run this revision online (alembic upgrade), or render the plan against a"
                 " copy of the database with `onlineschema plan --format sql`",
             )
-        if isinstance(c, AddColumn):
-            table(c.schema, c.table)
-            created_cols.add((c.schema or default_schema, c.table, c.column))
-        elif isinstance(c, SetNotNull):
-            column(table(c.schema, c.table), c.column)
-        elif isinstance(c, DropNotNull):
-            column(table(c.schema, c.table), c.column, notnull=True)
-        elif isinstance(c, SetDefault):
-            column(table(c.schema, c.table), c.column)
-        elif isinstance(c, DropDefault):
-            column(table(c.schema, c.table), c.column, default="NULL")
-        elif isinstance(c, AddIndex):
-            t = table(c.schema, c.table)
-            for col in (*c.columns, *c.include):
-                column(t, col)
-        elif isinstance(c, DropIndex):
-            schema = c.schema or default_schema
-            if (schema, c.name) in index_owner:
-                continue
-            owner = _AssumedTable(schema, f"(table of index {c.name})")
-            owner.indexes[c.name] = IndexInfo(c.name, True, True, False, False, (), False, "", None)
-            tables[(schema, owner.name)] = owner
-            index_owner[(schema, c.name)] = (schema, owner.name)
-            assumptions.append(f"index {schema}.{c.name} exists and backs no constraint")
-        elif isinstance(c, AddForeignKey):
-            t = table(c.schema, c.table)
-            for col in c.columns:
-                column(t, col)
-            if not c.ref_columns:
-                raise Refused(
-                    f"{c.describe()}: with --sql there is no database to read the primary key"
-                    f" of {c.ref_table} from",
-                    "name the referenced columns (AddForeignKey(..., ref_columns=(...)))",
-                )
-            ref = table(c.ref_schema, c.ref_table)
-            for col in c.ref_columns:
-                column(ref, col, notnull=True)
-            if ref is not None and not any(
-                set(k.columns) == set(c.ref_columns) for k in ref.constraints.values()
-            ):
-                unique = f"{ref.name}_{'_'.join(c.ref_columns)}_key (assumed)"
-                ref.constraints[unique] = ConstraintInfo(
-                    unique, "u", True, "", tuple(c.ref_columns), None, None
-                )
-                assumptions.append(
-                    f"{ref.schema}.{ref.name} ({', '.join(c.ref_columns)}) is unique"
-                )
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, AddCheck):
-            t = table(c.schema, c.table)
-            try:
-                refs = sorted(column_refs(c.expression))
-            except Refused:
-                refs = []  # the planner reports the bad expression
-            for col in refs:
-                column(t, col)
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, AddUnique):
-            t = table(c.schema, c.table)
-            for col in c.columns:
-                column(t, col, notnull=c.primary_key)
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, ValidateConstraint):
-            constraint(table(c.schema, c.table), c.name, validated=False)
-        elif isinstance(c, DropConstraint):
-            if not c.if_exists:
-                constraint(table(c.schema, c.table), c.name, validated=True)
-        elif isinstance(c, Backfill):
-            t = table(c.schema, c.table)
-            for col, _ in c.set:
-                column(t, col)
-            if (
-                t is not None
-                and not t.primary_key
-                and (c.schema or default_schema, c.table) not in pk_changes
-            ):
-                t.primary_key = (_ASSUMED_KEY,)
-                t.columns[_ASSUMED_KEY] = ColumnInfo(_ASSUMED_KEY, "bigint", 20, True, None, "", "")
-                t.constraints[_ASSUMED_KEY] = ConstraintInfo(
-                    _ASSUMED_KEY, "p", True, "", (_ASSUMED_KEY,), None, None
-                )
-                assumptions.append(f"table {t.schema}.{t.name} has a primary key")
-
-    catalog = Catalog(server_version=server_version, search_path=search_path)
-    catalog.volatility = dict(BUILTIN_VOLATILITY)
-    for fn in catalog_request(changes)["functions"]:
-        if fn not in BUILTIN_VOLATILITY:
-            assumptions.append(f"function {fn}() is volatile (its default or fill is batched)")
-    for i, t in enumerate(tables.values(), start=1):
-        catalog.tables[(t.schema, t.name)] = TableInfo(
-            schema=t.schema,
-            name=t.name,
-            oid=i,
-            relkind="r",
-            reltuples=-1.0,
-            pages=0,
-            columns=t.columns,
-            indexes=t.indexes,
-            constraints=t.constraints,
-            triggers=(),
-            primary_key=t.primary_key,
-            referenced_by=(),
-        )
-    catalog.index_owner = index_owner
-    return catalog, assumptions
+        recipe.assume(c, schema)
+    functions = catalog_request(changes)["functions"]
+    return schema.catalog(server_version, search_path, functions), schema.assumptions
 
 
 def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:

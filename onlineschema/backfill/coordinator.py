@@ -1,0 +1,249 @@
+"""The backfill's coordinator: live control, throttle signals, progress, its VACUUM.
+
+One coordinator per backfill process, on the runner's own connection. It reads the pause
+flag and live settings every ``control_interval`` seconds, the throttle's signals every
+``signal_interval``, and writes progress (rows, rate, ETA, throttle) to the backfill's row
+about every second. With one worker the worker ticks it between batches (same thread);
+with worker threads the main thread ticks it while they run.
+
+Threads share three things here, each under the runner's one lock: the first error that
+stopped the backfill (``Stop``), the rows done (``add_rows``) and the sessions the
+backfill owns (``pids``). Everything else is the coordinator's thread's alone, or a single
+attribute another thread only reads (``settings``, replaced whole; ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg
+
+from ..errors import Paused
+from ..sql.batches import Spec
+from ..state import BackfillStore, StateStore
+from ..throttle import Context, Throttle
+from .chunks import Chunk, fraction_done, load_chunks
+from .settings import BackfillSettings
+from .vacuum import BackfillVacuum
+
+
+class Observer(Protocol):
+    def backfill_progress(
+        self,
+        step_id: str,
+        rows_done: int,
+        rows_total: int | None,
+        rate: float,
+        eta: float | None,
+        throttle: str | None,
+    ) -> None: ...
+
+
+class Stopped(Exception):
+    """Internal: stop working (pause requested, another worker failed)."""
+
+
+class Stop:
+    """Asks every worker of this process to stop after its batch; keeps the first error."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._event = threading.Event()
+        self._lock = lock
+        self.error: BaseException | None = None
+
+    def request(self, error: BaseException | None) -> None:
+        with self._lock:
+            if self.error is None and error is not None:
+                self.error = error
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Stopped()
+
+    def raise_error(self, migration: str) -> None:
+        if self.error is not None:
+            raise self.error
+        raise Paused(f"migration {migration}: the backfill stopped")
+
+
+class Coordinator:
+    """Control polling, signal ticks, progress/ETA writes and the VACUUM of one backfill."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        store: StateStore,
+        records: BackfillStore,
+        spec: Spec,
+        settings: BackfillSettings,
+        *,
+        throttle: Throttle,
+        observer: Observer | None,
+        workers: int,
+        join: bool,
+        log: Any,
+        lock: threading.Lock,
+        stop: Stop,
+    ) -> None:
+        self.conn = conn
+        self.store = store
+        self.records = records
+        self.migration = records.migration
+        self.step_id = records.step_id
+        self.strategy = spec.strategy
+        self.base_settings = settings
+        self.settings = settings
+        self.throttle = throttle
+        self.observer = observer
+        self.workers = workers
+        self.join = join
+        self.log = log
+        self.lock = lock
+        self.stop = stop
+        self.vacuum = BackfillVacuum(conn, spec, log)
+        self.pids: set[int] = set()
+        self.next_control = 0.0
+        self._next_signal = 0.0
+        self._next_progress = 0.0
+        self.table_oid = 0
+        self.server_version = 0
+        self.rows_total: int | None = None
+        self.rows_done = 0  # whole backfill, as last known
+        self._rows0 = 0
+        self._fraction0 = 0.0
+        self._active0 = 0.0
+        self._throttled0 = 0.0
+        self.t0 = time.monotonic()
+        self.rate = 0.0
+        self.eta: float | None = None
+        self.batch_size = settings.batch_initial  # the last batch size a worker chose
+
+    def chunks(self) -> list[Chunk]:
+        return load_chunks(self.conn, self.records)
+
+    def resume_from(self, row: dict[str, Any], chunks: Sequence[Chunk]) -> None:
+        """Take up the backfill's row and chunks as the last run left them."""
+        self.rows_total = row["rows_total"]
+        self._active0 = float(row["active_seconds"] or 0.0)
+        self._throttled0 = float(row["throttled_seconds"] or 0.0)
+        self.batch_size = int(row["batch_size"] or self.settings.batch_initial)
+        self._rows0 = self.rows_done = sum(c.rows_done for c in chunks)
+        self._fraction0 = fraction_done(self.strategy, chunks)
+
+    def start(self, pid: int) -> None:
+        """The run starts now, on the session ``pid``."""
+        self.t0 = time.monotonic()
+        self.pids.add(pid)
+        self.vacuum.allowed = not self.join and self.vacuum.permitted(
+            self.table_oid, self.server_version
+        )
+        self.vacuum.rows_at = self.rows_done
+
+    def add_rows(self, n: int) -> None:
+        with self.lock:
+            self.rows_done += n
+
+    def our_pids(self) -> list[int]:
+        with self.lock:
+            pids = set(self.pids)
+        if self.vacuum.pid is not None:
+            pids.add(self.vacuum.pid)
+        return sorted(pids)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_control:
+            self.next_control = now + self.settings.control_interval
+            self.control()
+        if now >= self._next_signal:
+            self._next_signal = now + self.settings.signal_interval
+            self.throttle.poll(Context(self.conn, self.table_oid, self.our_pids), self.settings)
+        if not self.join and (now >= self._next_progress or self.throttle.changed):
+            self._next_progress = now + max(min(self.settings.control_interval, 1.0), 0.2)
+            self.throttle.changed = False
+            self.write_progress()
+            self.vacuum.manage(self.rows_done, self.rows_total, self.settings)
+
+    def control(self) -> None:
+        ctl = self.store.control(self.migration)
+        if ctl.get("paused"):
+            self.stop.request(
+                Paused(
+                    f"migration {self.migration} was paused; run `onlineschema resume"
+                    f" {self.migration}` to continue"
+                )
+            )
+        overrides = ctl.get("settings") or {}
+        try:
+            new = self.base_settings.with_overrides(overrides)
+        except ValueError as exc:
+            self.log.warning("backfill_bad_setting", settings=overrides, error=str(exc))
+            return
+        if new != self.settings:
+            self.log.info("backfill_settings_changed", settings=overrides)
+            self.settings = new
+
+    def write_progress(self) -> None:
+        chunks = self.chunks()
+        rows_done = sum(c.rows_done for c in chunks)
+        fraction = fraction_done(self.strategy, chunks)
+        elapsed = max(time.monotonic() - self.t0, 1e-6)
+        with self.lock:
+            self.rows_done = rows_done
+        self.rate = (rows_done - self._rows0) / elapsed
+        if fraction >= 1.0:
+            self.eta = 0.0
+        elif fraction > self._fraction0:
+            # wall time, throttled time included, per share of the work done in this run
+            self.eta = elapsed * (1.0 - fraction) / (fraction - self._fraction0)
+        else:
+            self.eta = None
+        self.records.write_progress(
+            self.conn,
+            rows_done=rows_done,
+            batches=sum(c.batches for c in chunks),
+            busy_seconds=sum(c.busy_seconds for c in chunks),
+            batch_size=self.batch_size,
+            throttle_reason=self.throttle.reason,
+            throttled_seconds=self._throttled0 + self.throttle.throttled_seconds(),
+            active_seconds=self._active0 + elapsed,
+            rows_per_second=round(self.rate, 3),
+            eta_seconds=None if self.eta is None else round(self.eta, 3),
+            progress=round(fraction, 6),
+            workers=self.workers,
+        )
+        if self.workers > 1:
+            self.notify(rows_done)
+
+    def notify(self, rows_done: int) -> None:
+        """Tell the observer (a progress display) where the backfill is."""
+        if self.observer is not None:
+            self.observer.backfill_progress(
+                self.step_id,
+                rows_done,
+                self.rows_total,
+                self.rate,
+                self.eta,
+                self.throttle.reason,
+            )
+
+    def finish(self, ok: bool) -> None:
+        """End the VACUUM (cancel it unless the run went well), close the throttle, save
+        the progress (keeping the error that stopped the run, if any)."""
+        self.vacuum.end(not ok, self.rows_done, self.rows_total, self.settings)
+        self.throttle.close()
+        if not self.join and not self.conn.closed and not self.conn.broken:
+            try:
+                self.write_progress()
+            except psycopg.Error as exc:  # keep the error that stopped us
+                self.log.warning("backfill_progress_not_saved", error=str(exc))

@@ -1,0 +1,90 @@
+"""What depends on a column or a table in the catalog snapshot: indexes, checks,
+foreign keys (either way), views, policies, triggers... The breaking recipes read it to
+refuse, to rebuild, or to say in the plan what goes along."""
+
+from __future__ import annotations
+
+from ..catalog import ConstraintInfo, IndexInfo, TableInfo
+from ..sql import rewrite
+from .context import PlanContext
+from .model import VTable
+
+#: objects that make a column or table impossible to drop or replace as planned
+_BLOCKING = {
+    "pg_rewrite": "view or rule",
+    "pg_policy": "row security policy",
+    "pg_trigger": "trigger",
+    "pg_proc": "function",
+    "pg_class": "generated column",
+    "pg_publication_rel": "publication",
+}
+
+
+def index_uses(idx: IndexInfo, columns: set[str]) -> bool:
+    return bool(set(c for c in idx.columns if c) & columns) or rewrite.index_references(
+        idx.definition, columns
+    )
+
+
+def checks_using(info: TableInfo, columns: set[str]) -> list[ConstraintInfo]:
+    return [
+        con
+        for con in info.constraints.values()
+        if con.type == "c"
+        and (set(con.columns) & columns or rewrite.constraint_references(con.definition, columns))
+    ]
+
+
+def fks_touching(
+    p: PlanContext, maps: dict[tuple[str, str], dict[str, str]]
+) -> list[tuple[VTable, ConstraintInfo]]:
+    """Foreign keys whose own or referenced columns are in ``maps``, with their table."""
+    out = []
+    for key in sorted(p.tables):
+        u = p.tables[key]
+        if u.info is None:
+            continue
+        for con in sorted(u.info.constraints.values(), key=lambda k: k.name):
+            if con.type != "f":
+                continue
+            local = maps.get(key, {})
+            ref = maps.get(con.ref_table, {}) if con.ref_table else {}
+            if set(con.columns) & set(local) or set(con.ref_columns) & set(ref):
+                out.append((u, con))
+    return out
+
+
+def blocking_dependents(info: TableInfo, column: str | None) -> list[str]:
+    """What stops a drop or copy of ``column`` (or of the table, when None)."""
+    out = []
+    for col, catalog, what in info.dependents:
+        kind = _BLOCKING.get(catalog)
+        if kind is None:
+            continue
+        if column is not None and col != column:
+            continue
+        if column is None and catalog not in ("pg_rewrite", "pg_proc"):
+            continue  # dropped with the table
+        out.append(f"{what} ({kind})")
+    return out
+
+
+def stats(info: TableInfo, column: str) -> list[str]:
+    return [w for c, cat, w in info.dependents if cat == "pg_statistic_ext" and c == column]
+
+
+def fks_in_or_out(p: PlanContext, t: VTable) -> list[tuple[VTable, ConstraintInfo]]:
+    """Foreign keys between ``t`` and other tables, either way (self references go
+    with the table)."""
+    key = (t.schema, t.name)
+    out = []
+    for ukey in sorted(p.tables):
+        u = p.tables[ukey]
+        if u.info is None:
+            continue
+        for con in sorted(u.info.constraints.values(), key=lambda k: k.name):
+            if con.type != "f" or con.ref_table is None:
+                continue
+            if (ukey == key) != (con.ref_table == key):
+                out.append((u, con))
+    return out

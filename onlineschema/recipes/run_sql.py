@@ -1,0 +1,69 @@
+"""A statement run as written, as one lock-guarded step."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..changes import RunSQL
+from ..plan import Step
+from ..planner.assumed import AssumedSchema
+from ..planner.context import PlanContext
+from .base import CatalogNeeds, Recipe, recipe_for
+
+
+@recipe_for(RunSQL)
+class RunSqlRecipe(Recipe[RunSQL]):
+    def plan(self, ctx: PlanContext, c: RunSQL) -> None:
+        for created in c.creates:
+            schema, _, name = created.rpartition(".")
+            key = (schema or ctx.catalog.resolve_schema(None, name), name)
+            if key in ctx.relations:
+                ctx.refuse(
+                    f"{created!r} already exists", "remove the CREATE statement or rename it"
+                )
+                return
+            ctx.new_tables.add(key)
+            ctx.relations.add(key)
+        touched = []
+        for name in c.touches:
+            schema, _, rel = name.rpartition(".")
+            touched.append(f"{schema or ctx.catalog.resolve_schema(None, rel)}.{rel}")
+        digest = hashlib.sha256(c.sql.encode()).hexdigest()[:10]
+        lock = "AccessExclusiveLock" if c.raw else ("ShareRowExclusiveLock" if touched else "")
+        step = ctx.add(
+            Step(
+                id=f"{'raw' if c.raw else 'create'}.{digest}",
+                phase="expand",
+                action="raw_sql" if c.raw else "create",
+                description=c.describe(),
+                statements=(c.sql,),
+                transactional=c.transactional,
+                lock=lock,
+                tables=tuple(touched),
+                raw=c.raw,
+            )
+        )
+        if c.raw:
+            ctx.notes.append(
+                f"step {step.id} runs raw SQL as written (only the lock guard applies)"
+            )
+
+    def catalog_needs(self, change: RunSQL) -> CatalogNeeds:
+        needs = super().catalog_needs(change)
+        for name in (*change.touches, *change.creates):
+            s, _, n = name.rpartition(".")
+            needs.tables.add((s or None, n))
+            needs.index_names.add((s or None, n))
+        return needs
+
+    def touched(self, ctx: PlanContext, change: RunSQL) -> list[tuple[str, str]]:
+        keys = []
+        for name in change.touches:
+            s, _, rel = name.rpartition(".")
+            keys.append((s or ctx.catalog.resolve_schema(None, rel), rel))
+        return keys
+
+    def announce(self, change: RunSQL, schema: AssumedSchema) -> None:
+        for rel in change.creates:
+            s, _, name = rel.rpartition(".")
+            schema.created_tables.add(schema.key(s or None, name))

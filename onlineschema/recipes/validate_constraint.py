@@ -1,0 +1,39 @@
+"""VALIDATE CONSTRAINT under SHARE UPDATE EXCLUSIVE."""
+
+from __future__ import annotations
+
+from ..changes import ValidateConstraint
+from ..planner.assumed import AssumedSchema
+from ..planner.context import PlanContext
+from ..planner.steps import RANK_FK
+from .base import Recipe, recipe_for
+
+
+@recipe_for(ValidateConstraint)
+class ValidateConstraintRecipe(Recipe[ValidateConstraint]):
+    def plan(self, ctx: PlanContext, c: ValidateConstraint) -> None:
+        t = ctx.table(c.schema, c.table)
+        if t is None:
+            return
+        con = t.constraints.get(c.name)
+        if con is None:
+            ctx.refuse(
+                f"constraint {c.name!r} does not exist on {t.qual}",
+                "check the name (constraints: " + ", ".join(sorted(t.constraints)) + ")",
+            )
+            return
+        if con.validated:
+            ctx.refuse(f"constraint {c.name!r} on {t.qual} is already valid", "remove this change")
+            return
+        con.validated = True
+        ref = ctx.tables.get(con.ref) if con.ref else None
+        ctx.validate_step(
+            t,
+            c.name,
+            f"validate constraint {c.name} (scans {t.qual}, reads and writes go on)",
+            ref=ref,
+            rank=RANK_FK,
+        )
+
+    def assume(self, change: ValidateConstraint, schema: AssumedSchema) -> None:
+        schema.constraint(schema.table(change.schema, change.table), change.name, validated=False)
