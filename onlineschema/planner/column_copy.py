@@ -27,10 +27,10 @@ from ..sql import checks, ddl, rewrite
 from ..sql import views as view_sql
 from .context import PlanContext
 from .dependents import (
-    blocking_dependents,
     checks_using,
     fks_touching,
     index_uses,
+    refuse_unrecreatable,
     stats,
     views_over,
 )
@@ -130,17 +130,7 @@ def request_copy(
             " from the catalog",
             "put those changes in a migration of their own, before this one",
         )
-    blockers = blocking_dependents(t.info, info.name, recreate_views=True)
-    if blockers:
-        p.refuse(
-            f"{why}: {t.qual}.{info.name} is used by {'; '.join(blockers)}, which would"
-            " still use the old column and cannot be recreated safely in the contract's"
-            " short transaction (plain views are)",
-            "drop those objects in a migration before this one and create them again after"
-            " `onlineschema contract` (a materialized view then with REFRESH MATERIALIZED"
-            " VIEW CONCURRENTLY; a function as LANGUAGE sql with a string body, which is"
-            " not bound to the column), or change them to stop using the column",
-        )
+    refuse_unrecreatable(p, why, t, info.name)
     unread = sorted(f"{s}.{n}.{k}" for s, n, k in t.info.referenced_by if (s, n) not in p.tables)
     if unread:
         p.refuse(

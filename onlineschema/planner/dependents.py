@@ -82,6 +82,30 @@ def blocking_dependents(
     return out
 
 
+#: how to get past what a column change cannot recreate
+UNRECREATABLE_FIX = (
+    "drop those objects in a migration before this one and create them again after"
+    " `onlineschema contract` (a materialized view then with REFRESH MATERIALIZED VIEW"
+    " CONCURRENTLY; a function as LANGUAGE sql with a string body, which is not bound to"
+    " the column), or change them to stop using the column"
+)
+
+
+def refuse_unrecreatable(p: PlanContext, why: str, t: VTable, column: str) -> bool:
+    """Refuse a type change or rename of ``column`` that something uses which cannot be
+    recreated with it in a short transaction (plain views can); True when refused."""
+    assert t.info is not None
+    blockers = blocking_dependents(t.info, column, recreate_views=True)
+    if blockers:
+        p.refuse(
+            f"{why}: {t.qual}.{column} is used by {'; '.join(blockers)}, which would still"
+            " use the old column and cannot be recreated safely in a short transaction"
+            " (plain views are)",
+            UNRECREATABLE_FIX,
+        )
+    return bool(blockers)
+
+
 def views_over(info: TableInfo, columns: set[str]) -> list[str]:
     """The plain views over ``columns`` and the views on them, in creation order."""
     depth: dict[str, int] = {}
