@@ -289,7 +289,10 @@ def refused_before_ddl(dsn: str, conn: Conn, changes: list[Change]) -> str:
     assert vacuumed_snapshots(conn, ["acct"]) == before[0]
     assert views(conn, with_oids=True) == before[1]
     state = conn.execute("SELECT to_regclass('onlineschema.migrations')").fetchone()
-    assert state == (None,), "nothing may be written before the refusal"
+    if state != (None,):  # from an earlier migration of the test
+        assert (
+            count(conn, "SELECT count(*) FROM onlineschema.migrations WHERE name = 'refused'") == 0
+        )
     return str(err.value)
 
 
@@ -429,3 +432,32 @@ def test_in_place_type_change_recreates_views_and_abort_puts_them_back(
         expected = views(plain)
     assert views(conn) == expected
     assert count(conn, "SELECT count(*) FROM code_w") == 9
+
+
+def test_as_the_application_owner(owner_dsn: str, dsn: str) -> None:
+    """The usual migration role (owns the tables, not a superuser): it recreates its own
+    views, with their grants; a view owned by a role it may not act as is refused."""
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+        conn.execute(CODES)
+        conn.execute("CREATE VIEW acct_v AS SELECT id, n FROM acct")
+        conn.execute("GRANT SELECT ON acct_v TO PUBLIC")
+        before = views(conn)
+    with Executor(owner_dsn) as ex:
+        assert ex.apply([AlterColumnType("acct", "n", "bigint")], "own").state == (
+            "awaiting_contract"
+        )
+        assert ex.contract("own").state == "completed"
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        after = views(conn)
+        assert [r[:8] for r in after if r[1] == "acct_v"] == [
+            r[:8] for r in before if r[1] == "acct_v"
+        ]
+        assert '"type" : "bigint"' in next(r[8] for r in after if r[1] == "acct_v")
+    with psycopg.connect(dsn, autocommit=True) as su:  # a superuser's view on the table
+        su.execute("CREATE VIEW code_admin AS SELECT code FROM codes")
+        superuser = su.info.user
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        text = refused_before_ddl(owner_dsn, conn, [AlterColumnType("codes", "code", "text")])
+    assert f"view code_admin (owned by {superuser}" in text
+    assert "member of that role" in text

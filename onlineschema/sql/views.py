@@ -71,6 +71,12 @@ CROSS JOIN LATERAL (
   FROM pg_rewrite rw WHERE rw.ev_class = c.rel AND rw.rulename <> '_RETURN'
     AND c.rulename = '_RETURN' AND v.relkind = 'v'
   UNION ALL
+  SELECT format('view %s (owned by %I, a role that %I may not act as: it could not'
+      ' recreate the view with its owner; run the migration as a member of that role)',
+      c.rel::regclass, pg_get_userbyid(v.relowner), current_user)
+  WHERE v.relkind = 'v' AND c.rulename = '_RETURN'
+    AND NOT (pg_has_role(v.relowner, 'MEMBER') AND pg_has_role(v.relowner, 'USAGE'))
+  UNION ALL
   SELECT format('trigger %I on view %s', t.tgname, c.rel::regclass)
   FROM pg_trigger t WHERE t.tgrelid = c.rel AND v.relkind = 'v'
   UNION ALL
