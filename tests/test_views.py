@@ -51,8 +51,12 @@ CREATE VIEW acct_v WITH (security_barrier) AS
   SELECT id, n, n * 2 AS n2, note FROM acct WHERE n >= 0 WITH CASCADED CHECK OPTION;
 COMMENT ON VIEW acct_v IS 'reporting view';
 COMMENT ON COLUMN acct_v.n2 IS 'n doubled';
-GRANT SELECT, UPDATE ON acct_v TO {role};
+GRANT SELECT ON acct_v TO {role} WITH GRANT OPTION;
+GRANT UPDATE ON acct_v TO {role};
 GRANT SELECT ON acct_v TO PUBLIC;
+SET ROLE {role};
+GRANT SELECT ON acct_v TO PUBLIC;
+RESET ROLE;
 CREATE VIEW acct_big AS SELECT id, n FROM acct_v WHERE n > 100;
 ALTER VIEW acct_big ALTER COLUMN n SET DEFAULT 7;
 GRANT SELECT (id) ON acct_big TO {role} WITH GRANT OPTION;
