@@ -21,7 +21,7 @@ from harness import no_leftovers, run_until_paused, vacuumed_snapshots
 from helpers import column_must_exist, count, migration_state
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from scenario_tools import Writer
+from scenario_tools import Blocker, Writer
 
 from onlineschema import (
     AlterColumnType,
@@ -30,6 +30,8 @@ from onlineschema import (
     Executor,
     PreflightError,
     RenameColumn,
+    RetryPolicy,
+    Settings,
     StepFailed,
 )
 
@@ -465,3 +467,40 @@ def test_as_the_application_owner(owner_dsn: str, dsn: str) -> None:
         text = refused_before_ddl(owner_dsn, conn, [AlterColumnType("codes", "code", "text")])
     assert f"view code_admin (owned by {superuser}" in text
     assert "member of that role" in text
+
+
+def test_swap_waits_out_a_reader_of_a_view_without_blocking_writers(
+    dsn: str, conn: Conn, role: str
+) -> None:
+    """A long transaction reading a view holds the view and its table: the swap (which
+    drops the view) never queues behind it for longer than lock_timeout, and the writer
+    (through the views) goes on; once the reader ends, the swap runs."""
+    setup(conn, role)
+    changes: list[Change] = [AlterColumnType("acct", "n", "bigint")]
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "wait").state == "awaiting_contract"
+    settings = Settings(
+        lock_timeout=0.2,
+        retry=RetryPolicy(max_attempts=400, max_wait=120, backoff_initial=0.05, backoff_max=0.4),
+    )
+    writer = Writer(dsn, INSERT, UPDATE).start_writing()
+    try:
+        writer.wait_for_samples(10)
+        reader = Blocker(dsn, 'SELECT 1 FROM "Rep"."Big Ones" LIMIT 1').start(hold_for=4.0)
+        with reader:
+            t0 = time.monotonic()
+            with Executor(dsn, settings) as ex:
+                assert ex.contract("wait").state == "completed"
+            t1 = time.monotonic()
+        assert reader.released_at is not None and reader.released_at <= t1
+        writer.wait_for_samples(10)
+        longest = writer.max_latency(t0, t1)
+        assert longest < 0.2 + 1.5, f"a write waited {longest:.2f}s (the reader held 4s)"
+        assert writer.statements_in(t0, reader.released_at) > 10
+    finally:
+        writer.stop()
+    column_must_exist(conn, "acct", "n", type="bigint", nullable=False)
+    assert conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = '\"Rep\".\"Big Ones\"'::regclass AND attname = 'N'"
+    ).fetchone() == ("bigint",)
