@@ -409,10 +409,8 @@ class Executor:
             who = ""
             fix = "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`"
             if holder:
-                who = (
-                    f" (database session pid {holder['pid']}, application"
-                    f" {holder.get('application_name') or '?'}, {holder.get('state') or '?'})"
-                )
+                who = (f" (database session pid {holder['pid']}, application"
+                       f" {holder.get('application_name') or '?'}, {holder.get('state') or '?'})")
                 fix += (
                     f". If that process died, its session may still be finishing a statement;"
                     f" it ends by itself, or end it with SELECT pg_terminate_backend({holder['pid']})"

@@ -542,7 +542,7 @@ def _swap(
             fn, trg = sync_trigger_names(t.name, cp.column)
             out += [ddl.drop_trigger(t.schema, t.name, trg), ddl.drop_function(t.schema, fn)]
     out += _recreate_views(st, tables)
-    views = [v for t in tables if t.info for v in views_over(t.info, set(maps_of(st, t)))]
+    views = [v for t in tables if t.info for v in views_over(t.info, set(_copied_columns(st, t)))]
     if views:
         said.append(
             f"drops and recreates view(s) {', '.join(views)} over the new column(s), with"
@@ -579,7 +579,7 @@ def _swap(
     ]
 
 
-def maps_of(st: ColumnCopies, t: VTable) -> list[str]:
+def _copied_columns(st: ColumnCopies, t: VTable) -> list[str]:
     return [cp.column for cp in _copies(st, t)]
 
 

@@ -75,7 +75,7 @@ def blocking_dependents(
         if recreate_views and catalog == "pg_rewrite":
             continue  # plain views are recreated; the rest is in view_blockers
         if catalog == "pg_proc":
-            kind = "function with a SQL-standard body, bound to the column"
+            kind = "function with a SQL-standard body"
         out.append(f"{what} ({kind})")
     if recreate_views:
         out += sorted({what for col, what in info.view_blockers if col == column})
