@@ -504,3 +504,28 @@ def test_swap_waits_out_a_reader_of_a_view_without_blocking_writers(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
         " WHERE attrelid = '\"Rep\".\"Big Ones\"'::regclass AND attname = 'N'"
     ).fetchone() == ("bigint",)
+
+
+def test_a_view_that_does_not_fit_the_new_type_stops_the_swap_cleanly(dsn: str, conn: Conn) -> None:
+    """A plain ALTER + CREATE VIEW would fail the same way: the swap's transaction
+    rolls back whole, says which view and what to do; once the view is changed the
+    contract finishes."""
+    conn.execute(TABLE)
+    conn.execute("CREATE VIEW acct_even AS SELECT id FROM acct WHERE n % 2 = 0")
+    changes: list[Change] = [AlterColumnType("acct", "n", "text", using="n::text")]
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "t").state == "awaiting_contract"
+    oid = conn.execute("SELECT 'acct_even'::regclass::oid").fetchone()
+    with Executor(dsn) as ex, pytest.raises(StepFailed) as err:
+        ex.contract("t")
+    assert "view public.acct_even cannot be recreated" in str(err.value)
+    column_must_exist(conn, "acct", "n", type="integer", nullable=False)
+    column_must_exist(conn, "acct", "n_onlineschema_new", type="text")
+    assert conn.execute("SELECT 'acct_even'::regclass::oid").fetchone() == oid
+    conn.execute(
+        "CREATE OR REPLACE VIEW acct_even AS SELECT id FROM acct WHERE n::text ~ '[02468]$'"
+    )
+    with Executor(dsn) as ex:
+        assert ex.contract("t").state == "completed"
+    column_must_exist(conn, "acct", "n", type="text", nullable=False)
+    assert count(conn, "SELECT count(*) FROM acct_even") == 150

@@ -161,7 +161,16 @@ BEGIN
     SELECT ' WITH (' || string_agg(format('%I = %L', split_part(o, '=', 1),
                                           substr(o, strpos(o, '=') + 1)), ', ') || ')'
       INTO opts FROM unnest(vw.options) AS o;
-    EXECUTE format('CREATE VIEW %I.%I%s AS %s', vw.schema, vw.name, coalesce(opts, ''), vw.def);
+    BEGIN
+      EXECUTE format('CREATE VIEW %I.%I%s AS %s', vw.schema, vw.name, coalesce(opts, ''),
+                     vw.def);
+    EXCEPTION WHEN OTHERS THEN
+      RAISE EXCEPTION USING ERRCODE = SQLSTATE,
+        MESSAGE = format('view %I.%I cannot be recreated over the changed column(s): %s',
+                         vw.schema, vw.name, SQLERRM),
+        HINT = 'change the view (CREATE OR REPLACE VIEW) so that it works with the new'
+               ' column too, or drop it before the contract and create it again after';
+    END;
     EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', vw.schema, vw.name, pg_get_userbyid(vw.owner));
     IF vw.acl IS NOT NULL THEN
       EXECUTE format('REVOKE ALL ON %I.%I FROM %I', vw.schema, vw.name, pg_get_userbyid(vw.owner));
