@@ -21,7 +21,16 @@ from harness import no_leftovers, run_until_paused, vacuumed_snapshots
 from helpers import column_must_exist, count, migration_state
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from scenario_tools import Blocker, Writer
+from scenario_tools import (
+    EXECUTOR_APP,
+    Blocker,
+    MigrationProcess,
+    Writer,
+    cli_command,
+    executor_backends,
+    query_value,
+    wait_backends_gone,
+)
 
 from onlineschema import (
     AlterColumnType,
@@ -529,3 +538,55 @@ def test_a_view_that_does_not_fit_the_new_type_stops_the_swap_cleanly(dsn: str, 
         assert ex.contract("t").state == "completed"
     column_must_exist(conn, "acct", "n", type="text", nullable=False)
     assert count(conn, "SELECT count(*) FROM acct_even") == 150
+
+
+def test_sigkill_while_the_swap_recreates_the_views_then_resume(
+    dsn: str, conn: Conn, role: str
+) -> None:
+    """Killed inside the swap's transaction, with the views dropped and being created
+    again: everything rolls back (the views are there, unchanged), and `resume`
+    finishes the contract exactly once."""
+    setup(conn, role)
+    changes: list[Change] = [RenameColumn("acct", "n", "amount")]
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "ren").state == "awaiting_contract"
+    before = views(conn, with_oids=True)
+    # the first CREATE VIEW of the swap sleeps, inside the swap's transaction
+    conn.execute(
+        "CREATE SEQUENCE sleep_once;"
+        "CREATE FUNCTION sleep_in_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF current_setting('application_name') = 'onlineschema'"
+        "   AND nextval('sleep_once') = 1 THEN PERFORM pg_sleep(3); END IF; END $$;"
+        "CREATE EVENT TRIGGER sleep_in_ddl ON ddl_command_end WHEN TAG IN ('CREATE VIEW')"
+        " EXECUTE FUNCTION sleep_in_ddl()"
+    )
+    proc = MigrationProcess(cli_command("--log-format", "json", "contract", "--dsn", dsn, "ren"))
+    proc.start()
+    try:
+        proc.kill_when(
+            lambda: bool(
+                query_value(
+                    dsn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                    " AND wait_event = 'PgSleep' AND query LIKE %s",
+                    (EXECUTOR_APP, "%onlineschema_views_restore%"),
+                )
+            ),
+            timeout=90,
+            what="the swap recreating the views",
+        )
+        wait_backends_gone(dsn, executor_backends(dsn))
+    finally:
+        proc.close()
+    conn.execute("DROP EVENT TRIGGER sleep_in_ddl")
+    assert views(conn, with_oids=True) == before
+    column_must_exist(conn, "acct", "n", type="integer", nullable=False)
+    column_must_exist(conn, "acct", "amount", type="integer")
+    done = MigrationProcess(cli_command("resume", "--dsn", dsn, "ren")).start().wait(timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert migration_state(conn, "ren") == "completed"
+    defs = dict(conn.execute("SELECT viewname, definition FROM pg_views").fetchall())
+    assert "amount AS n" in defs["acct_v"], defs["acct_v"]
+    # owners, privileges, options and comments as they were
+    assert [(r[1], r[4:8]) for r in views(conn)] == [(r[1], r[4:8]) for r in before if len(r) > 2]
+    no_leftovers(conn, ["acct"])
