@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..backfill import BackfillSettings
 from ..locks import RetryPolicy
+from ..observe.hooks import Hook
 
 __all__ = ["Settings", "parse_duration"]
 
@@ -40,3 +42,9 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     state_schema: str = "onlineschema"
+    #: event -> commands or callables to run on it (see onlineschema.observe.hooks)
+    hooks: Mapping[str, Sequence[Hook]] = field(default_factory=dict)
+    #: a hook running longer is abandoned (a command is killed) and logged
+    hook_timeout: float = 10.0
+    #: check a column copy's data before the contract phase drops the old column
+    verify_before_contract: bool = True
