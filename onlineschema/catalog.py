@@ -77,6 +77,19 @@ class TableInfo:
     #: replacing it would break: (column or '' for the table, catalog, description),
     #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
     dependents: tuple[tuple[str, str, str], ...] = ()
+    #: declarative partitioning (relkind 'p'): 'r' range, 'l' list, 'h' hash
+    partition_strategy: str = ""
+    #: the partition key's columns (None for an expression element)
+    partition_key: tuple[str | None, ...] = ()
+    #: the direct partitions (schema, name), in name order; each is read too
+    partitions: tuple[tuple[str, str], ...] = ()
+    #: the partitioned table this one is a partition of, and its bound
+    parent: tuple[str, str] | None = None
+    partition_bound: str = ""
+
+    @property
+    def partitioned(self) -> bool:
+        return self.relkind == "p"
 
 
 @dataclass
@@ -179,8 +192,21 @@ def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8 AS reltuples,
-       c.relpages AS pages
+       c.relpages AS pages, coalesce(pg_get_expr(c.relpartbound, c.oid), '') AS bound,
+       pt.partstrat::text AS strategy,
+       ARRAY(SELECT a.attname FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY k(attnum, ord)
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS partkey,
+       (SELECT ARRAY[pn.nspname, p.relname] FROM pg_inherits i
+          JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         WHERE i.inhrelid = c.oid AND c.relispartition) AS parent,
+       ARRAY(SELECT ARRAY[kn.nspname, k.relname] FROM pg_inherits i
+               JOIN pg_class k ON k.oid = i.inhrelid
+               JOIN pg_namespace kn ON kn.oid = k.relnamespace
+              WHERE i.inhparent = c.oid AND k.relispartition
+              ORDER BY kn.nspname, k.relname) AS partitions
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
 """
 
@@ -336,6 +362,13 @@ def read_catalog(
             # read the owning tables too, so the planner sees the index in full
             _read_tables(cur, cat, owners - set(cat.tables))
 
+        # the partition trees of the partitioned tables read, down to the leaves
+        while True:
+            below = {p for info in cat.tables.values() for p in info.partitions} - set(cat.tables)
+            if not below:
+                break
+            _read_tables(cur, cat, below)
+
         cur.execute("SELECT current_setting('TimeZone') AS tz")
         tz = cur.fetchone()
         cat.timezone = tz["tz"] if tz else ""
@@ -489,6 +522,11 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             primary_key=pk,
             referenced_by=tuple(sorted(refs[oid])),
             dependents=tuple(sorted(set(dependents[oid]))),
+            partition_strategy=r["strategy"] or "",
+            partition_key=tuple(r["partkey"]) if r["strategy"] else (),
+            partitions=tuple((s, n) for s, n in r["partitions"]),
+            parent=(r["parent"][0], r["parent"][1]) if r["parent"] else None,
+            partition_bound=r["bound"],
         )
         cat.tables[(info.schema, info.name)] = info
         for idx in info.indexes:

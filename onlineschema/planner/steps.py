@@ -225,6 +225,46 @@ class StepEmitter:
         if only_null:
             desc += f" (rows where {only_null} is null)"
         desc += f"; {strategy} batches"
+        targets: list[tuple[VTable, str]] = [(t, desc)]
+        if t.info is not None and t.info.relkind == "p":
+            # one backfill per leaf partition: each its own batches, progress in
+            # `status` and resume point (the engine batches one table by its key)
+            from .partitions import guard_step, leaves
+
+            parts = leaves(self, t)  # type: ignore[arg-type]
+            if parts is None:
+                return
+            targets = [
+                (
+                    leaf,
+                    f"partition {i}/{len(parts)} of {t.qual}: "
+                    + desc.replace(t.qual, leaf.qual, 1),
+                )
+                for i, leaf in enumerate(parts, 1)
+            ]
+        for target, text in targets:
+            self._backfill_one(target, text, sets, where, only_null, key, key_types, strategy)
+        if len(targets) > 1 or targets[0][0] is not t:
+            guard_step(
+                self,  # type: ignore[arg-type]
+                t,
+                "backfill." + ".".join(c for c, _ in sets),
+                "backfill",
+                "a partition attached during the backfill would have rows left unfilled",
+                0,
+            )
+
+    def _backfill_one(
+        self,
+        t: VTable,
+        desc: str,
+        sets: Sequence[tuple[str, str]],
+        where: str | None,
+        only_null: str | None,
+        key: tuple[str, ...],
+        key_types: list[str],
+        strategy: str,
+    ) -> None:
         self.add(
             Step(
                 id=f"backfill.{t.qual}." + ".".join(c for c, _ in sets),

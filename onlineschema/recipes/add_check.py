@@ -12,6 +12,7 @@ from ..expressions import (
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.leftovers import constraint_leftover
 from ..planner.model import VConstraint
 from ..planner.naming import (
     auto_name,
@@ -35,6 +36,20 @@ class AddCheckRecipe(Recipe[AddCheck]):
             ctx.column(t, col)
         ctx.probe_cond(t, expr, "check expression")
         name = c.name or auto_name(t.name, cols[:1], "check")
+        leftover = constraint_leftover(ctx, t, name, "c", expression=expr)
+        if leftover == "refused":
+            return
+        if leftover == "repair":
+            if c.validate:
+                t.constraints[name].validated = True
+                ctx.validate_step(
+                    t,
+                    name,
+                    f"validate check {name}, left NOT VALID by an earlier run (scans {t.qual},"
+                    " reads and writes go on)",
+                    rank=RANK_DEFAULT,
+                )
+            return
         if not ctx.constraint_name_free(t, name):
             return
         t.constraints[name] = VConstraint("c", c.validate, tuple(cols))

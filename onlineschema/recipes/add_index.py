@@ -12,9 +12,12 @@ from ..expressions import (
 )
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.leftovers import index_leftover
 from ..planner.naming import (
     auto_name,
 )
+from ..planner.partitions import index_tree, is_partitioned, unique_keys_ok
+from ..sql import ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -55,13 +58,57 @@ class AddIndexRecipe(Recipe[AddIndex]):
         name = c.name or auto_name(
             t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
         )
-        if not ctx.new_name(t.schema, name, "index"):
-            return
         what = "unique index" if c.unique else "index"
+        if is_partitioned(t):
+            if c.unique and not unique_keys_ok(ctx, t, c.columns, what, "a unique index"):
+                return
+            if c.unique and elements:
+                ctx.refuse(
+                    f"unique index on partitioned {t.qual} has expressions; PostgreSQL"
+                    " cannot enforce such uniqueness across partitions",
+                    "use plain columns that include the partition key",
+                )
+                return
+        expected = ddl.create_index(
+            t.schema,
+            t.name,
+            name,
+            columns=c.columns,
+            elements=elements,
+            unique=c.unique,
+            using=c.using,
+            include=c.include,
+            where=where,
+        )
+        verdict = index_leftover(ctx, t.schema, name, expected)
+        if verdict == "refused":
+            return
+        if verdict == "free" and not ctx.new_name(t.schema, name, "index"):
+            return
+        if is_partitioned(t):
+            index_tree(
+                ctx,
+                t,
+                name,
+                what,
+                columns=c.columns,
+                elements=elements,
+                unique=c.unique,
+                using=c.using,
+                include=c.include,
+                where=where,
+            )
+            return
+        repair = (
+            " (repairs the invalid index of that name an earlier run left: drop"
+            " concurrently, build again)"
+            if verdict == "repair"
+            else ""
+        )
         ctx.index_step(
             t,
             name,
-            f"build {what} {name} on {t.qual} concurrently (reads and writes go on)",
+            f"build {what} {name} on {t.qual} concurrently (reads and writes go on){repair}",
             columns=c.columns,
             elements=elements,
             unique=c.unique,
