@@ -14,6 +14,7 @@ The tree (``events``, range by ts; primary key (id, ts, kind))::
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,8 +22,19 @@ from typing import Any
 import psycopg
 import pytest
 from harness import Conn, lifecycle, run_until_paused, vacuumed_snapshots
-from helpers import constraint_must_exist, constraint_must_not_exist, index_must_exist
-from scenario_tools import Writer
+from helpers import constraint_must_exist, constraint_must_not_exist
+from scenario_tools import (
+    EXECUTOR_APP,
+    MigrationProcess,
+    Writer,
+    backfill_progress,
+    cli_command,
+    executor_backends,
+    invalid_index,
+    migration_state,
+    query_value,
+    wait_backends_gone,
+)
 
 from onlineschema import (
     AddCheck,
@@ -32,13 +44,20 @@ from onlineschema import (
     AddUnique,
     AlterColumnType,
     Backfill,
+    BackfillSettings,
     DropColumn,
     Executor,
     PreflightError,
-    Refused,
     SetNotNull,
+    Settings,
 )
 from onlineschema.catalog import read_catalog
+
+SMALL = Settings(
+    backfill=BackfillSettings(
+        batch_initial=50, batch_min=10, batch_max=50, duty_cycle=1.0, control_interval=0.0
+    )
+)
 
 ROWS = 1200
 TREE = (
@@ -51,7 +70,13 @@ TREE = (
     "events_2025_other",
     "events_default",
 )
-LEAVES = ("events_2024_h0", "events_2024_h1", "events_2025_a", "events_2025_other", "events_default")
+LEAVES = (
+    "events_2024_h0",
+    "events_2024_h1",
+    "events_2025_a",
+    "events_2025_other",
+    "events_default",
+)
 
 SCHEMA = """
 CREATE TABLE users (id bigint PRIMARY KEY);
@@ -98,6 +123,20 @@ def writer(dsn: str, events: Conn) -> Iterator[Writer]:
     # for a lock longer than that, the whole way through
     assert w.statements_in(started, time.monotonic()) > 0
     assert w.max_latency(started, time.monotonic()) < 4.0
+
+
+PARTITIONED = ("events", "events_2024", "events_2025")
+
+
+def partitioned_snapshots(conn: Conn, tables: Sequence[str] = PARTITIONED) -> dict[str, str]:
+    """Snapshots of partitioned tables, ``relhastriggers`` left out: VACUUM never
+    processes a partitioned table itself (it has no storage), so nothing clears the flag
+    that a dropped foreign key's triggers leave set; the triggers themselves are in the
+    snapshot."""
+    return {
+        t: re.sub(r'"relhastriggers": (true|false)', "", s)
+        for t, s in vacuumed_snapshots(conn, tables, mask_oids=True).items()
+    }
 
 
 def plan_of(dsn: str, changes: Sequence[Any]) -> Any:
@@ -158,8 +197,14 @@ def index_plan_shape(plan: Any, name: str) -> None:
     # partition index (leaves, then the two sub-partitioned levels)
     assert acts == ["create_index_on_only"] * 3 + ["create_index"] * 5 + ["attach_index"] * 7
     on_only = [s for s in plan.steps if s.action == "create_index_on_only"]
-    assert all("ON ONLY" in s.statements[0] and "CONCURRENTLY" not in s.statements[0] for s in on_only)
-    assert on_only[0].statements[0].startswith(f'CREATE {"UNIQUE " if "key" in name else ""}INDEX "{name}"')
+    assert all(
+        "ON ONLY" in s.statements[0] and "CONCURRENTLY" not in s.statements[0] for s in on_only
+    )
+    assert (
+        on_only[0]
+        .statements[0]
+        .startswith(f'CREATE {"UNIQUE " if "key" in name else ""}INDEX "{name}"')
+    )
     builds = [s for s in plan.steps if s.action == "create_index"]
     assert [s.tables[0] for s in builds] == [f"public.{leaf}" for leaf in LEAVES]
     assert all("CONCURRENTLY" in s.statements[0] for s in builds)
@@ -171,7 +216,9 @@ def index_plan_shape(plan: Any, name: str) -> None:
     [
         (AddIndex("events", columns=("payload",), name="events_payload_idx"), "events_payload_idx"),
         (
-            AddIndex("events", columns=("user_id", "id", "ts", "kind"), unique=True, name="events_u_key"),
+            AddIndex(
+                "events", columns=("user_id", "id", "ts", "kind"), unique=True, name="events_u_key"
+            ),
             "events_u_key",
         ),
     ],
@@ -198,15 +245,31 @@ def test_index_on_partitioned_table_lifecycle(
         ]
         assert not [n for n in names if "payload" in n or "_u_" in n or "user_id" in n], names
 
+    def half_way(conn: Conn) -> None:
+        # ON ONLY indexes of the three partitioned tables (invalid), two leaf builds
+        rows = conn.execute(
+            "SELECT t.relname, i.indisvalid FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+            " WHERE t.relname LIKE 'events%%' AND NOT i.indisprimary ORDER BY 1"
+        ).fetchall()
+        assert rows == [
+            ("events", False),
+            ("events_2024", False),
+            ("events_2024_h0", True),
+            ("events_2024_h1", True),
+            ("events_2025", False),
+        ], rows
+
     lifecycle(
         dsn,
         events,
         [change],
         tables=TREE,
         # stop half-way: two of the five leaf builds done, nothing attached yet
-        stop=lambda step: step.id == f"create_index.public.{'events_2024_h1'}_"
-        or step.action == "create_index" and step.tables == ("public.events_2024_h1",),
-        after_expand=lambda conn: None,
+        stop=lambda step: (
+            step.action == "create_index" and step.tables == ("public.events_2024_h1",)
+        ),
+        after_expand=half_way,
         after_abort=gone,
         after_finish=built,
     )
@@ -233,3 +296,467 @@ def test_unique_index_without_the_partition_key_is_refused_before_ddl(
         (None,),
         ("onlineschema.migrations",),
     )
+
+
+LOGS = """
+CREATE TABLE logs (id bigint, kind int NOT NULL, msg text) PARTITION BY LIST (kind);
+CREATE TABLE logs_1 PARTITION OF logs FOR VALUES IN (1);
+CREATE TABLE logs_2 PARTITION OF logs FOR VALUES IN (2, 3) PARTITION BY RANGE (id);
+CREATE TABLE logs_2_low PARTITION OF logs_2 FOR VALUES FROM (MINVALUE) TO (500);
+CREATE TABLE logs_2_high PARTITION OF logs_2 FOR VALUES FROM (500) TO (MAXVALUE);
+CREATE TABLE logs_d PARTITION OF logs DEFAULT;
+INSERT INTO logs SELECT g, g % 5, 'm' FROM generate_series(1, 1000) g;
+"""
+LOGS_TREE = ("logs", "logs_1", "logs_2", "logs_2_low", "logs_2_high", "logs_d")
+
+
+@pytest.mark.parametrize("primary_key", [True, False], ids=["primary_key", "unique"])
+def test_primary_key_or_unique_constraint_on_partitioned_table_lifecycle(
+    dsn: str, conn: Conn, primary_key: bool
+) -> None:
+    conn.execute(LOGS)
+    change = AddUnique("logs", ("id", "kind"), primary_key=primary_key)
+    name = "logs_pkey" if primary_key else "logs_id_kind_key"
+    plan = plan_of(dsn, [change])
+    acts = [s.action for s in plan.steps]
+    assert acts.count("create_index") == 4 and acts.count("add_constraint_using_index") == 4
+    assert "add_constraint_using_index" not in [
+        s.action for s in plan.steps if s.tables == ("public.logs",)
+    ], "USING INDEX is not allowed on a partitioned table"
+    last = [s for s in plan.steps if s.action == "add_partitioned_constraint"]
+    assert len(last) == 1 and "DO " in last[0].statements[0]
+    assert all(not (s.blocks_application and s.scans) for s in plan.steps)
+
+    def finished(c: Conn) -> None:
+        constraint_must_exist(c, "logs", name)
+        tree = attached_indexes(c, name)
+        assert {t for t, *_ in tree} == set(LOGS_TREE) and all(v for *_, v in tree), tree
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute("INSERT INTO logs VALUES (7, 2, 'dup')")
+        if primary_key:
+            row = c.execute(
+                "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'logs'::regclass"
+                " AND attname = 'id'"
+            ).fetchone()
+            assert row == (True,)
+
+    lifecycle(
+        dsn,
+        conn,
+        [change],
+        tables=LOGS_TREE,
+        stop=lambda step: step.action == "add_constraint_using_index",
+        after_expand=lambda c: constraint_must_not_exist(c, "logs", name),
+        after_abort=lambda c: constraint_must_not_exist(c, "logs", name),
+        after_finish=finished,
+    )
+
+
+def fk_steps(plan: Any) -> list[tuple[str, str]]:
+    return [(s.action, s.tables[0]) for s in plan.steps]
+
+
+def test_foreign_key_from_partitioned_table_lifecycle(
+    dsn: str, events: Conn, writer: Writer, pg_version: int
+) -> None:
+    change = AddForeignKey("events", ("user_id",), "users", name="events_user_fk")
+    plan = plan_of(dsn, [change])
+    steps = fk_steps(plan)
+    if pg_version >= 18:
+        # NOT VALID on the partitioned parent, one VALIDATE (each partition under SUE)
+        assert steps == [
+            ("add_foreign_key_not_valid", "public.events"),
+            ("validate_constraint", "public.events"),
+        ]
+    else:
+        # 15-17 cannot add it NOT VALID on the parent: per leaf, then the parent attaches
+        expected = []
+        for leaf in LEAVES:
+            expected += [
+                ("add_foreign_key_not_valid", f"public.{leaf}"),
+                ("validate_constraint", f"public.{leaf}"),
+            ]
+        assert steps == [*expected, ("add_partitioned_foreign_key", "public.events")]
+        assert f"PostgreSQL {pg_version} cannot add it NOT VALID" in plan.steps[0].description
+    assert all(not (s.blocks_application and s.scans) for s in plan.steps)
+
+    def valid_everywhere(conn: Conn) -> None:
+        rows = conn.execute(
+            "SELECT conrelid::regclass::text, convalidated FROM pg_constraint"
+            " WHERE contype = 'f' AND conname LIKE 'events_user_fk%' ORDER BY 1"
+        ).fetchall()
+        assert {r[0] for r in rows} == set(TREE) and all(r[1] for r in rows), rows
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO events VALUES (9999999, '2024-07-01', 1, 777, 'x')")
+
+    before = partitioned_snapshots(events)
+
+    def no_fk(conn: Conn) -> None:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'events_user_fk%'"
+        ).fetchone() == (0,)
+        assert partitioned_snapshots(conn) == before
+
+    lifecycle(
+        dsn,
+        events,
+        [change],
+        tables=(*LEAVES, "users"),
+        stop=lambda step: step.action == "validate_constraint",
+        after_expand=lambda c: None,
+        after_abort=no_fk,
+        after_finish=valid_everywhere,
+        mask_oids=True,
+    )
+
+
+def test_foreign_key_to_partitioned_table_lifecycle(dsn: str, events: Conn) -> None:
+    events.execute(
+        "CREATE TABLE refs (id bigint PRIMARY KEY, e_id bigint, e_ts date, e_kind int);"
+        "INSERT INTO refs SELECT g, g, date '2024-06-01' + (g % 700), g % 4"
+        " FROM generate_series(1, 300) g"
+    )
+    change = AddForeignKey(
+        "refs", ("e_id", "e_ts", "e_kind"), "events", ref_columns=("id", "ts", "kind")
+    )
+    plan = plan_of(dsn, [change])
+    assert [s.action for s in plan.steps] == ["add_foreign_key_not_valid", "validate_constraint"]
+
+    def valid(conn: Conn) -> None:
+        constraint_must_exist(conn, "refs", "refs_e_id_e_ts_e_kind_fkey", validated=True)
+
+    lifecycle(
+        dsn,
+        events,
+        [change],
+        tables=("refs",),
+        stop=lambda step: step.action == "add_foreign_key_not_valid",
+        after_expand=lambda c: constraint_must_exist(
+            c, "refs", "refs_e_id_e_ts_e_kind_fkey", validated=False
+        ),
+        after_finish=valid,
+    )
+
+
+def test_not_valid_foreign_key_on_partitioned_table_refused_before_17(
+    dsn: str, events: Conn, pg_version: int
+) -> None:
+    change = AddForeignKey("events", ("user_id",), "users", validate=False)
+    if pg_version >= 18:
+        assert [s.action for s in plan_of(dsn, [change]).steps] == ["add_foreign_key_not_valid"]
+        return
+    before = vacuumed_snapshots(events, TREE)
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([change], "fk_not_valid")
+    assert "cannot keep a NOT VALID foreign key on a partitioned table" in str(err.value)
+    assert "validate=True" in str(err.value)
+    assert vacuumed_snapshots(events, TREE) == before
+
+
+def test_check_and_not_null_on_partitioned_table_lifecycle(
+    dsn: str, events: Conn, writer: Writer, pg_version: int
+) -> None:
+    changes = [
+        AddCheck("events", "kind >= 0", name="events_kind_check"),
+        SetNotNull("events", "payload"),
+    ]
+    plan = plan_of(dsn, changes)
+    assert all(not (s.blocks_application and s.scans) for s in plan.steps)
+    assert ("set_not_null" in [s.action for s in plan.steps]) == (pg_version < 18)
+
+    def finished(conn: Conn) -> None:
+        rows = conn.execute(
+            "SELECT conrelid::regclass::text, convalidated FROM pg_constraint"
+            " WHERE conname = 'events_kind_check' ORDER BY 1"
+        ).fetchall()
+        assert {r[0] for r in rows} == set(TREE) and all(r[1] for r in rows)
+        nn = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attname = 'payload' AND NOT attnotnull"
+            " AND attrelid::regclass::text LIKE 'events%'"
+        ).fetchone()
+        assert nn == (0,)
+
+    lifecycle(
+        dsn,
+        events,
+        changes,
+        tables=TREE,
+        stop=lambda step: step.action == "validate_constraint",
+        after_expand=lambda c: None,
+        after_finish=finished,
+    )
+
+
+def test_column_add_default_backfill_and_drop_on_partitioned_table(
+    dsn: str, events: Conn, writer: Writer
+) -> None:
+    change = AddColumn("events", "score", "int", backfill="kind * 10")
+    plan = plan_of(dsn, [change])
+    fills = [s for s in plan.steps if s.action == "backfill"]
+    # one batched backfill per leaf partition, then the check that no partition came or went
+    assert [s.details["table"] for s in fills] == list(LEAVES)
+    assert all(s.details["key"] == ["id", "ts", "kind"] for s in fills)
+    assert [s.action for s in plan.steps if s.phase == "backfill"][-1] == "check_partitions"
+
+    def filled(conn: Conn) -> None:
+        assert conn.execute(
+            "SELECT count(*) FROM events WHERE score IS DISTINCT FROM kind * 10"
+            " AND id < 100000"  # rows the writer adds after the migration are its own
+        ).fetchone() == (0,)
+
+    lifecycle(
+        dsn,
+        events,
+        [change],
+        tables=TREE,
+        mid_backfill=True,
+        settings=SMALL,
+        after_expand=lambda c: None,
+        after_finish=filled,
+    )
+    with Executor(dsn) as ex:
+        status = ex.status("second")[0]
+    per_partition = [s for s in status["steps"] if s.get("backfill")]
+    assert len(per_partition) == len(LEAVES)
+    for s in per_partition:
+        assert s["backfill"]["rows_done"] == s["backfill"]["rows_total"] or s["backfill"][
+            "progress"
+        ] == pytest.approx(1.0)
+    with Executor(dsn) as ex:
+        assert ex.apply([DropColumn("events", "score")], "drop").state == "awaiting_contract"
+        assert ex.contract("drop").state == "completed"
+    assert events.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attname = 'score' AND NOT attisdropped"
+    ).fetchone() == (0,)
+
+
+def test_type_change_and_rename_on_partitioned_table_refused_with_the_way(
+    dsn: str, events: Conn
+) -> None:
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([AlterColumnType("events", "kind", "bigint")], "retype")
+    assert "is partitioned" in str(err.value)
+    assert "each partition" in str(err.value)
+
+
+def test_backfill_refuses_and_stops_resumably_when_a_partition_is_attached(
+    dsn: str, events: Conn
+) -> None:
+    change = Backfill("events", (("payload", "'b'"),))
+    run_until_paused(dsn, [change], "fill", mid_backfill=True, settings=SMALL)
+    # the partition tree changes while the migration runs
+    events.execute(
+        "CREATE TABLE events_2030 (LIKE events INCLUDING DEFAULTS);"
+        "INSERT INTO events_2030 VALUES (5000000, '2030-02-01', 1, 1, 'new');"
+        "ALTER TABLE events ATTACH PARTITION events_2030"
+        " FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')"
+    )
+    with Executor(dsn, SMALL) as ex, pytest.raises(Exception) as err:
+        ex.resume("fill")
+    text = str(err.value)
+    assert "partitions of public.events changed since the migration was planned" in text, text
+    assert "public.events_2030" in text
+    with Executor(dsn) as ex:
+        assert ex.status("fill")[0]["state"] == "failed"
+        assert ex.abort("fill").state == "aborted"
+    # planned again, the new partition is covered
+    with Executor(dsn, SMALL) as ex:
+        assert ex.apply([change], "fill_again").state == "completed"
+    assert events.execute("SELECT count(*) FROM events WHERE payload <> 'b'").fetchone() == (0,)
+
+
+def test_index_attach_fails_clearly_when_a_partition_was_detached(dsn: str, events: Conn) -> None:
+    change = AddIndex("events", columns=("payload",))
+    run_until_paused(dsn, [change], "idx", lambda s: s.action == "create_index")
+    events.execute("ALTER TABLE events DETACH PARTITION events_default")
+    with Executor(dsn) as ex, pytest.raises(Exception) as err:
+        ex.resume("idx")
+    assert "events_default" in str(err.value)
+    with Executor(dsn) as ex:
+        assert ex.abort("idx").state == "aborted"
+    assert events.execute("SELECT to_regclass('events_payload_idx')").fetchone() == (None,)
+
+
+# --- a plan for 100 partitions ------------------------------------------------------------
+
+
+def make_many(conn: Conn, n: int) -> None:
+    conn.execute(
+        "CREATE TABLE metrics (id bigint NOT NULL, day int NOT NULL, v int, PRIMARY KEY (id, day))"
+        " PARTITION BY RANGE (day)"
+    )
+    for i in range(n):
+        conn.execute(
+            f"CREATE TABLE metrics_p{i:03d} PARTITION OF metrics"
+            f" FOR VALUES FROM ({i * 10}) TO ({(i + 1) * 10})"
+        )
+
+
+def test_plan_for_100_partitions_stays_readable_and_grows_linearly(dsn: str, conn: Conn) -> None:
+    make_many(conn, 100)
+    changes = [
+        AddIndex("metrics", columns=("v",), name="metrics_v_idx"),
+        AddColumn("metrics", "w", "int", backfill="v"),
+    ]
+    plan = plan_of(dsn, changes)
+    # 1 ON ONLY + 100 builds + 100 attaches; 1 add column + 100 backfills + 1 check
+    kinds = [s.action for s in plan.steps]
+    assert kinds.count("create_index") == 100 and kinds.count("attach_index") == 100
+    assert kinds.count("backfill") == 100 and kinds.count("check_partitions") == 1
+    text = plan.render_text()
+    lines = text.splitlines()
+    # every partition step says which partition of how many it is, in order
+    numbered = [
+        ln for ln in lines if re.match(r"^\s+\d+\. partition \d+/100 of public\.metrics: ", ln)
+    ]
+    assert len(numbered) == 200, len(numbered)
+    for kind in ("build index", "backfill public.metrics_p"):
+        seq = [
+            int(m.group(1))
+            for ln in numbered
+            if kind in ln and (m := re.search(r"partition (\d+)/100", ln))
+        ]
+        assert seq == list(range(1, 101)), (kind, seq[:5])
+    # each step takes a fixed number of lines: the text grows linearly with the partitions
+    with Executor(dsn) as ex:
+        conn.execute("DROP TABLE metrics")
+        make_many(conn, 50)
+        half = ex.plan(changes)
+    # three steps per partition (build, attach, backfill) plus a fixed few
+    assert len(plan.steps) - 3 * 100 == len(half.steps) - 3 * 50 < 10
+    assert len(lines) - len(half.render_text().splitlines()) == pytest.approx(
+        len(half.render_text().splitlines()), rel=0.1
+    )
+
+
+# --- crashes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=False)
+def no_leftover_processes() -> Iterator[None]:
+    yield
+    MigrationProcess.kill_leftovers()
+
+
+def cli_apply(dsn: str, sql_text: str, name: str) -> MigrationProcess:
+    return MigrationProcess(
+        cli_command(
+            "--log-format",
+            "json",
+            "apply",
+            "--dsn",
+            dsn,
+            "--sql",
+            sql_text,
+            "--name",
+            name,
+            "--yes",
+        )
+    ).start()
+
+
+def cli_resume(dsn: str, name: str) -> MigrationProcess:
+    return MigrationProcess(
+        cli_command("--log-format", "json", "resume", "--dsn", dsn, name)
+    ).start()
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_partition_index_build_then_resume_completes(
+    dsn: str, events: Conn, no_leftover_processes: None
+) -> None:
+    events.execute(
+        "CREATE FUNCTION slow_id(v int) RETURNS int IMMUTABLE LANGUAGE plpgsql"
+        " AS 'BEGIN PERFORM pg_sleep(0.002); RETURN v; END'"
+    )
+    name = "events_slow"
+    proc = cli_apply(dsn, "CREATE INDEX events_slow_idx ON events (slow_id(kind));", name)
+
+    def leaf_build_running() -> str | None:
+        # a leaf index in the catalog, not valid, its build running (not the first leaf:
+        # earlier partitions are done)
+        row = query_value(
+            dsn,
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_class t ON t.oid = i.indrelid WHERE NOT i.indisvalid AND t.relkind = 'r'"
+            " AND t.relname = 'events_2025_a' AND EXISTS (SELECT 1 FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s AND state = 'active'"
+            " AND query LIKE 'CREATE INDEX CONCURRENTLY%%')",
+            (EXECUTOR_APP,),
+        )
+        return str(row) if row else None
+
+    leaf_index = proc.kill_when(leaf_build_running, timeout=90, what="a partition's index build")
+    orphans = executor_backends(dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for pid in orphans:
+            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_backends_gone(dsn, orphans)
+    assert invalid_index(dsn, leaf_index)
+    done = cli_resume(dsn, name).wait(timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    dropped = [e for e in done.events() if e.get("event") == "index_invalid_dropped"]
+    assert [e.get("index") for e in dropped] == [leaf_index], done.event_names()
+    tree = attached_indexes(events, "events_slow_idx")
+    assert {t for t, *_ in tree} == set(TREE) and all(v for *_, v in tree), tree
+    # exactly one index per table: nothing built twice, no leftover
+    per_table = events.execute(
+        "SELECT t.relname, count(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+        " WHERE t.relname LIKE 'events%' AND NOT i.indisprimary GROUP BY 1"
+    ).fetchall()
+    assert sorted(per_table) == sorted((t, 1) for t in TREE)
+    assert migration_state(dsn, name) == "completed"
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_cross_partition_backfill_then_resume_applies_each_row_once(
+    dsn: str, events: Conn, no_leftover_processes: None
+) -> None:
+    events.execute(
+        "ALTER TABLE events ADD COLUMN n int NOT NULL DEFAULT 0;"
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS"
+        " 'BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END';"
+        "CREATE TRIGGER slow BEFORE UPDATE ON events FOR EACH ROW EXECUTE FUNCTION slow_row()"
+    )
+    name = "bump"
+    proc = cli_apply(dsn, "UPDATE events SET n = n + 1;", name)
+    first_leaf = query_value(dsn, "SELECT count(*) FROM events_2024_h0")
+
+    def mid_tree() -> bool:
+        done = backfill_progress(dsn, name)
+        if done is None or not first_leaf < done < ROWS:
+            return False  # at least one partition finished, not all
+        return bool(
+            query_value(
+                dsn,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND starts_with(application_name, %s) AND state = 'active'"
+                ' AND starts_with(query, \'UPDATE "public"."events_\')',
+                (EXECUTOR_APP,),
+            )
+        )
+
+    proc.kill_when(mid_tree, timeout=90, what="a backfill batch in a later partition")
+    wait_backends_gone(dsn, executor_backends(dsn))
+    committed = backfill_progress(dsn, name)
+    assert committed is not None and first_leaf <= committed < ROWS
+    assert query_value(dsn, "SELECT count(*) FROM events WHERE n = 1") == committed
+    events.execute("DROP TRIGGER slow ON events")
+    done = cli_resume(dsn, name).wait(timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert events.execute(
+        "SELECT count(*) FILTER (WHERE n = 1), count(*) FILTER (WHERE n <> 1) FROM events"
+    ).fetchone() == (ROWS, 0)
+    with Executor(dsn) as ex:
+        status = ex.status(name)[0]
+    fills = [s for s in status["steps"] if s.get("backfill")]
+    assert [s["id"].split(".")[2] for s in fills] == list(LEAVES)
+    per_leaf = {
+        r[0]: r[1]
+        for r in events.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM events GROUP BY 1"
+        ).fetchall()
+    }
+    for s in fills:
+        assert s["state"] == "done"
+        assert s["backfill"]["rows_done"] == per_leaf[s["id"].split(".")[2]], s

@@ -120,17 +120,23 @@ class AddUniqueRecipe(Recipe[AddUnique]):
                     col.notnull = True
                     ctx.not_null_steps(t, colname)
         total = len(built.leaves)
+        # PostgreSQL 18 makes a partition's inherited NOT NULL constraints local when a
+        # primary key is added to the partition, which abort could not take back: there
+        # the partitions get UNIQUE constraints, which the parent's primary key attaches
+        # just the same (15-17: primary keys, as PostgreSQL creates them)
+        leaf_pk = c.primary_key and ctx.major < 18
+        leaf_what = "primary key" if leaf_pk else "unique constraint"
         for i, leaf in enumerate(built.leaves, 1):
             idx = built.names[(leaf.schema, leaf.name)]
             ctx.brief(
                 f"add_constraint_using_index.{leaf.qual}.{idx}",
                 "validate",
                 "add_constraint_using_index",
-                f"partition {i}/{total} of {t.qual}: attach {idx} as the {what} of {leaf.qual}"
-                " (catalog only)",
+                f"partition {i}/{total} of {t.qual}: attach {idx} as the {leaf_what} of"
+                f" {leaf.qual} (catalog only)",
                 [
                     ddl.add_constraint_using_index(
-                        leaf.schema, leaf.name, idx, idx, primary_key=c.primary_key
+                        leaf.schema, leaf.name, idx, idx, primary_key=leaf_pk
                     )
                 ],
                 [leaf.qual],
@@ -138,7 +144,7 @@ class AddUniqueRecipe(Recipe[AddUnique]):
                 undo=[Action(ddl.drop_constraint(leaf.schema, leaf.name, idx))],
             )
             leaf.constraints[idx] = VConstraint(
-                "p" if c.primary_key else "u", True, tuple(c.columns), index=idx
+                "p" if leaf_pk else "u", True, tuple(c.columns), index=idx
             )
         ctx.brief(
             f"add_constraint.{t.qual}.{name}",
