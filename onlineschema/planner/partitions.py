@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..plan import Action, Phase
+from ..plan import Action
 from ..sql import checks, ddl
 from .model import VIndex
 from .naming import auto_name, helper_name
+from .partition_tree import Node, tree
 from .steps import RANK_INDEX
 
 if TYPE_CHECKING:
@@ -37,51 +38,6 @@ if TYPE_CHECKING:
 
     from .context import PlanContext
     from .model import VTable
-
-
-def is_partitioned(t: VTable) -> bool:
-    return t.info is not None and t.info.relkind == "p"
-
-
-@dataclass
-class Node:
-    table: VTable
-    parent: Node | None
-    depth: int
-
-    @property
-    def partitioned(self) -> bool:
-        return is_partitioned(self.table)
-
-
-def tree(ctx: PlanContext, t: VTable) -> list[Node] | None:
-    """``t`` and its partitions, parents before their partitions (None, refused, if a
-    partition was not read)."""
-    out: list[Node] = []
-
-    def walk(v: VTable, parent: Node | None, depth: int) -> bool:
-        node = Node(v, parent, depth)
-        out.append(node)
-        if v.info is None:
-            return True
-        for key in v.info.partitions:
-            child = ctx.tables.get(key)
-            if child is None:
-                ctx.refuse(
-                    f"partition {key[0]}.{key[1]} of {v.qual} could not be read",
-                    "check that the role can read it, then plan again",
-                )
-                return False
-            if not walk(child, node, depth + 1):
-                return False
-        return True
-
-    return out if walk(t, None, 0) else None
-
-
-def leaves(ctx: PlanContext, t: VTable) -> list[VTable] | None:
-    nodes = tree(ctx, t)
-    return None if nodes is None else [n.table for n in nodes if not n.partitioned]
 
 
 def unique_keys_ok(
@@ -268,26 +224,4 @@ def attach_step(
         # finds nothing left of theirs
         undo=[Action(ddl.drop_index(root[0], root_index, concurrently=False))],
         rank=RANK_INDEX,
-    )
-
-
-def partitions_unchanged(ctx: PlanContext, t: VTable) -> str:
-    """The statement that fails unless the leaf partitions of ``t`` are those planned."""
-    ls = leaves(ctx, t) or []
-    return ddl.assert_partitions(t.schema, t.name, [(v.schema, v.name) for v in ls])
-
-
-def guard_step(ctx: PlanContext, t: VTable, sid: str, phase: Phase, why: str, rank: int) -> None:
-    """A step that fails, saying what changed, if the leaf partitions of ``t`` are not
-    those the plan was made for (catalog read only)."""
-    ls = leaves(ctx, t) or []
-    ctx.brief(
-        f"check_partitions.{t.qual}.{sid}",
-        phase,
-        "check_partitions",
-        f"check the partitions of {t.qual} are the {len(ls)} planned ({why})",
-        [ddl.assert_partitions(t.schema, t.name, [(v.schema, v.name) for v in ls])],
-        [t.qual],
-        lock="AccessShareLock",
-        rank=rank,
     )

@@ -18,6 +18,7 @@ from ..plan import Action, Phase, Step
 from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
+from .partition_tree import leaves, partitions_unchanged
 
 PHASE_RANK = {"expand": 0, "backfill": 1, "validate": 2, "contract": 3}
 # inside the validate phase: index builds first, then constraints, foreign keys last
@@ -33,6 +34,7 @@ class StepEmitter:
     seq: int
     relations: set[tuple[str, str]]
     problems: list[Refused]
+    tables: dict[tuple[str, str], VTable]
 
     if TYPE_CHECKING:
 
@@ -229,9 +231,7 @@ class StepEmitter:
         if t.info is not None and t.info.relkind == "p":
             # one backfill per leaf partition: each its own batches, progress in
             # `status` and resume point (the engine batches one table by its key)
-            from .partitions import guard_step, leaves
-
-            parts = leaves(self, t)  # type: ignore[arg-type]
+            parts = leaves(self, t)
             if parts is None:
                 return
             targets = [
@@ -244,14 +244,16 @@ class StepEmitter:
             ]
         for target, text in targets:
             self._backfill_one(target, text, sets, where, only_null, key, key_types, strategy)
-        if len(targets) > 1 or targets[0][0] is not t:
-            guard_step(
-                self,  # type: ignore[arg-type]
-                t,
-                "backfill." + ".".join(c for c, _ in sets),
+        if targets[0][0] is not t:
+            self.brief(
+                f"check_partitions.{t.qual}.backfill." + ".".join(c for c, _ in sets),
                 "backfill",
-                "a partition attached during the backfill would have rows left unfilled",
-                0,
+                "check_partitions",
+                f"check the partitions of {t.qual} are the {len(targets)} backfilled (a"
+                " partition attached during the backfill would have rows left unfilled)",
+                [partitions_unchanged(self, t)],
+                [t.qual],
+                lock="AccessShareLock",
             )
 
     def _backfill_one(

@@ -13,7 +13,7 @@ from ..planner.model import VColumn, VConstraint, VTable
 from ..planner.naming import (
     auto_name,
 )
-from ..planner.partitions import is_partitioned, leaves, partitions_unchanged
+from ..planner.partition_tree import is_partitioned, leaves, partitions_unchanged
 from ..planner.steps import RANK_FK
 from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for

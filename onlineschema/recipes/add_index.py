@@ -16,7 +16,8 @@ from ..planner.leftovers import index_leftover
 from ..planner.naming import (
     auto_name,
 )
-from ..planner.partitions import index_tree, is_partitioned, unique_keys_ok
+from ..planner.partition_tree import is_partitioned
+from ..planner.partitions import index_tree, unique_keys_ok
 from ..sql import ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 

@@ -12,7 +12,8 @@ from ..planner.naming import (
     MAX_IDENTIFIER_BYTES,
     auto_name,
 )
-from ..planner.partitions import index_tree, is_partitioned, partitions_unchanged, unique_keys_ok
+from ..planner.partition_tree import is_partitioned, partitions_unchanged
+from ..planner.partitions import index_tree, unique_keys_ok
 from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 

@@ -1,0 +1,70 @@
+"""The partition tree of a partitioned table as the planner sees it (the catalog read
+its partitions down to the leaves), and the run-time check that it is still the tree
+the plan was made for. Step sequences on partitioned tables: ``planner.partitions``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..sql import ddl
+from .model import VTable
+
+
+class Tables(Protocol):
+    """What the tree needs of the planner: its model of the tables, and refusals."""
+
+    tables: dict[tuple[str, str], VTable]
+
+    def refuse(self, problem: str, fix: str | None = None) -> None: ...
+
+
+def is_partitioned(t: VTable) -> bool:
+    return t.info is not None and t.info.relkind == "p"
+
+
+@dataclass
+class Node:
+    table: VTable
+    parent: Node | None
+    depth: int
+
+    @property
+    def partitioned(self) -> bool:
+        return is_partitioned(self.table)
+
+
+def tree(ctx: Tables, t: VTable) -> list[Node] | None:
+    """``t`` and its partitions, parents before their partitions (None, refused, if a
+    partition was not read)."""
+    out: list[Node] = []
+
+    def walk(v: VTable, parent: Node | None, depth: int) -> bool:
+        node = Node(v, parent, depth)
+        out.append(node)
+        if v.info is None:
+            return True
+        for key in v.info.partitions:
+            child = ctx.tables.get(key)
+            if child is None:
+                ctx.refuse(
+                    f"partition {key[0]}.{key[1]} of {v.qual} could not be read",
+                    "check that the role can read it, then plan again",
+                )
+                return False
+            if not walk(child, node, depth + 1):
+                return False
+        return True
+
+    return out if walk(t, None, 0) else None
+
+
+def leaves(ctx: Tables, t: VTable) -> list[VTable] | None:
+    nodes = tree(ctx, t)
+    return None if nodes is None else [n.table for n in nodes if not n.partitioned]
+
+
+def partitions_unchanged(ctx: Tables, t: VTable) -> str:
+    """The statement that fails unless the leaf partitions of ``t`` are those planned."""
+    ls = leaves(ctx, t) or []
+    return ddl.assert_partitions(t.schema, t.name, [(v.schema, v.name) for v in ls])
