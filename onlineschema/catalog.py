@@ -45,6 +45,8 @@ class IndexInfo:
     partial: bool
     definition: str
     constraint: str | None  # the constraint this index backs, if any
+    #: the partitioned index this one (of a partition) is attached to, if any
+    parent_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,9 @@ SELECT i.indrelid AS oid, ic.relname AS name, i.indisvalid, i.indisready, i.indi
              LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
              ORDER BY k.ord) AS columns,
        (SELECT conname FROM pg_constraint WHERE conindid = i.indexrelid
-          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint
+          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint,
+       (SELECT p.relname FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent
+         WHERE h.inhrelid = i.indexrelid) AS parent_index
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 WHERE i.indrelid = ANY(%(oids)s)
 """
@@ -480,6 +484,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             partial=r["partial"],
             definition=r["def"],
             constraint=r["constraint"],
+            parent_index=r["parent_index"],
         )
     constraints: dict[int, dict[str, ConstraintInfo]] = {o: {} for o in oids}
     cur.execute(_CONSTRAINTS_SQL, params)

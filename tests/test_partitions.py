@@ -46,8 +46,11 @@ from onlineschema import (
     Backfill,
     BackfillSettings,
     DropColumn,
+    DropIndex,
     Executor,
     PreflightError,
+    Reindex,
+    RenameColumn,
     SetNotNull,
     Settings,
 )
@@ -760,3 +763,61 @@ def test_sigkill_during_a_cross_partition_backfill_then_resume_applies_each_row_
     for s in fills:
         assert s["state"] == "done"
         assert s["backfill"]["rows_done"] == per_leaf[s["id"].split(".")[2]], s
+
+
+def test_drop_index_of_a_partitioned_table(dsn: str, events: Conn, writer: Writer) -> None:
+    events.execute("CREATE INDEX events_payload_idx ON events (payload)")
+    leaf_index = events.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = 'events_default'::regclass AND NOT i.indisprimary"
+    ).fetchone()
+    assert leaf_index is not None
+    # a partition's index attached to the parent's cannot be dropped alone
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([DropIndex(leaf_index[0])], "drop_leaf")
+    assert "is part of the partitioned index events_payload_idx" in str(err.value)
+    assert "DropIndex('events_payload_idx')" in str(err.value)
+    # the parent's: no CONCURRENTLY (not allowed on a partitioned index), brief
+    plan = plan_of(dsn, [DropIndex("events_payload_idx")])
+    assert [s.action for s in plan.steps] == ["drop_partitioned_index"]
+    assert "CONCURRENTLY" not in plan.steps[0].statements[0]
+    with Executor(dsn) as ex:
+        assert ex.apply([DropIndex("events_payload_idx")], "drop").state == "completed"
+    assert events.execute(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE '%payload%'"
+    ).fetchone() == (0,)
+
+
+def test_rename_on_partitioned_table_refused_with_the_way(dsn: str, events: Conn) -> None:
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([RenameColumn("events", "payload", "body")], "rename")
+    assert "is partitioned" in str(err.value) and "each partition" in str(err.value)
+
+
+def test_reindex_of_a_partitioned_index_rebuilds_each_partition(
+    dsn: str, events: Conn, writer: Writer
+) -> None:
+    events.execute("CREATE INDEX events_payload_idx ON events (payload)")
+    before = {
+        r[0]: r[1]
+        for r in events.execute(
+            "SELECT c.relname, c.relfilenode FROM pg_class c WHERE c.relname LIKE '%payload%'"
+            " AND c.relkind = 'i'"
+        ).fetchall()
+    }
+    assert len(before) == 5  # the leaves' indexes (partitioned ones have no storage)
+    plan = plan_of(dsn, [Reindex("events_payload_idx")])
+    assert [s.action for s in plan.steps] == ["reindex"] * 5
+    assert sorted(s.tables[0] for s in plan.steps) == sorted(f"public.{leaf}" for leaf in LEAVES)
+    with Executor(dsn) as ex:
+        assert ex.apply([Reindex("events_payload_idx")], "reindex").state == "completed"
+    after = dict(
+        events.execute(
+            "SELECT c.relname, c.relfilenode FROM pg_class c WHERE c.relname LIKE '%payload%'"
+            " AND c.relkind = 'i'"
+        ).fetchall()
+    )
+    assert after.keys() == before.keys()
+    assert all(after[k] != before[k] for k in before), (before, after)
+    tree = attached_indexes(events, "events_payload_idx")
+    assert len(tree) == 8 and all(v for *_, v in tree)
