@@ -133,22 +133,30 @@ class StepEmitter:
             )
         else:
             con = nn_check_name(n, column)
-            self.brief(
-                f"add_not_null_check.{t.qual}.{column}",
-                "validate",
-                "add_check_not_valid",
-                f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
-                [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
-                [t.qual],
-                post=checks.q_constraint(s, n, con),
-                undo=[Action(ddl.drop_constraint(s, n, con))],
-            )
-            self.validate_step(
-                t,
-                con,
-                f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and writes go on)",
-                rank=RANK_DEFAULT,
-            )
+            # the helper check of an earlier run that failed (not aborted) is reused:
+            # validated if it is not yet, never added twice
+            left = t.constraints.get(con)
+            left = left if left is not None and left.type == "c" else None
+            if left is None:
+                self.brief(
+                    f"add_not_null_check.{t.qual}.{column}",
+                    "validate",
+                    "add_check_not_valid",
+                    f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
+                    [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
+                    [t.qual],
+                    post=checks.q_constraint(s, n, con),
+                    undo=[Action(ddl.drop_constraint(s, n, con))],
+                )
+            if left is None or not left.validated:
+                self.validate_step(
+                    t,
+                    con,
+                    f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and"
+                    " writes go on)"
+                    + ("; the check was left NOT VALID by an earlier run" if left else ""),
+                    rank=RANK_DEFAULT,
+                )
             self.brief(
                 f"set_not_null.{t.qual}.{column}",
                 "validate",

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from harness import Conn, vacuumed_snapshots
-from helpers import constraint_must_exist, index_must_exist, must_not_insert
+from helpers import constraint_must_exist, constraint_names, index_must_exist, must_not_insert
 from psycopg import errors as pgerr
 
-from onlineschema import AddCheck, AddForeignKey, AddIndex, Executor, PreflightError
+from onlineschema import AddCheck, AddForeignKey, AddIndex, Executor, PreflightError, SetNotNull
 from onlineschema.sqlinput import parse_sql
 
 
@@ -105,3 +105,41 @@ def test_not_valid_foreign_key_left_behind_is_validated(dsn: str, orders: Conn) 
     with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
         ex.apply([change], "fk_other")
     assert "defined differently" in str(err.value)
+
+
+@pytest.mark.pg("<18")
+def test_not_null_helper_check_left_not_valid_is_validated_not_added(
+    dsn: str, orders: Conn
+) -> None:
+    orders.execute(
+        "ALTER TABLE orders ADD CONSTRAINT onlineschema_nn_orders_amount"
+        " CHECK (amount IS NOT NULL) NOT VALID"
+    )
+    change = SetNotNull("orders", "amount")
+    with Executor(dsn) as ex:
+        plan = ex.plan([change])
+        assert [s.action for s in plan.steps] == [
+            "validate_constraint",
+            "set_not_null",
+            "drop_helper_check",
+        ]
+        assert "left NOT VALID by an earlier run" in plan.steps[0].description
+        assert ex.apply([change], "nn").state == "completed"
+    row = orders.execute(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'orders'::regclass"
+        " AND attname = 'amount'"
+    ).fetchone()
+    assert row == (True,)
+    assert "onlineschema_nn_orders_amount" not in constraint_names(orders, "orders")
+
+
+@pytest.mark.pg(">=18")
+def test_not_null_constraint_left_not_valid_is_validated_not_added(dsn: str, orders: Conn) -> None:
+    orders.execute(
+        "ALTER TABLE orders ADD CONSTRAINT orders_amount_not_null NOT NULL amount NOT VALID"
+    )
+    change = SetNotNull("orders", "amount")
+    with Executor(dsn) as ex:
+        assert [s.action for s in ex.plan([change]).steps] == ["validate_constraint"]
+        assert ex.apply([change], "nn").state == "completed"
+    constraint_must_exist(orders, "orders", "orders_amount_not_null", validated=True)
