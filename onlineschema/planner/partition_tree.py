@@ -68,3 +68,14 @@ def partitions_unchanged(ctx: Tables, t: VTable) -> str:
     """The statement that fails unless the leaf partitions of ``t`` are those planned."""
     ls = leaves(ctx, t) or []
     return ddl.assert_partitions(t.schema, t.name, [(v.schema, v.name) for v in ls])
+
+
+def scope(ctx: Tables, t: VTable, *, scans: bool = False) -> str:
+    """What a statement on partitioned ``t`` also does (empty for other tables): for the
+    plan text, which says the path each step takes."""
+    if not is_partitioned(t):
+        return ""
+    n = len(leaves(ctx, t) or [])
+    if scans:
+        return f"; partitioned: each of its {n} partitions is scanned in turn"
+    return f"; partitioned: the same brief lock on its {n} partitions too, no scan"

@@ -18,7 +18,7 @@ from ..plan import Action, Phase, Step
 from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
-from .partition_tree import leaves, partitions_unchanged
+from .partition_tree import leaves, partitions_unchanged, scope
 
 PHASE_RANK = {"expand": 0, "backfill": 1, "validate": 2, "contract": 3}
 # inside the validate phase: index builds first, then constraints, foreign keys last
@@ -119,7 +119,8 @@ class StepEmitter:
                 f"add_not_null.{t.qual}.{column}",
                 "validate",
                 "add_not_null_not_valid",
-                f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once)",
+                f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once"
+                f"{scope(self, t)})",
                 [ddl.add_not_null_constraint(s, n, con, column)],
                 [t.qual],
                 post=checks.q_constraint(s, n, con),
@@ -128,7 +129,8 @@ class StepEmitter:
             self.validate_step(
                 t,
                 con,
-                f"validate NOT NULL on {t.qual}.{column} (scans, reads and writes go on)",
+                f"validate NOT NULL on {t.qual}.{column} (scans, reads and writes go on"
+                f"{scope(self, t, scans=True)})",
                 rank=RANK_DEFAULT,
             )
         else:
@@ -142,7 +144,8 @@ class StepEmitter:
                     f"add_not_null_check.{t.qual}.{column}",
                     "validate",
                     "add_check_not_valid",
-                    f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
+                    f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}"
+                    + (f" ({scope(self, t)[2:]})" if scope(self, t) else ""),
                     [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
                     [t.qual],
                     post=checks.q_constraint(s, n, con),
@@ -153,7 +156,7 @@ class StepEmitter:
                     t,
                     con,
                     f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and"
-                    " writes go on)"
+                    f" writes go on{scope(self, t, scans=True)})"
                     + ("; the check was left NOT VALID by an earlier run" if left else ""),
                     rank=RANK_DEFAULT,
                 )

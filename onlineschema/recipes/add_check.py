@@ -17,6 +17,7 @@ from ..planner.model import VConstraint
 from ..planner.naming import (
     auto_name,
 )
+from ..planner.partition_tree import scope
 from ..planner.steps import RANK_DEFAULT
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
@@ -57,7 +58,7 @@ class AddCheckRecipe(Recipe[AddCheck]):
             f"add_check.{t.qual}.{name}",
             "validate",
             "add_check_not_valid",
-            f"add check {name} on {t.qual} NOT VALID (new rows checked at once)",
+            f"add check {name} on {t.qual} NOT VALID (new rows checked at once{scope(ctx, t)})",
             [ddl.add_check(t.schema, t.name, name, expr, not_valid=True)],
             [t.qual],
             post=checks.q_constraint(t.schema, t.name, name),
@@ -67,7 +68,8 @@ class AddCheckRecipe(Recipe[AddCheck]):
             ctx.validate_step(
                 t,
                 name,
-                f"validate check {name} (scans {t.qual}, reads and writes go on)",
+                f"validate check {name} (scans {t.qual}, reads and writes go on"
+                f"{scope(ctx, t, scans=True)})",
                 rank=RANK_DEFAULT,
             )
 
