@@ -574,10 +574,32 @@ def test_index_attach_fails_clearly_when_a_partition_was_detached(dsn: str, even
     events.execute("ALTER TABLE events DETACH PARTITION events_default")
     with Executor(dsn) as ex, pytest.raises(Exception) as err:
         ex.resume("idx")
-    assert "events_default" in str(err.value)
+    text = str(err.value)
+    assert "partitions of public.events changed since the migration was planned" in text, text
+    assert "detached: public.events_default" in text
     with Executor(dsn) as ex:
         assert ex.abort("idx").state == "aborted"
     assert events.execute("SELECT to_regclass('events_payload_idx')").fetchone() == (None,)
+    assert events.execute(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE '%payload%'"
+    ).fetchone() == (0,)
+
+
+def test_partition_attached_during_an_index_build_gets_its_index_from_postgresql(
+    dsn: str, events: Conn
+) -> None:
+    change = AddIndex("events", columns=("payload",))
+    run_until_paused(dsn, [change], "idx", lambda s: s.action == "create_index")
+    # ATTACH builds the partition's index itself and attaches it to the ON ONLY index
+    events.execute(
+        "CREATE TABLE events_2030 (LIKE events INCLUDING DEFAULTS);"
+        "ALTER TABLE events ATTACH PARTITION events_2030"
+        " FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')"
+    )
+    with Executor(dsn) as ex:
+        assert ex.resume("idx").state == "completed"
+    tree = attached_indexes(events, "events_payload_idx")
+    assert {t for t, *_ in tree} == {*TREE, "events_2030"} and all(v for *_, v in tree), tree
 
 
 # --- a plan for 100 partitions ------------------------------------------------------------

@@ -64,10 +64,12 @@ def leaves(ctx: Tables, t: VTable) -> list[VTable] | None:
     return None if nodes is None else [n.table for n in nodes if not n.partitioned]
 
 
-def partitions_unchanged(ctx: Tables, t: VTable) -> str:
+def partitions_unchanged(ctx: Tables, t: VTable, *, allow_new: bool = False) -> str:
     """The statement that fails unless the leaf partitions of ``t`` are those planned."""
     ls = leaves(ctx, t) or []
-    return ddl.assert_partitions(t.schema, t.name, [(v.schema, v.name) for v in ls])
+    return ddl.assert_partitions(
+        t.schema, t.name, [(v.schema, v.name) for v in ls], allow_new=allow_new
+    )
 
 
 def scope(ctx: Tables, t: VTable, *, scans: bool = False) -> str:

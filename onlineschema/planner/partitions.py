@@ -30,7 +30,7 @@ from ..plan import Action
 from ..sql import checks, ddl
 from .model import VIndex
 from .naming import auto_name, helper_name
-from .partition_tree import Node, tree
+from .partition_tree import Node, partitions_unchanged, tree
 from .steps import RANK_INDEX
 
 if TYPE_CHECKING:
@@ -190,8 +190,12 @@ def index_tree(
         )
     if not leaves_only:
         # bottom-up: a sub-partitioned level's index is attached once it is complete
-        for node in sorted((n for n in nodes if n.parent is not None), key=lambda n: -n.depth):
-            attach_step(ctx, node, names, root_key, root_name, what)
+        ordered = sorted((n for n in nodes if n.parent is not None), key=lambda n: -n.depth)
+        for i, node in enumerate(ordered):
+            # the first attach checks no planned partition was detached meanwhile (one
+            # attached since got its index from PostgreSQL when it was attached)
+            check = partitions_unchanged(ctx, t, allow_new=True) if i == 0 else None
+            attach_step(ctx, node, names, root_key, root_name, what, check)
     return IndexTree(names, [n.table for n in leaf_nodes])
 
 
@@ -206,6 +210,7 @@ def attach_step(
     root: tuple[str, str],
     root_index: str,
     what: str,
+    check: str | None = None,
 ) -> None:
     assert node.parent is not None
     v, p = node.table, node.parent.table
@@ -215,8 +220,9 @@ def attach_step(
         "validate",
         "attach_index",
         f"attach {idx} (of partition {v.qual}) to {what} {pidx} of {p.qual}: catalog only,"
-        " brief lock on that index",
-        [ddl.attach_index(p.schema, pidx, v.schema, idx)],
+        " brief lock on that index"
+        + ("; first checks no partition was detached since the plan" if check else ""),
+        [*([check] if check else []), ddl.attach_index(p.schema, pidx, v.schema, idx)],
         [v.qual],
         post=checks.q_index_attached(v.schema, idx, p.schema, pidx),
         # an attached index cannot be detached or dropped alone: abort drops the whole

@@ -258,9 +258,13 @@ def unique_definition(columns: Sequence[str], *, primary_key: bool) -> str:
     return render(sql.SQL(kind + " ({})").format(_idents(columns)))
 
 
-def assert_partitions(schema: str, table: str, leaves: Sequence[tuple[str, str]]) -> str:
+def assert_partitions(
+    schema: str, table: str, leaves: Sequence[tuple[str, str]], *, allow_new: bool = False
+) -> str:
     """A statement that fails, saying what changed, unless the leaf partitions of
-    ``schema.table`` are exactly ``leaves`` (the plan was made for those)."""
+    ``schema.table`` are exactly ``leaves`` (the plan was made for those); with
+    ``allow_new``, partitions attached since are accepted (PostgreSQL gave them what the
+    step needs when they were attached)."""
     planned = sorted(f"{s}.{n}" for s, n in leaves)
     body = sql.SQL(
         "DECLARE\n"
@@ -271,7 +275,7 @@ def assert_partitions(schema: str, table: str, leaves: Sequence[tuple[str, str]]
         "    INTO found FROM pg_partition_tree({rel}::regclass) t\n"
         "    JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace\n"
         "    WHERE c.relkind <> 'p';\n"
-        "  IF NOT (found @> planned AND found <@ planned) THEN\n"
+        "  IF NOT (found @> planned{exact}) THEN\n"
         "    RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',\n"
         "      MESSAGE = 'the partitions of ' || {label} || ' changed since the migration"
         " was planned (attached: ' || coalesce(array_to_string(ARRAY(SELECT unnest(found)"
@@ -284,6 +288,7 @@ def assert_partitions(schema: str, table: str, leaves: Sequence[tuple[str, str]]
         "END"
     ).format(
         planned=sql.Literal(planned),
+        exact=sql.SQL("" if allow_new else " AND found <@ planned"),
         rel=sql.Literal(render(qname(schema, table))),
         label=sql.Literal(f"{schema}.{table}"),
     )
