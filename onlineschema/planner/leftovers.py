@@ -96,8 +96,8 @@ def constraint_leftover(
     if same:
         return "repair"
     ctx.refuse(
-        f"constraint {name!r} of {t.qual} exists NOT VALID (left by an earlier failed run)"
-        f" and is defined differently: {info.definition}",
+        f"constraint {name!r} already exists on {t.qual}, NOT VALID (as an earlier failed run"
+        f" leaves it) and defined differently: {info.definition}",
         f"drop it (`ALTER TABLE {ddl.ident(t.schema)}.{ddl.ident(t.name)} DROP CONSTRAINT"
         f" {ddl.ident(name)}`) or give the new constraint another name",
     )
