@@ -59,6 +59,8 @@ class ConstraintInfo:
     ref_table: tuple[str, str] | None  # (schema, name) of the referenced table (FK)
     index: str | None
     ref_columns: tuple[str, ...] = ()  # the referenced columns (FK)
+    #: inherited from a partitioned parent (or a parent table): dropped only there
+    inherited: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,8 @@ SELECT c.conrelid AS oid, c.conname, c.contype::text AS contype, c.convalidated,
        rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name,
        ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
-             ORDER BY k.ord) AS ref_columns
+             ORDER BY k.ord) AS ref_columns,
+       (c.coninhcount > 0 OR c.conparentid <> 0) AS inherited
 FROM pg_constraint c
 LEFT JOIN pg_class r ON r.oid = c.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
@@ -498,6 +501,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             ref_table=(r["ref_schema"], r["ref_name"]) if r["ref_name"] else None,
             index=r["index_name"],
             ref_columns=tuple(r["ref_columns"]),
+            inherited=r["inherited"],
         )
     triggers: dict[int, list[str]] = {o: [] for o in oids}
     cur.execute(_TRIGGERS_SQL, params)

@@ -46,6 +46,7 @@ from onlineschema import (
     Backfill,
     BackfillSettings,
     DropColumn,
+    DropConstraint,
     DropIndex,
     Executor,
     PreflightError,
@@ -844,3 +845,20 @@ def test_reindex_of_a_partitioned_index_rebuilds_each_partition(
     assert all(after[k] != before[k] for k in before), (before, after)
     tree = attached_indexes(events, "events_payload_idx")
     assert len(tree) == 8 and all(v for *_, v in tree)
+
+
+def test_dropping_a_partitions_inherited_constraint_is_refused(dsn: str, events: Conn) -> None:
+    events.execute("ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind >= 0)")
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([DropConstraint("events_2025_a", "events_kind_check")], "drop_inherited")
+    assert "inherited from its parent table" in str(err.value)
+    assert "on the partitioned parent" in str(err.value)
+    with Executor(dsn) as ex:
+        assert (
+            ex.apply([DropConstraint("events", "events_kind_check")], "drop").state
+            == "awaiting_contract"
+        )
+        assert ex.contract("drop").state == "completed"
+    assert events.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conname = 'events_kind_check'"
+    ).fetchone() == (0,)
