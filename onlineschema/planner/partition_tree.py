@@ -34,7 +34,7 @@ class Node:
         return is_partitioned(self.table)
 
 
-def tree(ctx: Tables, t: VTable) -> list[Node] | None:
+def tree(ctx: Tables, t: VTable, *, quiet: bool = False) -> list[Node] | None:
     """``t`` and its partitions, parents before their partitions (None, refused, if a
     partition was not read)."""
     out: list[Node] = []
@@ -47,9 +47,13 @@ def tree(ctx: Tables, t: VTable) -> list[Node] | None:
         for key in v.info.partitions:
             child = ctx.tables.get(key)
             if child is None:
+                if quiet:
+                    return False
                 ctx.refuse(
-                    f"partition {key[0]}.{key[1]} of {v.qual} could not be read",
-                    "check that the role can read it, then plan again",
+                    f"partition {key[0]}.{key[1]} of {v.qual} is not a table onlineschema can"
+                    " change online (a foreign table), or could not be read",
+                    "change that partition yourself, or detach it for the migration; check"
+                    " that the role can read every partition",
                 )
                 return False
             if not walk(child, node, depth + 1):
@@ -59,8 +63,8 @@ def tree(ctx: Tables, t: VTable) -> list[Node] | None:
     return out if walk(t, None, 0) else None
 
 
-def leaves(ctx: Tables, t: VTable) -> list[VTable] | None:
-    nodes = tree(ctx, t)
+def leaves(ctx: Tables, t: VTable, *, quiet: bool = False) -> list[VTable] | None:
+    nodes = tree(ctx, t, quiet=quiet)
     return None if nodes is None else [n.table for n in nodes if not n.partitioned]
 
 
@@ -77,7 +81,7 @@ def scope(ctx: Tables, t: VTable, *, scans: bool = False) -> str:
     plan text, which says the path each step takes."""
     if not is_partitioned(t):
         return ""
-    n = len(leaves(ctx, t) or [])
+    n = len(leaves(ctx, t, quiet=True) or [])
     if scans:
         return f"; partitioned: each of its {n} partitions is scanned in turn"
     return f"; partitioned: the same brief lock on its {n} partitions too, no scan"
