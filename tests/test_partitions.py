@@ -113,13 +113,16 @@ def events(conn: Conn) -> Conn:
 @pytest.fixture
 def writer(dsn: str, events: Conn) -> Iterator[Writer]:
     """The application: inserts into every partition and updates rows, all along."""
-    w = Writer(
+    yield from writing(
         dsn,
         "INSERT INTO events (id, ts, kind, user_id, payload)"
         " VALUES (100000 + %(i)s, date '2024-06-01' + (%(i)s %% 700), %(i)s %% 4, %(i)s %% 50, 'w')",
         "UPDATE events SET payload = 'u' || %(i)s WHERE id = 1 + %(i)s %% 1000",
-        statement_timeout="30s",
-    ).start_writing()
+    )
+
+
+def writing(dsn: str, insert: str, update: str) -> Iterator[Writer]:
+    w = Writer(dsn, insert, update, statement_timeout="30s").start_writing()
     started = time.monotonic()
     yield w
     w.stop()
@@ -315,11 +318,26 @@ INSERT INTO logs SELECT g, g % 5, 'm' FROM generate_series(1, 1000) g;
 LOGS_TREE = ("logs", "logs_1", "logs_2", "logs_2_low", "logs_2_high", "logs_d")
 
 
+@pytest.fixture
+def logs(conn: Conn) -> Conn:
+    conn.execute(LOGS)
+    return conn
+
+
+@pytest.fixture
+def logs_writer(dsn: str, logs: Conn) -> Iterator[Writer]:
+    yield from writing(
+        dsn,
+        "INSERT INTO logs VALUES (100000 + %(i)s, %(i)s %% 5, 'w')",
+        "UPDATE logs SET msg = 'u' || %(i)s WHERE id = 1 + %(i)s %% 1000",
+    )
+
+
 @pytest.mark.parametrize("primary_key", [True, False], ids=["primary_key", "unique"])
 def test_primary_key_or_unique_constraint_on_partitioned_table_lifecycle(
-    dsn: str, conn: Conn, primary_key: bool
+    dsn: str, logs: Conn, logs_writer: Writer, primary_key: bool
 ) -> None:
-    conn.execute(LOGS)
+    conn = logs
     change = AddUnique("logs", ("id", "kind"), primary_key=primary_key)
     name = "logs_pkey" if primary_key else "logs_id_kind_key"
     plan = plan_of(dsn, [change])
@@ -415,7 +433,7 @@ def test_foreign_key_from_partitioned_table_lifecycle(
     )
 
 
-def test_foreign_key_to_partitioned_table_lifecycle(dsn: str, events: Conn) -> None:
+def test_foreign_key_to_partitioned_table_lifecycle(dsn: str, events: Conn, writer: Writer) -> None:
     events.execute(
         "CREATE TABLE refs (id bigint PRIMARY KEY, e_id bigint, e_ts date, e_kind int);"
         "INSERT INTO refs SELECT g, g, date '2024-06-01' + (g % 700), g % 4"
