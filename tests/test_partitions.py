@@ -520,6 +520,10 @@ def test_column_add_default_backfill_and_drop_on_partitioned_table(
     assert [s.details["table"] for s in fills] == list(LEAVES)
     assert all(s.details["key"] == ["id", "ts", "kind"] for s in fills)
     assert [s.action for s in plan.steps if s.phase == "backfill"][-1] == "check_partitions"
+    # ALTER TABLE on the parent locks every partition: the step names them all, so the
+    # executor waits out a long transaction on any partition outside the lock queue
+    add = plan.steps[0]
+    assert add.action == "add_column" and set(add.tables) == {f"public.{t}" for t in TREE}
 
     def filled(conn: Conn) -> None:
         assert conn.execute(

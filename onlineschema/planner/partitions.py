@@ -168,6 +168,7 @@ def index_tree(
             ],
             [v.qual],
             lock="ShareLock",
+            partitions=False,  # ON ONLY: the partitions are not locked
             post=checks.q_index_exists(v.schema, idx),
             undo=[Action(ddl.drop_index(v.schema, idx, concurrently=False))],
             rank=RANK_INDEX,

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from ..catalog import INTEGER_TYPES, ConstraintInfo
 from ..errors import Refused
-from ..plan import Action, Phase, Step
+from ..plan import Action, Phase, Step, blocks_application
 from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
-from .partition_tree import leaves, partitions_unchanged, scope
+from .partition_tree import leaves, partitions_unchanged, scope, tree
 
 PHASE_RANK = {"expand": 0, "backfill": 1, "validate": 2, "contract": 3}
 # inside the validate phase: index builds first, then constraints, foreign keys last
@@ -72,7 +72,14 @@ class StepEmitter:
         undo: Sequence[Action] = (),
         rank: int = RANK_DEFAULT,
         breaking: bool = False,
+        partitions: bool = True,
     ) -> Step:
+        """A short transaction under ``lock`` on ``tables``. ALTER TABLE on a partitioned
+        table takes its lock on every partition too: with ``partitions`` (the default)
+        they are listed, so the executor's guard waits out long transactions on any of
+        them outside the lock queue."""
+        if partitions and blocks_application(lock):
+            tables = self._with_partitions(tables)
         return self.add(
             Step(
                 id=sid,
@@ -89,6 +96,18 @@ class StepEmitter:
             ),
             rank,
         )
+
+    def _with_partitions(self, tables: Sequence[str]) -> list[str]:
+        out = list(tables)
+        by_qual = {v.qual: v for v in self.tables.values()}
+        for qual in tables:
+            t = by_qual.get(qual)
+            if t is None or t.info is None or t.info.relkind != "p":
+                continue
+            for node in tree(self, t, quiet=True) or []:
+                if node.table.qual not in out:
+                    out.append(node.table.qual)
+        return out
 
     def validate_step(
         self, t: VTable, name: str, description: str, *, ref: VTable | None = None, rank: int
