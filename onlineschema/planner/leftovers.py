@@ -91,7 +91,9 @@ def constraint_leftover(
             and info.ref_table == ref
             and tuple(info.ref_columns) == tuple(ref_columns)
             and all(a in info.definition for a in actions)
-            and sum(w in info.definition for w in ("ON DELETE", "ON UPDATE")) == len(actions)
+            and sum(w in info.definition for w in ("ON DELETE", "ON UPDATE"))
+            == len([a for a in actions if a.startswith("ON ")])
+            and ("DEFERRABLE" in info.definition) == any("DEFER" in a for a in actions)
         )
     if same:
         return "repair"

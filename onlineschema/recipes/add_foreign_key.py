@@ -78,6 +78,8 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
             for w, a in (("DELETE", c.on_delete), ("UPDATE", c.on_update))
             if a is not None and a.upper() != "NO ACTION"
         ]
+        if c.deferrable:
+            actions.append("INITIALLY DEFERRED" if c.initially_deferred else "DEFERRABLE")
         leftover = constraint_leftover(
             ctx,
             t,
