@@ -884,3 +884,32 @@ def test_dropping_a_partitions_inherited_constraint_is_refused(dsn: str, events:
     assert events.execute(
         "SELECT count(*) FROM pg_constraint WHERE conname = 'events_kind_check'"
     ).fetchone() == (0,)
+
+
+def test_unique_on_parent_refused_at_run_time_when_a_partition_was_attached(
+    dsn: str, logs: Conn
+) -> None:
+    """Adding the parent's constraint would build the new partition's index under the
+    ALTER's lock: the step checks the partitions first and stops, resumably."""
+    change = AddUnique("logs", ("id", "kind"))
+    run_until_paused(
+        dsn, [change], "uniq", lambda s: s.id.startswith("add_constraint_using_index.public.logs_d")
+    )
+    logs.execute(
+        "CREATE TABLE logs_9 (LIKE logs); INSERT INTO logs_9 VALUES (1, 9, 'x');"
+        "ALTER TABLE logs ATTACH PARTITION logs_9 FOR VALUES IN (9)"
+    )
+    with Executor(dsn) as ex, pytest.raises(Exception) as err:
+        ex.resume("uniq")
+    assert "partitions of public.logs changed since the migration was planned" in str(err.value)
+    assert "attached: public.logs_9" in str(err.value)
+    # nothing was built on the new partition, and the parent has no constraint
+    assert logs.execute(
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'logs_9'::regclass"
+    ).fetchone() == (0,)
+    constraint_must_not_exist(logs, "logs", "logs_id_kind_key")
+    with Executor(dsn) as ex:
+        assert ex.abort("uniq").state == "aborted"
+        assert ex.apply([change], "uniq_again").state == "completed"
+    tree = attached_indexes(logs, "logs_id_kind_key")
+    assert {t for t, *_ in tree} == {*LOGS_TREE, "logs_9"} and all(v for *_, v in tree)
