@@ -913,3 +913,16 @@ def test_unique_on_parent_refused_at_run_time_when_a_partition_was_attached(
         assert ex.apply([change], "uniq_again").state == "completed"
     tree = attached_indexes(logs, "logs_id_kind_key")
     assert {t for t, *_ in tree} == {*LOGS_TREE, "logs_9"} and all(v for *_, v in tree)
+
+
+def test_invalid_partitioned_index_left_by_an_earlier_run_is_refused_with_the_fix(
+    dsn: str, events: Conn
+) -> None:
+    events.execute("CREATE INDEX events_payload_idx ON ONLY events (payload)")
+    before = vacuumed_snapshots(events, LEAVES)
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.apply([AddIndex("events", columns=("payload",))], "again")
+    text = str(err.value)
+    assert "invalid partitioned index left by an earlier run" in text, text
+    assert 'DROP INDEX "public"."events_payload_idx"' in text
+    assert vacuumed_snapshots(events, LEAVES) == before
