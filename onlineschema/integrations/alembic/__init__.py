@@ -41,7 +41,7 @@ DDL with a message saying what to change (:func:`check_environment`).
 against an *assumed* catalog (the tables, columns and constraints the changes name are
 taken to exist as the changes need them; the server version comes from the dialect, the
 ``onlineschema_server_version`` option of ``context.configure()``, or defaults to 18) and
-rendered with :func:`onlineschema.plan.render_sql_script`. The script's header says that
+rendered with :func:`onlineschema.executor.script.render_sql_script`. The script's header says that
 no preflight check ran. A batched backfill cannot be a SQL statement: it is rendered as
 a marked ``onlineschema apply`` command that runs it online.
 
@@ -68,8 +68,17 @@ from ...catalog import Catalog
 from ...changes import Change
 from ...errors import OnlineSchemaError, Refused, UnknownMigration
 from ...executor import Executor, Result, Settings, changes_hash
-from ...plan import Plan, Step, render_sql_script, with_backfill_command
-from ...planner import PlanResult, build_plan, catalog_request
+from ...executor.lifecycle import (
+    Command,
+    MigrationState,
+    Outcome,
+    decide,
+    hold_contract,
+)
+from ...executor.script import render_sql_script
+from ...executor.steps import undo_steps, with_backfill_command
+from ...plan import Plan, Step, StepKind
+from ...planner import build_plan, catalog_request
 from ...planner.assumed import AssumedSchema
 from ...sqlinput import parse_sql
 from ...state import StateStore
@@ -83,6 +92,7 @@ __all__ = [
     "check_environment",
     "contract",
     "expand",
+    "hold_contract",
     "render_offline",
     "run",
 ]
@@ -95,8 +105,6 @@ PHASES: tuple[Phase, ...] = ("run", "expand", "contract", "abort")
 #: PostgreSQL major version assumed by ``alembic upgrade --sql`` when nothing says otherwise
 DEFAULT_OFFLINE_SERVER_VERSION = 18
 
-#: the step an ``expand`` plan ends with: the migration waits there for ``contract``
-CONTRACT_MARKER = "finish"
 
 OpTarget = Operations | MigrationContext | ModuleType
 
@@ -345,37 +353,6 @@ def check_environment(ctx: MigrationContext) -> None:
         )
 
 
-class _ExpandExecutor(Executor):
-    """Plans like the executor, then holds every contract step (and a final marker step)
-    for the contract phase, so the migration stops ``awaiting_contract``."""
-
-    def _plan(self, changes: Sequence[Change]) -> PlanResult:
-        result = super()._plan(changes)
-        return PlanResult(hold_contract(result.plan), result.probes)
-
-
-def hold_contract(plan: Plan) -> Plan:
-    """``plan`` with its contract steps held for the contract phase, ending with a marker
-    step, so an expand always stops ``awaiting_contract`` (even with nothing to drop)."""
-    steps = [
-        dataclasses.replace(s, breaking=True, details={**s.details, "held_for_contract": True})
-        if s.phase == "contract"
-        else s
-        for s in plan.steps
-    ]
-    steps.append(
-        Step(
-            id=CONTRACT_MARKER,
-            phase="contract",
-            action=CONTRACT_MARKER,
-            description="finish the migration (the application no longer needs the old shape)",
-            breaking=True,
-            details={"held_for_contract": True},
-        )
-    )
-    return dataclasses.replace(plan, steps=tuple(steps))
-
-
 def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Settings) -> Result:
     check_environment(ctx)
     name, phase = operation.name, operation.phase
@@ -385,8 +362,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
         with ctx.autocommit_block():
             connection = ctx.connection
             assert connection is not None
-            executor_cls = _ExpandExecutor if phase == "expand" else Executor
-            with executor_cls(connection, settings) as ex:
+            with Executor(connection, settings) as ex:
                 result = _dispatch(ex, operation)
     except OnlineSchemaError as exc:
         if phase in ("run", "expand", "contract"):
@@ -398,7 +374,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
         else:
             exc.add_note("alembic: the downgrade was not recorded in alembic_version; run it again")
         raise
-    if result.state in ("completed", "aborted"):
+    if MigrationState(result.state).finished:
         _forget_with_version(ctx, settings.state_schema, name)
     bound.info("alembic_online_migrate_done", state=result.state)
     return result
@@ -406,7 +382,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
 
 def _dispatch(ex: Executor, operation: OnlineMigrateOp) -> Result:
     name, phase = operation.name, operation.phase
-    row = ex.store.get(name)
+    row = ex.record(name)
     if operation.changes and row is not None and phase in ("contract", "abort"):
         if row["changes_hash"] != changes_hash(operation.changes):
             raise Refused(
@@ -415,34 +391,38 @@ def _dispatch(ex: Executor, operation: OnlineMigrateOp) -> Result:
                 f"pass the same changes as the revision that expanded {name!r}, or none",
             )
     if phase in ("run", "expand"):
-        if row is not None and row["state"] == "aborted":
-            # aborted outside Alembic (`onlineschema abort`) or by a downgrade that did not
-            # get recorded: upgrading the revision again starts the migration afresh
-            log.info("alembic_restart_aborted", migration=name)
-            ex.store.forget(name)
-        return ex.apply(operation.changes, name)
-    if phase == "contract":
-        if row is None:
+        # an aborted migration (outside Alembic, or by a downgrade that did not get
+        # recorded) starts afresh: upgrading the revision again means running it again
+        return ex.apply(
+            operation.changes,
+            name,
+            stop_before_contract=phase == "expand",
+            restart_aborted=True,
+        )
+    if row is None:
+        if phase == "contract":
             raise UnknownMigration(
                 f"no migration named {name!r} is waiting for its contract phase",
                 "run the revision that expands it first (expand(op, name, changes)); a"
                 " migration that already finished has no contract phase left",
             )
-        if row["state"] == "completed":
-            log.info("alembic_contract_already_done", migration=name)
-            return Result(name, "completed", 0, 0, 0.0, Plan.from_dict(row["plan"]))
+        state = None
+    else:
+        state = MigrationState(row["state"])
+        # what this phase leaves behind is already there: the revision ran it before
+        done = MigrationState.COMPLETED if phase == "contract" else MigrationState.ABORTED
+        if state is done:
+            log.info(f"alembic_{phase}_already_done", migration=name)
+            return Result(name, state, 0, 0, 0.0, Plan.from_dict(row["plan"]))
+    if phase == "contract":
         return ex.contract(name)
-    # abort
-    if row is None or row["state"] == "completed":
+    if decide(Command.ABORT, state) is not Outcome.RUN:
         raise Refused(
             f"migration {name!r} is not unfinished or expanded (it "
             + ("completed" if row else "has no record: it finished, or never started")
             + "); abort undoes only a migration that has not finished",
             "undo a finished migration with a new one in downgrade(): run(op, name, [...])",
         )
-    if row["state"] == "aborted":
-        log.info("alembic_abort_already_done", migration=name)
-        return Result(name, "aborted", 0, 0, 0.0, Plan.from_dict(row["plan"]))
     return ex.abort(name)
 
 
@@ -532,54 +512,21 @@ def assumed_catalog(
 
 
 def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:
-    """What ``abort`` runs for a fully expanded migration, newest first, as steps."""
+    """What ``abort`` runs for a fully expanded migration, newest first, as steps
+    (executor.steps.undo_steps, as the online abort runs them)."""
     out: list[Step] = []
     notes: list[str] = []
     for s in reversed(plan.steps):
         if s.phase == "contract":
             continue
-        if s.action in ("set_default", "drop_default"):
+        if not s.undo_offline_ok:
             notes.append(
                 f"step {s.id} ({s.description}) is not undone: the previous default is not"
                 " known without the database"
             )
             continue
-        for i, action in enumerate(s.undo):
-            out.append(
-                Step(
-                    id=f"undo.{s.id}" + (f".{i + 1}" if len(s.undo) > 1 else ""),
-                    phase=s.phase,
-                    action="undo",
-                    description=f"undo: {s.description}",
-                    statements=(action.sql,),
-                    transactional=action.transactional,
-                    lock="AccessExclusiveLock"
-                    if action.transactional
-                    else "ShareUpdateExclusiveLock",
-                    tables=s.tables,
-                    statement_timeout=None if action.transactional else 0,
-                    details={"squawk_ignore": _undo_ignores(action.sql)},
-                )
-            )
+        out += [undo for undo, _ in undo_steps(s)]
     return out, notes
-
-
-#: squawk's compatibility rules that fire when abort drops what the expand created
-_UNDO_RULES = (
-    ("DROP COLUMN", "ban-drop-column"),
-    ("DROP CONSTRAINT", "ban-drop-constraint"),
-    ("DROP FUNCTION", "ban-drop-function"),
-    ("DROP NOT NULL", "ban-drop-not-null"),
-)
-
-
-def _undo_ignores(statement: str) -> list[dict[str, str]]:
-    text = " ".join(statement.split()).upper()
-    return [
-        {"rule": rule, "why": "abort removes what this migration created; nothing else uses it"}
-        for words, rule in _UNDO_RULES
-        if words in text
-    ]
 
 
 def _duration(seconds: float) -> str:
@@ -641,7 +588,7 @@ def render_offline(
     rendered: list[Step] = []
     commands = 0
     for s in steps:
-        if s.action == "backfill":
+        if s.kind is StepKind.BACKFILL:
             commands += 1
             s = with_backfill_command(s)  # its command, for the marked line
             s = dataclasses.replace(
