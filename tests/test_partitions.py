@@ -52,10 +52,12 @@ from onlineschema import (
     PreflightError,
     Reindex,
     RenameColumn,
+    RunSQL,
     SetNotNull,
     Settings,
 )
 from onlineschema.catalog import read_catalog
+from onlineschema.sqlinput import parse_sql
 
 SMALL = Settings(
     backfill=BackfillSettings(
@@ -926,3 +928,41 @@ def test_invalid_partitioned_index_left_by_an_earlier_run_is_refused_with_the_fi
     assert "invalid partitioned index left by an earlier run" in text, text
     assert 'DROP INDEX "public"."events_payload_idx"' in text
     assert vacuumed_snapshots(events, LEAVES) == before
+
+
+NEW_TREE = (
+    "CREATE TABLE readings (id bigint NOT NULL, ts date NOT NULL, v int)"
+    " PARTITION BY RANGE (ts);"
+    "CREATE TABLE readings_2024 PARTITION OF readings"
+    " FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+)
+
+
+def test_index_and_primary_key_on_a_partitioned_table_created_by_the_migration(
+    dsn: str, conn: Conn
+) -> None:
+    changes = [
+        RunSQL(NEW_TREE, creates=("readings", "readings_2024")),
+        *parse_sql(
+            "CREATE INDEX readings_v_idx ON readings (v);"
+            "ALTER TABLE readings ADD PRIMARY KEY (id, ts);"
+        ),
+    ]
+    plan = plan_of(dsn, changes)
+    # no CONCURRENTLY (PostgreSQL refuses it on a partitioned table), no USING INDEX
+    assert not any(
+        "CONCURRENTLY" in q or "USING INDEX" in q for s in plan.steps for q in s.statements
+    )
+    with Executor(dsn) as ex:
+        assert ex.apply(changes, "new_tree").state == "completed"
+    tree = attached_indexes(conn, "readings_v_idx")
+    assert {t for t, *_ in tree} == {"readings", "readings_2024"} and all(v for *_, v in tree)
+    constraint_must_exist(conn, "readings", "readings_pkey")
+    with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
+        ex.plan(
+            [
+                RunSQL(NEW_TREE.replace("readings", "others"), creates=("others",)),
+                AddIndex("others", columns=("id",), unique=True),
+            ]
+        )
+    assert "does not include the partition key column(s) ts" in str(err.value)

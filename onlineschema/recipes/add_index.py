@@ -10,15 +10,18 @@ from ..expressions import (
     check_index_element,
     index_element_expression,
 )
+from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
 from ..planner.leftovers import index_leftover
+from ..planner.model import VIndex, VTable
 from ..planner.naming import (
     auto_name,
 )
 from ..planner.partition_tree import is_partitioned
 from ..planner.partitions import index_tree, unique_keys_ok
-from ..sql import ddl
+from ..planner.steps import RANK_INDEX
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -60,6 +63,10 @@ class AddIndexRecipe(Recipe[AddIndex]):
             t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
         )
         what = "unique index" if c.unique else "index"
+        new_key = ctx.new_partitioned.get((t.schema, t.name)) if t.new else None
+        if new_key is not None:
+            self._new_partitioned(ctx, c, t, name, what, elements, where, new_key)
+            return
         if is_partitioned(t):
             if c.unique and not unique_keys_ok(ctx, t, c.columns, what, "a unique index"):
                 return
@@ -117,6 +124,60 @@ class AddIndexRecipe(Recipe[AddIndex]):
             include=c.include,
             where=where,
         )
+
+    def _new_partitioned(
+        self,
+        ctx: PlanContext,
+        c: AddIndex,
+        t: VTable,
+        name: str,
+        what: str,
+        elements: list[str],
+        where: str | None,
+        key: tuple[str | None, ...],
+    ) -> None:
+        """A partitioned table this migration creates: nothing uses it yet, and
+        CONCURRENTLY is not possible on a partitioned table, so a plain CREATE INDEX."""
+        if c.unique:
+            missing = [k or "(expression)" for k in key if k is None or k not in c.columns]
+            if missing:
+                ctx.refuse(
+                    f"{what} on {t.qual} ({', '.join(c.columns)}) does not include the"
+                    f" partition key column(s) {', '.join(missing)}: PostgreSQL can enforce"
+                    " uniqueness on a partitioned table only when the partition key is part"
+                    " of it",
+                    f"add {', '.join(missing)} to the columns",
+                )
+                return
+        if not ctx.new_name(t.schema, name, "index"):
+            return
+        ctx.brief(
+            f"create_index.{t.schema}.{name}",
+            "validate",
+            "create_index_new_partitioned",
+            f"create {what} {name} on {t.qual}, a partitioned table this migration creates"
+            " (nothing uses it yet; CONCURRENTLY is not possible on a partitioned table)",
+            [
+                ddl.create_index(
+                    t.schema,
+                    t.name,
+                    name,
+                    columns=c.columns,
+                    elements=elements,
+                    unique=c.unique,
+                    using=c.using,
+                    include=c.include,
+                    where=where,
+                    concurrently=False,
+                )
+            ],
+            [t.qual],
+            lock="ShareLock",
+            post=checks.q_index_exists(t.schema, name),
+            undo=[Action(ddl.drop_index(t.schema, name, concurrently=False))],
+            rank=RANK_INDEX,
+        )
+        t.indexes[name] = VIndex(c.unique, tuple(c.columns) if not elements else (*c.columns, None))
 
     def expressions(self, change: AddIndex) -> Iterable[str | None]:
         return (change.where,)

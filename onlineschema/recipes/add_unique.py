@@ -43,6 +43,44 @@ class AddUniqueRecipe(Recipe[AddUnique]):
         if not ctx.constraint_name_free(t, name):
             return
         what = "primary key" if c.primary_key else "unique constraint"
+        new_key = ctx.new_partitioned.get((t.schema, t.name)) if t.new else None
+        if new_key is not None:
+            missing = [k or "(expression)" for k in new_key if k is None or k not in c.columns]
+            if missing:
+                ctx.refuse(
+                    f"{what} on {t.qual} ({', '.join(c.columns)}) does not include the"
+                    f" partition key column(s) {', '.join(missing)}: PostgreSQL can enforce"
+                    " uniqueness on a partitioned table only when the partition key is part"
+                    " of it",
+                    f"add {', '.join(missing)} to the columns",
+                )
+                return
+            if not ctx.new_name(t.schema, name, "index"):
+                return
+            ctx.brief(
+                f"add_constraint.{t.qual}.{name}",
+                "validate",
+                "add_partitioned_constraint",
+                f"add the {what} {name} on {t.qual}, a partitioned table this migration"
+                " creates (nothing uses it yet; USING INDEX is not possible there)",
+                [
+                    ddl.add_table_constraint(
+                        t.schema,
+                        t.name,
+                        name,
+                        ddl.unique_definition(c.columns, primary_key=c.primary_key),
+                    )
+                ],
+                [t.qual],
+                post=checks.q_constraint(t.schema, t.name, name),
+                undo=[Action(ddl.drop_constraint(t.schema, t.name, name))],
+            )
+            t.constraints[name] = VConstraint(
+                "p" if c.primary_key else "u", True, tuple(c.columns), index=name
+            )
+            if c.primary_key:
+                t.primary_key = tuple(c.columns)
+            return
         if is_partitioned(t):
             self._partitioned(ctx, c, t, name, what, cols)
             return
