@@ -14,6 +14,7 @@ psql script), ``status`` (the status view), ``settings`` (Settings, parse_durati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import structlog
 from ..backfill import BackfillSettings, NotJoinable
 from ..catalog import read_catalog
 from ..changes import Backfill, Change, changes_to_json
-from ..connection import ConnectLike, connection
+from ..connection import APPLICATION_NAME, ConnectLike, connection
 from ..errors import (
     AlreadyRunning,
     LockBudgetExhausted,
@@ -36,6 +37,7 @@ from ..errors import (
 )
 from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
+from ..reconnect import conninfo_of, is_disconnect, reconnect
 from ..state import StateStore
 from .lifecycle import (
     Command,
@@ -119,6 +121,10 @@ class Executor:
         self.joining = False
         self._cm = connection(target)
         self.conn: psycopg.Connection[Any] = self._cm.__enter__()
+        #: how to reach the database again when the connection is lost
+        self._conninfo = conninfo_of(self.conn, APPLICATION_NAME)
+        #: the connection made after one was lost (ours to close)
+        self._own: psycopg.Connection[Any] | None = None
         self.store = StateStore(self.conn, self.settings.state_schema)
         try:
             self.store.check_version()  # an older release never touches a newer schema
@@ -132,7 +138,35 @@ class Executor:
         return Policy.from_settings(self.settings)
 
     def close(self) -> None:
-        self._cm.__exit__(None, None, None)
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+        with contextlib.suppress(psycopg.Error):
+            self._cm.__exit__(None, None, None)
+
+    def _reconnecting(self, first: Callable[[], Result], again: Callable[[], Result]) -> Result:
+        """Run ``first``; when the connection is lost (a network blip, a server restart,
+        the session terminated), connect again within ``settings.reconnect_budget``
+        and run ``again``, which carries on from the state in the database: every step
+        records itself done in its own transaction, a backfill's cursor moves with its
+        batches, and a concurrent build is reconciled by ``indisvalid``. Past the
+        budget: ConnectionLost (exit 3, resumable)."""
+        work = first
+        while True:
+            try:
+                return work()
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                conn = reconnect(
+                    self._conninfo, budget=self.settings.reconnect_budget, lost=exc
+                )
+            if self._own is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._own.close()
+            self._own = self.conn = conn
+            self.store = StateStore(conn, self.settings.state_schema)
+            work = again
 
     def __enter__(self) -> Executor:
         return self
@@ -183,6 +217,20 @@ class Executor:
         ``restart_aborted``: a migration of that name that was aborted is forgotten and
         started afresh instead of refused."""
         changes = list(changes)
+
+        def again() -> Result:
+            return self._apply(changes, name, workers, stop_before_contract, restart_aborted)
+
+        return self._reconnecting(again, again)
+
+    def _apply(
+        self,
+        changes: list[Change],
+        name: str | None,
+        workers: int | None,
+        stop_before_contract: bool,
+        restart_aborted: bool,
+    ) -> Result:
         digest = changes_hash(changes)
         name = name or default_name(changes)
         existing = self.store.get(name)
@@ -209,7 +257,7 @@ class Executor:
                     f"migration {name!r} was aborted",
                     "apply it again under a new --name",
                 )
-            return self.resume(name, workers=workers)
+            return self._resume(name, workers)
         result = self._plan(changes)  # refuses bad input before any write
         plan = hold_contract(result.plan) if stop_before_contract else result.plan
         self.store.ensure()
@@ -239,6 +287,13 @@ class Executor:
         and is in a backfill, ``workers`` makes this process join it: it works on the
         backfill's chunks and returns when none is left to claim (without ``workers`` it
         is refused with AlreadyRunning)."""
+
+        def again() -> Result:
+            return self._resume(name, workers)
+
+        return self._reconnecting(again, again)
+
+    def _resume(self, name: str, workers: int | None) -> Result:
         self.store.require(name)
         self.joining = False
         try:
@@ -268,6 +323,25 @@ class Executor:
 
     def contract(self, name: str) -> Result:
         """Run the contract phase of a migration waiting for it."""
+        return self._reconnecting(
+            lambda: self._contract(name), lambda: self._carry_on(name, contract=True)
+        )
+
+    def _carry_on(self, name: str, *, contract: bool) -> Result:
+        """After a reconnect: run ``name`` on from where the database says it is."""
+        self._lock(name)
+        try:
+            row = self.store.require(name)
+            state = MigrationState(row["state"])
+            plan = Plan.from_dict(row["plan"])
+            if state.finished or state is S.ABORTING:  # finished meanwhile, or not ours
+                return Result(name, state, 0, 0, 0.0, plan)
+            self.store.set_state(name, S.RUNNING)
+            return self._run(name, plan, contract=contract)
+        finally:
+            self.store.unlock(name)
+
+    def _contract(self, name: str) -> Result:
         self.store.require(name)
         self._lock(name)
         try:
@@ -305,6 +379,9 @@ class Executor:
 
     def abort(self, name: str) -> Result:
         """Undo what the migration created (expand and validate phases), newest first."""
+        return self._reconnecting(lambda: self._abort(name), lambda: self._abort(name))
+
+    def _abort(self, name: str) -> Result:
         self.store.require(name)
         self._lock(name)
         t0 = time.monotonic()
@@ -418,7 +495,8 @@ class Executor:
             log.warning("migration_paused", migration=name, reason=str(exc))
             raise
         except (OnlineSchemaError, psycopg.Error) as exc:
-            self.store.set_state(name, S.FAILED, str(exc))
+            if not is_disconnect(exc):  # a lost connection is carried on, not failed
+                self.store.set_state(name, S.FAILED, str(exc))
             raise
         self.store.set_state(name, S.COMPLETED)
         secs = time.monotonic() - t0

@@ -40,3 +40,6 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     state_schema: str = "onlineschema"
+    #: how long to keep trying to connect again after the connection to the database was
+    #: lost (a network blip, a server restart, a failover); past it: exit 3, resumable
+    reconnect_budget: float = 120.0
