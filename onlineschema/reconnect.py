@@ -133,7 +133,7 @@ def reconnect(
 
     retrying = Retrying(
         retry=retry_if_exception(_is_direct),
-        wait=wait_random_exponential(multiplier=0.2, max=5.0),
+        wait=wait_random_exponential(multiplier=0.2, max=2.0),
         stop=stop_after_delay(budget),
         reraise=True,
         before_sleep=before_sleep,

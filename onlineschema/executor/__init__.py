@@ -158,9 +158,7 @@ class Executor:
             except Exception as exc:
                 if not is_disconnect(exc):
                     raise
-                conn = reconnect(
-                    self._conninfo, budget=self.settings.reconnect_budget, lost=exc
-                )
+                conn = reconnect(self._conninfo, budget=self.settings.reconnect_budget, lost=exc)
             if self._own is not None:
                 with contextlib.suppress(psycopg.Error):
                     self._own.close()
@@ -243,8 +241,7 @@ class Executor:
             state = MigrationState(existing["state"])
             if existing["changes_hash"] != digest:
                 raise Refused(
-                    f"migration {name!r} already exists with different changes"
-                    f" (it is {state})",
+                    f"migration {name!r} already exists with different changes (it is {state})",
                     "use another --name"
                     + ("" if state.finished else f", or `onlineschema abort {name}` first"),
                 )
