@@ -413,6 +413,7 @@ def plan(
     settings = opts.settings(lock_timeout)
     with open_executor(dsn, settings) as ex:
         the_plan = ex.plan(changes)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(the_plan.to_json())
     elif fmt == "sql":
@@ -425,6 +426,8 @@ def plan(
         )
     else:
         click.echo(the_plan.render_text())
+        if pooler is not None:
+            click.echo(f"\nConnection: {pooler.describe()}")
     return 0
 
 
@@ -506,9 +509,12 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
     """Show one migration's steps and backfill progress, or list all migrations."""
     with open_executor(dsn, opts.settings()) as ex:
         data = ex.status(name)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
         return 0
+    if pooler is not None:
+        click.echo(f"Connection: {pooler.describe()}")
     from rich.console import Console
 
     from .views import list_table, migration_view, stdout_console

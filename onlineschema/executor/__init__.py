@@ -35,8 +35,10 @@ from ..errors import (
     Paused,
     Refused,
 )
+from ..lease import Lease, new_owner
 from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
+from ..pooler import Pooler, detect, is_pooled
 from ..reconnect import conninfo_of, is_disconnect, reconnect
 from ..state import StateStore
 from .lifecycle import (
@@ -86,6 +88,16 @@ class Result:
         self.state = str(self.state)  # a MigrationState's value
 
 
+def _leased(name: str, held: tuple[str, float], ttl: float) -> AlreadyRunning:
+    owner, left = held
+    return AlreadyRunning(
+        f"migration {name!r} is being run by another process (it holds the migration's"
+        f" lease: {owner}, renewed every {ttl / 3:g}s, {max(left, 0):.0f}s left)",
+        "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`."
+        f" If that process died, its lease expires by itself within {ttl:g}s",
+    )
+
+
 def changes_hash(changes: Sequence[Change]) -> str:
     return hashlib.sha256(changes_to_json(changes).encode()).hexdigest()[:16]
 
@@ -125,12 +137,20 @@ class Executor:
         self._conninfo = conninfo_of(self.conn, APPLICATION_NAME)
         #: the connection made after one was lost (ours to close)
         self._own: psycopg.Connection[Any] | None = None
+        #: through a transaction pooler: the lease this executor holds, and its name
+        self._lease: Lease | None = None
+        self._lease_owner = new_owner()
         self.store = StateStore(self.conn, self.settings.state_schema)
         try:
             self.store.check_version()  # an older release never touches a newer schema
         except BaseException:
             self.close()
             raise
+
+    @property
+    def pooler(self) -> Pooler | None:
+        """The transaction pooler between this executor and the server, if any."""
+        return detect(self.conn)
 
     @property
     def policy(self) -> Policy:
@@ -275,7 +295,7 @@ class Executor:
             self._workers = workers or 1
             return self._run(name, plan)
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def resume(self, name: str, *, workers: int | None = None) -> Result:
         """Carry on from the first unfinished step (after a crash, a pause or exit 3).
@@ -316,7 +336,7 @@ class Executor:
             self._workers = workers or 1
             return self._run(name, Plan.from_dict(row["plan"]))
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def contract(self, name: str) -> Result:
         """Run the contract phase of a migration waiting for it."""
@@ -336,7 +356,7 @@ class Executor:
             self.store.set_state(name, S.RUNNING)
             return self._run(name, plan, contract=contract)
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def _contract(self, name: str) -> Result:
         self.store.require(name)
@@ -351,7 +371,7 @@ class Executor:
             self.store.set_state(name, S.RUNNING)
             return self._run(name, Plan.from_dict(row["plan"]), contract=True)
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def pause(self, name: str) -> None:
         """Ask the process running ``name`` to stop at the next safe point (exit 3)."""
@@ -413,7 +433,7 @@ class Executor:
             self.store.set_state(name, S.FAILED, str(exc))
             raise
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def undo_preview(self, name: str) -> tuple[str, list[Step]]:
         """``(state, steps abort would undo, newest first)`` of migration ``name``."""
@@ -450,7 +470,44 @@ class Executor:
         )
 
     def _lock(self, name: str) -> None:
-        lock_migration(self.store, name)
+        """Hold migration ``name`` (one executor per migration): the session advisory
+        lock on a direct connection, a lease row through a transaction pooler; each
+        checks the other."""
+        lease = Lease(
+            self.settings.state_schema,
+            name,
+            ttl=self.settings.lease_ttl,
+            conninfo=self._conninfo,
+            owner=self._lease_owner,
+        )
+        if not is_pooled(self.conn):
+            lock_migration(self.store, name)
+            held = lease.holder(self.conn)
+            if held is not None and held[0] != self._lease_owner:
+                self.store.unlock(name)
+                raise _leased(name, held, lease.ttl)
+            return
+        self.store.ensure()
+        if not lease.take(self.conn):
+            held = lease.holder(self.conn)
+            raise _leased(name, held or ("?", lease.ttl), lease.ttl)
+        holder = self.store.lock_holder(name)
+        if holder is not None:
+            lease.give_up(self.conn)
+            raise AlreadyRunning(
+                f"migration {name!r} is being run by another process (database session pid"
+                f" {holder['pid']}, application {holder.get('application_name') or '?'})",
+                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
+            )
+        lease.start()
+        self._lease = lease
+
+    def _unlock(self, name: str) -> None:
+        if self._lease is not None and self._lease.name == name:
+            self._lease.give_up(self.conn)
+            self._lease = None
+            return
+        self.store.unlock(name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         t0 = time.monotonic()
@@ -473,6 +530,12 @@ class Executor:
                 if self.store.control(name).get("paused"):
                     raise Paused(
                         f"migration {name} was paused; `onlineschema resume {name}` continues it"
+                    )
+                if self._lease is not None and self._lease.lost.is_set():
+                    raise AlreadyRunning(
+                        f"migration {name!r}: this process lost its lease (not renewed in"
+                        f" {self._lease.ttl:g}s) and another may have taken it over",
+                        "see `onlineschema status`",
                     )
                 if self.observer:
                     self.observer.step_started(step, i, total)
