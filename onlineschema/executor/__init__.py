@@ -36,11 +36,13 @@ from ..errors import (
     Refused,
 )
 from ..lease import Lease, new_owner
+from ..observe import run_observed
 from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
 from ..pooler import Pooler, detect, is_pooled
 from ..reconnect import conninfo_of, is_disconnect, reconnect
 from ..state import StateStore
+from ..verify import verify_before_contract
 from .lifecycle import (
     Command,
     MigrationState,
@@ -368,6 +370,7 @@ class Executor:
                     f"migration {name!r} is {row['state']}; there is no contract phase to run",
                     "run `onlineschema status` to see its state",
                 )
+            verify_before_contract(self, name)  # refuses (nothing dropped) on a mismatch
             self.store.set_state(name, S.RUNNING)
             return self._run(name, Plan.from_dict(row["plan"]), contract=True)
         finally:
@@ -510,6 +513,10 @@ class Executor:
         self.store.unlock(name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
+        work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
+        return run_observed(self, name, plan, work)  # hooks, metrics, observer
+
+    def _run_steps(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         t0 = time.monotonic()
         run = skipped = 0
         states = self.store.steps(name)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..backfill import BackfillSettings
 from ..locks import RetryPolicy
+from ..observe.hooks import Hook
 
 __all__ = ["Settings", "parse_duration"]
 
@@ -47,3 +49,9 @@ class Settings:
     #: renewal (a heartbeat renews it every third of that): how soon another process may
     #: take over the migration of one that died
     lease_ttl: float = 30.0
+    #: event -> commands or callables to run on it (see onlineschema.observe.hooks)
+    hooks: Mapping[str, Sequence[Hook]] = field(default_factory=dict)
+    #: a hook running longer is abandoned (a command is killed) and logged
+    hook_timeout: float = 10.0
+    #: check a column copy's data before the contract phase drops the old column
+    verify_before_contract: bool = True

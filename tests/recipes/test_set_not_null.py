@@ -24,6 +24,7 @@ from psycopg import errors as pgerr
 from onlineschema import (
     Executor,
     SetNotNull,
+    StepFailed,
 )
 
 
@@ -104,10 +105,17 @@ def test_set_not_null_on_a_column_with_nulls_fails_at_validate_and_aborts_clean(
     dsn: str, orders: Conn
 ) -> None:
     before = vacuumed_snapshots(orders, ["orders"])
-    with Executor(dsn) as ex, pytest.raises(Exception) as failed:
+    with Executor(dsn) as ex, pytest.raises(StepFailed) as failed:
         ex.apply([SetNotNull("orders", "note")], "nn")
     assert "fix:" in str(failed.value) and "resume" in str(failed.value)
     assert migration_state(orders, "nn") == "failed"
+    with Executor(dsn) as ex:
+        steps = [(st["id"].split(".")[0], st["state"]) for st in ex.status("nn")[0]["steps"]]
+    # the validate step failed; what came before it is done, nothing after it ran
+    failed_at = [i for i, (_, state) in enumerate(steps) if state == "failed"]
+    assert len(failed_at) == 1 and steps[failed_at[0]][0] == "validate", steps
+    assert all(state == "done" for _, state in steps[: failed_at[0]]), steps
+    assert all(state != "done" for _, state in steps[failed_at[0] + 1 :]), steps
     with Executor(dsn) as ex:
         assert ex.abort("nn").state == "aborted"
     assert vacuumed_snapshots(orders, ["orders"]) == before
