@@ -230,3 +230,24 @@ def test_killed_mid_backfill_through_the_pooler_then_resume(dsn: str, pooled: st
         result = ex.resume("bump", workers=2)
     assert result.state == "completed"
     each_row_once(dsn)
+
+
+def test_prisma_deploy_through_the_pooler_is_refused_naming_the_direct_url(
+    dsn: str, pooled: str, tmp_path: Any
+) -> None:
+    """Prisma Migrate's session advisory lock cannot be held through the pooler: deploy
+    refuses before any DDL and names the direct connection (Prisma's directUrl)."""
+    from onlineschema.errors import Refused
+    from onlineschema.integrations import prisma
+
+    migration = tmp_path / "migrations" / "20240101000000_init"
+    migration.mkdir(parents=True)
+    (migration / "migration.sql").write_text("CREATE TABLE made (id int PRIMARY KEY);\n")
+    with pytest.raises(Refused) as refused:
+        prisma.deploy(pooled, tmp_path / "migrations")
+    assert "transaction pooler" in refused.value.problem
+    assert refused.value.fix is not None and "directUrl" in refused.value.fix
+    assert value(dsn, "SELECT to_regclass('made') IS NULL")
+    # the direct connection deploys it
+    assert prisma.deploy(dsn, tmp_path / "migrations") is not None
+    assert value(dsn, "SELECT to_regclass('made') IS NOT NULL")
