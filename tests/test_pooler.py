@@ -251,3 +251,31 @@ def test_prisma_deploy_through_the_pooler_is_refused_naming_the_direct_url(
     # the direct connection deploys it
     assert prisma.deploy(dsn, tmp_path / "migrations") is not None
     assert value(dsn, "SELECT to_regclass('made') IS NOT NULL")
+
+
+@pytest.mark.parametrize("first_through", ["direct", "pooler"])
+def test_a_direct_and_a_pooled_apply_at_once_one_runs(
+    dsn: str, pooled: str, first_through: str
+) -> None:
+    """The advisory lock (direct) and the lease (pooled) each check the other: whichever
+    comes second is refused with exit 2, naming what holds the migration."""
+    make_counter(dsn, slow=0.0005)
+    first_dsn, second_dsn = (dsn, pooled) if first_through == "direct" else (pooled, dsn)
+    tail = ["--table", "t", "--set", "n = bump(n)", "--name", "bump"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "onlineschema", "backfill", "--dsn", first_dsn, *tail],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_until(lambda: (backfill_progress(dsn, "bump") or 0) > 0, timeout=30, what="batches")
+        second = cli("backfill", "--dsn", second_dsn, *tail)
+        _out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
+    holder = "database session pid" if first_through == "direct" else "lease"
+    assert holder in second.stderr, second.stderr[-3000:]
+    each_row_once(dsn)
