@@ -14,6 +14,7 @@ half-way, invalid). Each fault runs 20 times in a loop in one test:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -239,3 +240,23 @@ def test_past_the_budget_exit_3_and_resume_completes(server: LocalServer) -> Non
     with psycopg.connect(dsn, autocommit=True) as conn:
         counts = dict(conn.execute("SELECT n, count(*) FROM t GROUP BY n").fetchall())
     assert counts == {1: ROWS}, counts
+
+
+def test_a_reconnect_fires_no_failed_hook(dsn: str) -> None:
+    """A lost connection the executor carries on from is not a failure: the ``failed``
+    hook does not fire, ``completed`` fires once."""
+    make_table(dsn, "t")
+    fired: list[str] = []
+    hooks = {
+        e: [lambda env: fired.append(env["ONLINESCHEMA_EVENT"])] for e in ("failed", "completed")
+    }
+    settings = dataclasses.replace(SETTINGS, hooks=hooks)
+    run = Run(dsn, "t", settings=settings)
+    run.start()
+    wait_until(_when(dsn, "t", "backfill"), timeout=30, what="the backfill")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (executor_backends(dsn),)
+        )
+    must_be_completed_once(dsn, "t", run.finish())
+    assert fired == ["completed"]
