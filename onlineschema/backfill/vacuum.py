@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import Refused
+from ..pooler import is_pooled
 from ..sql import batches
 from ..sql.batches import Spec
 from .chunks import clone_connection
@@ -41,7 +42,8 @@ class VacuumThread:
     def _run(self) -> None:
         try:
             with self.conn.cursor() as cur:
-                cur.execute("SET statement_timeout = 0")
+                if not is_pooled(self.conn):  # through a pooler a SET stays behind
+                    cur.execute("SET statement_timeout = 0")
                 cur.execute(self._statement)
         except BaseException as exc:
             self.error = exc

@@ -28,6 +28,7 @@ import psycopg
 from ..errors import PreflightError, Refused
 from ..plan import Action, Step
 from ..planner import Probe
+from ..pooler import is_pooled
 
 __all__ = [
     "Policy",
@@ -127,7 +128,12 @@ def local_settings(cur: psycopg.Cursor[Any], t: Timeouts) -> None:
 @contextlib.contextmanager
 def session_settings(cur: psycopg.Cursor[Any], t: Timeouts) -> Iterator[None]:
     """Set ``t`` for the session while the block runs, then reset both (unless the
-    connection broke: then the session is gone anyway)."""
+    connection broke: then the session is gone anyway). Through a transaction pooler
+    nothing is set: the block's statement may run on another server connection than the
+    SET, which would stay behind for the application to inherit (onlineschema.pooler)."""
+    if is_pooled(cur.connection):
+        yield
+        return
     cur.execute(
         "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
         (t.lock_timeout, t.statement_timeout),

@@ -69,6 +69,7 @@ from ..changes import Change
 from ..connection import open_dsn
 from ..errors import OnlineSchemaError, Refused, UnsupportedStatement
 from ..executor import Executor, Result, Settings, changes_hash
+from ..pooler import is_pooled
 from ..state import StateStore
 
 __all__ = [
@@ -743,6 +744,14 @@ def _migrate_lock(dsn: str, wait: float) -> Iterator[None]:
     """Hold ``pg_advisory_lock(72707369)`` on a session of its own for the block."""
     conn = open_dsn(dsn, application_name="onlineschema-prisma-lock")
     try:
+        if is_pooled(conn):
+            raise Refused(
+                "Prisma Migrate's lock (the session advisory lock pg_advisory_lock(72707369)"
+                " that keeps `prisma migrate deploy` off meanwhile) cannot be held through a"
+                " transaction pooler: each statement may run on another server connection",
+                "give the direct connection to the database (Prisma's directUrl, not the"
+                " PgBouncer URL) in --dsn / DATABASE_URL",
+            )
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait * 1000)}ms",))
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
