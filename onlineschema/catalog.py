@@ -46,6 +46,8 @@ class IndexInfo:
     partial: bool
     definition: str
     constraint: str | None  # the constraint this index backs, if any
+    #: the partitioned index this one (of a partition) is attached to, if any
+    parent_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class ConstraintInfo:
     ref_table: tuple[str, str] | None  # (schema, name) of the referenced table (FK)
     index: str | None
     ref_columns: tuple[str, ...] = ()  # the referenced columns (FK)
+    #: inherited from a partitioned parent (or a parent table): dropped only there
+    inherited: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,19 @@ class TableInfo:
     #: (materialized views, rules, triggers on those views, functions using them):
     #: (column, description)
     view_blockers: tuple[tuple[str, str], ...] = ()
+    #: declarative partitioning (relkind 'p'): 'r' range, 'l' list, 'h' hash
+    partition_strategy: str = ""
+    #: the partition key's columns (None for an expression element)
+    partition_key: tuple[str | None, ...] = ()
+    #: the direct partitions (schema, name), in name order; each is read too
+    partitions: tuple[tuple[str, str], ...] = ()
+    #: the partitioned table this one is a partition of, and its bound
+    parent: tuple[str, str] | None = None
+    partition_bound: str = ""
+
+    @property
+    def partitioned(self) -> bool:
+        return self.relkind == "p"
 
 
 @dataclass
@@ -187,8 +204,21 @@ def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8 AS reltuples,
-       c.relpages AS pages
+       c.relpages AS pages, coalesce(pg_get_expr(c.relpartbound, c.oid), '') AS bound,
+       pt.partstrat::text AS strategy,
+       ARRAY(SELECT a.attname FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY k(attnum, ord)
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS partkey,
+       (SELECT ARRAY[pn.nspname, p.relname] FROM pg_inherits i
+          JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         WHERE i.inhrelid = c.oid AND c.relispartition) AS parent,
+       ARRAY(SELECT ARRAY[kn.nspname, k.relname] FROM pg_inherits i
+               JOIN pg_class k ON k.oid = i.inhrelid
+               JOIN pg_namespace kn ON kn.oid = k.relnamespace
+              WHERE i.inhparent = c.oid AND k.relispartition
+              ORDER BY kn.nspname, k.relname) AS partitions
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
 """
 
@@ -214,7 +244,9 @@ SELECT i.indrelid AS oid, ic.relname AS name, i.indisvalid, i.indisready, i.indi
              LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
              ORDER BY k.ord) AS columns,
        (SELECT conname FROM pg_constraint WHERE conindid = i.indexrelid
-          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint
+          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint,
+       (SELECT p.relname FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent
+         WHERE h.inhrelid = i.indexrelid) AS parent_index
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 WHERE i.indrelid = ANY(%(oids)s)
 """
@@ -228,7 +260,8 @@ SELECT c.conrelid AS oid, c.conname, c.contype::text AS contype, c.convalidated,
        rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name,
        ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
-             ORDER BY k.ord) AS ref_columns
+             ORDER BY k.ord) AS ref_columns,
+       (c.coninhcount > 0 OR c.conparentid <> 0) AS inherited
 FROM pg_constraint c
 LEFT JOIN pg_class r ON r.oid = c.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
@@ -343,6 +376,13 @@ def read_catalog(
             owners = {(r["nspname"], r["table_name"]) for r in cur.fetchall()}
             # read the owning tables too, so the planner sees the index in full
             _read_tables(cur, cat, owners - set(cat.tables))
+
+        # the partition trees of the partitioned tables read, down to the leaves
+        while True:
+            below = {p for info in cat.tables.values() for p in info.partitions} - set(cat.tables)
+            if not below:
+                break
+            _read_tables(cur, cat, below)
 
         cur.execute("SELECT current_setting('TimeZone') AS tz")
         tz = cur.fetchone()
@@ -463,6 +503,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             partial=r["partial"],
             definition=r["def"],
             constraint=r["constraint"],
+            parent_index=r["parent_index"],
         )
     constraints: dict[int, dict[str, ConstraintInfo]] = {o: {} for o in oids}
     cur.execute(_CONSTRAINTS_SQL, params)
@@ -476,6 +517,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             ref_table=(r["ref_schema"], r["ref_name"]) if r["ref_name"] else None,
             index=r["index_name"],
             ref_columns=tuple(r["ref_columns"]),
+            inherited=r["inherited"],
         )
     triggers: dict[int, list[str]] = {o: [] for o in oids}
     cur.execute(_TRIGGERS_SQL, params)
@@ -507,6 +549,11 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             dependents=tuple(sorted(set(dependents[oid]))),
             views=tuple(sorted(set(views[oid]))),
             view_blockers=tuple(sorted(set(view_blockers[oid]))),
+            partition_strategy=r["strategy"] or "",
+            partition_key=tuple(r["partkey"]) if r["strategy"] else (),
+            partitions=tuple((s, n) for s, n in r["partitions"]),
+            parent=(r["parent"][0], r["parent"][1]) if r["parent"] else None,
+            partition_bound=r["bound"],
         )
         cat.tables[(info.schema, info.name)] = info
         for idx in info.indexes:

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from .plan import Step
+from .pooler import is_pooled
 
 __all__ = [
     "CLAIM_LOCK_TIMEOUT",
@@ -124,7 +125,12 @@ def local_settings(cur: psycopg.Cursor[Any], t: Timeouts) -> None:
 @contextlib.contextmanager
 def session_settings(cur: psycopg.Cursor[Any], t: Timeouts) -> Iterator[None]:
     """Set ``t`` for the session while the block runs, then reset both (unless the
-    connection broke: then the session is gone anyway)."""
+    connection broke: then the session is gone anyway). Through a transaction pooler
+    nothing is set: the block's statement may run on another server connection than the
+    SET, which would stay behind for the application to inherit (onlineschema.pooler)."""
+    if is_pooled(cur.connection):
+        yield
+        return
     cur.execute(
         "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
         (t.lock_timeout, t.statement_timeout),
@@ -199,5 +205,7 @@ def cut_settings() -> sql.Composed:
 def no_statement_timeout(cur: psycopg.Cursor[Any]) -> None:
     """A connection of its own that runs one long maintenance statement and closes (the
     backfill's VACUUM, which steps aside by SKIP_LOCKED and by its guard): no statement
-    timeout for the session."""
-    cur.execute("SET statement_timeout = 0")
+    timeout for the session. Not through a transaction pooler, where the SET would stay
+    behind on a server connection the application gets next."""
+    if not is_pooled(cur.connection):
+        cur.execute("SET statement_timeout = 0")

@@ -28,8 +28,9 @@ STATES = (
 )
 
 #: the version of the state schema this release writes. 1: release 0.1.0, which had no
-#: version table; every later version adds to it in place (see _UPGRADES).
-SCHEMA_VERSION = 2
+#: version table; every later version adds to it in place (see _UPGRADES). 3: leases
+#: (one executor per migration through a transaction pooler, onlineschema.lease).
+SCHEMA_VERSION = 3
 
 #: how the schema of version n - 1 becomes version n: brief statements only (CREATE ...
 #: IF NOT EXISTS, ADD COLUMN IF NOT EXISTS without a volatile default), never a rewrite
@@ -44,7 +45,17 @@ _UPGRADES: dict[int, list[str]] = {
             upgraded_at timestamptz NOT NULL DEFAULT now()
         )""",
     ],
+    3: [
+        """CREATE TABLE IF NOT EXISTS {s}.leases (
+            migration text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at timestamptz NOT NULL,
+            taken_at timestamptz NOT NULL DEFAULT now(),
+            renewed_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ],
 }
+
 
 def _release() -> str:
     """This release's version, as recorded with the state schema."""

@@ -19,9 +19,11 @@ import contextlib
 import importlib
 import json
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any, TypeVar
 
@@ -69,11 +71,12 @@ class Options:
     log_format: str = "console"
     log_level: str = "info"
     state_schema: str = "onlineschema"
+    reconnect_budget: float = Settings.reconnect_budget
 
     def settings(
         self, lock_timeout: float | None = None, max_lock_wait: float | None = None
     ) -> Settings:
-        s = Settings(state_schema=self.state_schema)
+        s = Settings(state_schema=self.state_schema, reconnect_budget=self.reconnect_budget)
         if lock_timeout is not None:
             s = replace(s, lock_timeout=lock_timeout)
         if max_lock_wait is not None:
@@ -159,8 +162,32 @@ def read_changes(sql_text: str | None, file: IO[str] | None, allow_raw: bool) ->
     return parse_sql(text, allow_raw=allow_raw)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stop as for Ctrl-C (psycopg cancels the running statement, the
+    backfill workers stop after their batch), leaving the migration resumable."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (a service manager, ``kubectl delete pod``) stops it
+    as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bool = False) -> T:
-    """Run ``work`` with progress bars on a terminal; say how to go on when it stops."""
+    """Run ``work`` with progress bars on a terminal; say how to go on when it stops
+    (Ctrl-C and SIGTERM stop it resumably: exit 3, the migration paused)."""
     from .progress import progress_observer
 
     go_on = (
@@ -171,12 +198,14 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
     with progress_observer() as display:
         ex.observer = display
         try:
-            return work()
-        except KeyboardInterrupt:
+            with sigterm_as_interrupt():
+                return work()
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
             if not undoing:
-                _mark_interrupted(ex, name)
+                _mark_interrupted(ex, name, f"interrupted ({how})")
             raise Stopped(
-                f"interrupted; migration {name} stopped part-way\n  fix: {go_on}"
+                f"interrupted ({how}); migration {name} stopped part-way\n  fix: {go_on}"
             ) from None
         except OnlineSchemaError as exc:
             if exc.exit_code == 3 and (undoing or f"resume {name}" not in str(exc)):
@@ -189,13 +218,13 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
             ex.observer = None
 
 
-def _mark_interrupted(ex: Executor, name: str) -> None:
+def _mark_interrupted(ex: Executor, name: str, reason: str) -> None:
     """Record that nothing runs the migration any more (best effort: psycopg cancelled the
     running statement, the connection may be gone)."""
     if ex.conn.closed or ex.conn.broken or ex.joining:  # a guest: not ours to mark
         return
     with contextlib.suppress(psycopg.Error):
-        ex.mark_interrupted(name, "interrupted (Ctrl-C)")
+        ex.mark_interrupted(name, reason)
 
 
 def _with_hint(exc: OnlineSchemaError, hint: str) -> OnlineSchemaError:
@@ -267,9 +296,24 @@ def confirm_or_refuse(question: str, yes: bool) -> None:
     metavar="SCHEMA",
     help="Schema holding the migrations' state.",
 )
+@click.option(
+    "--reconnect-budget",
+    type=DURATION,
+    default=f"{Settings.reconnect_budget:g}s",
+    show_default=True,
+    envvar="ONLINESCHEMA_RECONNECT_BUDGET",
+    help="How long to keep connecting again when the connection to the database is lost"
+    " (a restart, a failover, a network blip); past it: exit 3, resumable.",
+)
 @click.version_option(package_name="onlineschema", prog_name="onlineschema")
 @click.pass_context
-def cli(ctx: click.Context, log_format: str, log_level: str, state_schema: str) -> None:
+def cli(
+    ctx: click.Context,
+    log_format: str,
+    log_level: str,
+    state_schema: str,
+    reconnect_budget: float,
+) -> None:
     """Change the schema of a live PostgreSQL database without blocking the application.
 
     The database comes from --dsn, else ONLINESCHEMA_DSN, else DATABASE_URL.
@@ -281,6 +325,7 @@ def cli(ctx: click.Context, log_format: str, log_level: str, state_schema: str) 
     opts.log_format = log_format.lower()
     opts.log_level = log_level.lower()
     opts.state_schema = state_schema
+    opts.reconnect_budget = reconnect_budget
     configure(opts.log_format, opts.log_level)
 
 
@@ -312,6 +357,7 @@ def plan(
     settings = opts.settings(lock_timeout)
     with open_executor(dsn, settings) as ex:
         the_plan = ex.plan(changes)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(the_plan.to_json())
     elif fmt == "sql":
@@ -320,6 +366,8 @@ def plan(
         )
     else:
         click.echo(the_plan.render_text())
+        if pooler is not None:
+            click.echo(f"\nConnection: {pooler.describe()}")
     return 0
 
 
@@ -403,9 +451,12 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
     """Show one migration's steps and backfill progress, or list all migrations."""
     with open_executor(dsn, opts.settings()) as ex:
         data = ex.status(name)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
         return 0
+    if pooler is not None:
+        click.echo(f"Connection: {pooler.describe()}")
     from rich.console import Console
 
     from .views import list_table, migration_view, stdout_console

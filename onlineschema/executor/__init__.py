@@ -14,6 +14,7 @@ psql script), ``status`` (the status view), ``settings`` (Settings, parse_durati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import structlog
 from ..backfill import BackfillSettings, NotJoinable
 from ..catalog import read_catalog
 from ..changes import Backfill, Change, changes_to_json
-from ..connection import ConnectLike, connection
+from ..connection import APPLICATION_NAME, ConnectLike, connection
 from ..errors import (
     AlreadyRunning,
     LockBudgetExhausted,
@@ -34,9 +35,12 @@ from ..errors import (
     Paused,
     Refused,
 )
+from ..lease import Lease, new_owner
 from ..observe import run_observed
 from ..plan import Plan, Step, StepKind
 from ..planner import PlanResult, build_plan, catalog_request
+from ..pooler import Pooler, detect, is_pooled
+from ..reconnect import conninfo_of, is_disconnect, reconnect
 from ..state import StateStore
 from ..verify import verify_before_contract
 from .lifecycle import (
@@ -85,6 +89,16 @@ class Result:
 
     def __post_init__(self) -> None:
         self.state = str(self.state)  # a MigrationState's value
+
+
+def _leased(name: str, held: tuple[str, float], ttl: float) -> AlreadyRunning:
+    owner, left = held
+    return AlreadyRunning(
+        f"migration {name!r} is being run by another process (it holds the migration's"
+        f" lease: {owner}, renewed every {ttl / 3:g}s, {max(left, 0):.0f}s left)",
+        "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`."
+        f" If that process died, its lease expires by itself within {ttl:g}s",
+    )
 
 
 def changes_hash(changes: Sequence[Change]) -> str:
@@ -140,6 +154,13 @@ class Executor:
         self.joining = False
         self._cm = connection(target)
         self.conn: psycopg.Connection[Any] = self._cm.__enter__()
+        #: how to reach the database again when the connection is lost
+        self._conninfo = conninfo_of(self.conn, APPLICATION_NAME)
+        #: the connection made after one was lost (ours to close)
+        self._own: psycopg.Connection[Any] | None = None
+        #: through a transaction pooler: the lease this executor holds, and its name
+        self._lease: Lease | None = None
+        self._lease_owner = new_owner()
         self.store = StateStore(self.conn, self.settings.state_schema)
         try:
             self.store.check_version()  # an older release never touches a newer schema
@@ -148,12 +169,43 @@ class Executor:
             raise
 
     @property
+    def pooler(self) -> Pooler | None:
+        """The transaction pooler between this executor and the server, if any."""
+        return detect(self.conn)
+
+    @property
     def policy(self) -> Policy:
         """The timeouts steps run under (executor/session.py decides them)."""
         return Policy.from_settings(self.settings)
 
     def close(self) -> None:
-        self._cm.__exit__(None, None, None)
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+        with contextlib.suppress(psycopg.Error):
+            self._cm.__exit__(None, None, None)
+
+    def _reconnecting(self, first: Callable[[], Result], again: Callable[[], Result]) -> Result:
+        """Run ``first``; when the connection is lost (a network blip, a server restart,
+        the session terminated), connect again within ``settings.reconnect_budget``
+        and run ``again``, which carries on from the state in the database: every step
+        records itself done in its own transaction, a backfill's cursor moves with its
+        batches, and a concurrent build is reconciled by ``indisvalid``. Past the
+        budget: ConnectionLost (exit 3, resumable)."""
+        work = first
+        while True:
+            try:
+                return work()
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                conn = reconnect(self._conninfo, budget=self.settings.reconnect_budget, lost=exc)
+            if self._own is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._own.close()
+            self._own = self.conn = conn
+            self.store = StateStore(conn, self.settings.state_schema)
+            work = again
 
     def __enter__(self) -> Executor:
         return self
@@ -204,6 +256,20 @@ class Executor:
         ``restart_aborted``: a migration of that name that was aborted is forgotten and
         started afresh instead of refused."""
         changes = list(changes)
+
+        def again() -> Result:
+            return self._apply(changes, name, workers, stop_before_contract, restart_aborted)
+
+        return self._reconnecting(again, again)
+
+    def _apply(
+        self,
+        changes: list[Change],
+        name: str | None,
+        workers: int | None,
+        stop_before_contract: bool,
+        restart_aborted: bool,
+    ) -> Result:
         digest = changes_hash(changes)
         name = name or default_name(changes)
         existing = self.store.get(name)
@@ -216,8 +282,7 @@ class Executor:
             state = MigrationState(existing["state"])
             if existing["changes_hash"] != digest:
                 raise Refused(
-                    f"migration {name!r} already exists with different changes"
-                    f" (it is {state})",
+                    f"migration {name!r} already exists with different changes (it is {state})",
                     "use another --name"
                     + ("" if state.finished else f", or `onlineschema abort {name}` first"),
                 )
@@ -230,7 +295,7 @@ class Executor:
                     f"migration {name!r} was aborted",
                     "apply it again under a new --name",
                 )
-            return self.resume(name, workers=workers)
+            return self._resume(name, workers)
         result = self._plan(changes)  # refuses bad input before any write
         plan = hold_contract(result.plan) if stop_before_contract else result.plan
         self.store.ensure()
@@ -251,7 +316,7 @@ class Executor:
             self._workers = workers or 1
             return self._run(name, plan)
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def resume(self, name: str, *, workers: int | None = None) -> Result:
         """Carry on from the first unfinished step (after a crash, a pause or exit 3).
@@ -260,6 +325,13 @@ class Executor:
         and is in a backfill, ``workers`` makes this process join it: it works on the
         backfill's chunks and returns when none is left to claim (without ``workers`` it
         is refused with AlreadyRunning)."""
+
+        def again() -> Result:
+            return self._resume(name, workers)
+
+        return self._reconnecting(again, again)
+
+    def _resume(self, name: str, workers: int | None) -> Result:
         self.store.require(name)
         self.joining = False
         try:
@@ -285,10 +357,29 @@ class Executor:
             self._workers = workers or 1
             return self._run(name, Plan.from_dict(row["plan"]))
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def contract(self, name: str) -> Result:
         """Run the contract phase of a migration waiting for it."""
+        return self._reconnecting(
+            lambda: self._contract(name), lambda: self._carry_on(name, contract=True)
+        )
+
+    def _carry_on(self, name: str, *, contract: bool) -> Result:
+        """After a reconnect: run ``name`` on from where the database says it is."""
+        self._lock(name)
+        try:
+            row = self.store.require(name)
+            state = MigrationState(row["state"])
+            plan = Plan.from_dict(row["plan"])
+            if state.finished or state is S.ABORTING:  # finished meanwhile, or not ours
+                return Result(name, state, 0, 0, 0.0, plan)
+            self.store.set_state(name, S.RUNNING)
+            return self._run(name, plan, contract=contract)
+        finally:
+            self._unlock(name)
+
+    def _contract(self, name: str) -> Result:
         self.store.require(name)
         self._lock(name)
         try:
@@ -302,7 +393,7 @@ class Executor:
             self.store.set_state(name, S.RUNNING)
             return self._run(name, Plan.from_dict(row["plan"]), contract=True)
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def pause(self, name: str) -> None:
         """Ask the process running ``name`` to stop at the next safe point (exit 3)."""
@@ -327,6 +418,9 @@ class Executor:
 
     def abort(self, name: str) -> Result:
         """Undo what the migration created (expand and validate phases), newest first."""
+        return self._reconnecting(lambda: self._abort(name), lambda: self._abort(name))
+
+    def _abort(self, name: str) -> Result:
         self.store.require(name)
         self._lock(name)
         t0 = time.monotonic()
@@ -361,7 +455,7 @@ class Executor:
             self.store.set_state(name, S.FAILED, str(exc))
             raise
         finally:
-            self.store.unlock(name)
+            self._unlock(name)
 
     def undo_preview(self, name: str) -> tuple[str, list[Step]]:
         """``(state, steps abort would undo, newest first)`` of migration ``name``."""
@@ -410,7 +504,44 @@ class Executor:
         )
 
     def _lock(self, name: str) -> None:
-        lock_migration(self.store, name)
+        """Hold migration ``name`` (one executor per migration): the session advisory
+        lock on a direct connection, a lease row through a transaction pooler; each
+        checks the other."""
+        lease = Lease(
+            self.settings.state_schema,
+            name,
+            ttl=self.settings.lease_ttl,
+            conninfo=self._conninfo,
+            owner=self._lease_owner,
+        )
+        if not is_pooled(self.conn):
+            lock_migration(self.store, name)
+            held = lease.holder(self.conn)
+            if held is not None and held[0] != self._lease_owner:
+                self.store.unlock(name)
+                raise _leased(name, held, lease.ttl)
+            return
+        self.store.ensure()
+        if not lease.take(self.conn):
+            held = lease.holder(self.conn)
+            raise _leased(name, held or ("?", lease.ttl), lease.ttl)
+        holder = self.store.lock_holder(name)
+        if holder is not None:
+            lease.give_up(self.conn)
+            raise AlreadyRunning(
+                f"migration {name!r} is being run by another process (database session pid"
+                f" {holder['pid']}, application {holder.get('application_name') or '?'})",
+                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
+            )
+        lease.start()
+        self._lease = lease
+
+    def _unlock(self, name: str) -> None:
+        if self._lease is not None and self._lease.name == name:
+            self._lease.give_up(self.conn)
+            self._lease = None
+            return
+        self.store.unlock(name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
@@ -438,6 +569,12 @@ class Executor:
                     raise Paused(
                         f"migration {name} was paused; `onlineschema resume {name}` continues it"
                     )
+                if self._lease is not None and self._lease.lost.is_set():
+                    raise AlreadyRunning(
+                        f"migration {name!r}: this process lost its lease (not renewed in"
+                        f" {self._lease.ttl:g}s) and another may have taken it over",
+                        "see `onlineschema status`",
+                    )
                 if self.observer:
                     self.observer.step_started(step, i, total)
                 did = run_step(self._runtime(name), step)
@@ -456,7 +593,8 @@ class Executor:
             log.warning("migration_paused", migration=name, reason=str(exc))
             raise
         except (OnlineSchemaError, psycopg.Error) as exc:
-            self.store.set_state(name, S.FAILED, str(exc))
+            if not is_disconnect(exc):  # a lost connection is carried on, not failed
+                self.store.set_state(name, S.FAILED, str(exc))
             raise
         self.store.set_state(name, S.COMPLETED)
         secs = time.monotonic() - t0

@@ -42,6 +42,13 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     state_schema: str = "onlineschema"
+    #: how long to keep trying to connect again after the connection to the database was
+    #: lost (a network blip, a server restart, a failover); past it: exit 3, resumable
+    reconnect_budget: float = 120.0
+    #: through a transaction pooler, how long the lease on a migration outlives its last
+    #: renewal (a heartbeat renews it every third of that): how soon another process may
+    #: take over the migration of one that died
+    lease_ttl: float = 30.0
     #: event -> commands or callables to run on it (see onlineschema.observe.hooks)
     hooks: Mapping[str, Sequence[Hook]] = field(default_factory=dict)
     #: a hook running longer is abandoned (a command is killed) and logged

@@ -21,6 +21,7 @@ from psycopg import sql
 from ..backfill import BackfillRunner
 from ..errors import LockBudgetExhausted, Paused, StepFailed
 from ..plan import Action, Step, StepKind
+from ..reconnect import is_disconnect
 from .index_build import IndexBuildStep
 from .runtime import Runtime, render_session, terminated
 from .session import Policy, Timeouts, local_settings, timeouts_for
@@ -210,6 +211,8 @@ def run_step(rt: Runtime, step: Step) -> bool:
         rt.store.step_state(rt.migration, step.id, "failed", str(exc))
         raise
     except psycopg.Error as exc:
+        if is_disconnect(exc):  # not the step's fault: the executor reconnects
+            raise
         msg = (exc.diag.message_primary or str(exc)).strip()
         rt.store.step_state(rt.migration, step.id, "failed", msg)
         raise StepFailed(step.id, msg, _hint(step, exc)) from exc

@@ -76,6 +76,7 @@ from ..executor import (
     apply_through_contract,
     changes_hash,
 )
+from ..pooler import is_pooled
 from ..session import ms
 
 __all__ = [
@@ -747,6 +748,14 @@ def _migrate_lock(dsn: str, wait: float) -> Iterator[None]:
     """Hold ``pg_advisory_lock(72707369)`` on a session of its own for the block."""
     conn = open_dsn(dsn, application_name="onlineschema-prisma-lock")
     try:
+        if is_pooled(conn):
+            raise Refused(
+                "Prisma Migrate's lock (the session advisory lock pg_advisory_lock(72707369)"
+                " that keeps `prisma migrate deploy` off meanwhile) cannot be held through a"
+                " transaction pooler: each statement may run on another server connection",
+                "give the direct connection to the database (Prisma's directUrl, not the"
+                " PgBouncer URL) in --dsn / DATABASE_URL",
+            )
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (ms(wait),))
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))

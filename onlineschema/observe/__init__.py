@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from ..errors import LockBudgetExhausted, Paused
+from ..reconnect import is_disconnect
 
 if TYPE_CHECKING:
     from ..executor import Executor
@@ -161,6 +162,8 @@ def ended_state(error: BaseException | None, result_state: str | None) -> str:
     """How a run ended, for hooks and metrics: the result's state, or from the error."""
     if error is None:
         return result_state or "completed"
+    if is_disconnect(error):  # the executor connects again and carries on
+        return "running"
     if isinstance(error, LockBudgetExhausted | Paused):
         return "paused"
     if isinstance(error, KeyboardInterrupt):

@@ -62,6 +62,9 @@ class PlanContext(StepEmitter):
     tables: dict[tuple[str, str], VTable] = field(default_factory=dict)
     relations: set[tuple[str, str]] = field(default_factory=set)
     new_tables: set[tuple[str, str]] = field(default_factory=set)
+    #: new tables (``new_tables``) that are partitioned -> their partition key's columns
+    #: (None for an expression): no concurrent index build is possible on them
+    new_partitioned: dict[tuple[str, str], tuple[str | None, ...]] = field(default_factory=dict)
     seq: int = 0
     ids: set[str] = field(default_factory=set)
     #: run after every change has been seen (changes planned together, e.g. the

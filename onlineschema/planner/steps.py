@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 from ..catalog import INTEGER_TYPES, ConstraintInfo
 from ..errors import Refused
-from ..plan import Action, Phase, Step
+from ..plan import Action, Phase, Step, blocks_application
 from ..sql import checks, ddl
 from .model import VIndex, VTable
 from .naming import nn_check_name, not_null_name
+from .partition_tree import leaves, partitions_unchanged, scope, tree
 
 PHASE_RANK = {"expand": 0, "backfill": 1, "validate": 2, "contract": 3}
 # inside the validate phase: index builds first, then constraints, foreign keys last
@@ -33,6 +34,7 @@ class StepEmitter:
     seq: int
     relations: set[tuple[str, str]]
     problems: list[Refused]
+    tables: dict[tuple[str, str], VTable]
 
     if TYPE_CHECKING:
 
@@ -70,7 +72,14 @@ class StepEmitter:
         undo: Sequence[Action] = (),
         rank: int = RANK_DEFAULT,
         breaking: bool = False,
+        partitions: bool = True,
     ) -> Step:
+        """A short transaction under ``lock`` on ``tables``. ALTER TABLE on a partitioned
+        table takes its lock on every partition too: with ``partitions`` (the default)
+        they are listed, so the executor's guard waits out long transactions on any of
+        them outside the lock queue."""
+        if partitions and blocks_application(lock):
+            tables = self._with_partitions(tables)
         return self.add(
             Step(
                 id=sid,
@@ -87,6 +96,18 @@ class StepEmitter:
             ),
             rank,
         )
+
+    def _with_partitions(self, tables: Sequence[str]) -> list[str]:
+        out = list(tables)
+        by_qual = {v.qual: v for v in self.tables.values()}
+        for qual in tables:
+            t = by_qual.get(qual)
+            if t is None or t.info is None or t.info.relkind != "p":
+                continue
+            for node in tree(self, t, quiet=True) or []:
+                if node.table.qual not in out:
+                    out.append(node.table.qual)
+        return out
 
     def validate_step(
         self, t: VTable, name: str, description: str, *, ref: VTable | None = None, rank: int
@@ -117,7 +138,8 @@ class StepEmitter:
                 f"add_not_null.{t.qual}.{column}",
                 "validate",
                 "add_not_null_not_valid",
-                f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once)",
+                f"add NOT NULL {con} on {t.qual}.{column} NOT VALID (new rows checked at once"
+                f"{scope(self, t)})",
                 [ddl.add_not_null_constraint(s, n, con, column)],
                 [t.qual],
                 post=checks.q_constraint(s, n, con),
@@ -126,27 +148,37 @@ class StepEmitter:
             self.validate_step(
                 t,
                 con,
-                f"validate NOT NULL on {t.qual}.{column} (scans, reads and writes go on)",
+                f"validate NOT NULL on {t.qual}.{column} (scans, reads and writes go on"
+                f"{scope(self, t, scans=True)})",
                 rank=RANK_DEFAULT,
             )
         else:
             con = nn_check_name(n, column)
-            self.brief(
-                f"add_not_null_check.{t.qual}.{column}",
-                "validate",
-                "add_check_not_valid",
-                f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}",
-                [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
-                [t.qual],
-                post=checks.q_constraint(s, n, con),
-                undo=[Action(ddl.drop_constraint(s, n, con))],
-            )
-            self.validate_step(
-                t,
-                con,
-                f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and writes go on)",
-                rank=RANK_DEFAULT,
-            )
+            # the helper check of an earlier run that failed (not aborted) is reused:
+            # validated if it is not yet, never added twice
+            left = t.constraints.get(con)
+            left = left if left is not None and left.type == "c" else None
+            if left is None:
+                self.brief(
+                    f"add_not_null_check.{t.qual}.{column}",
+                    "validate",
+                    "add_check_not_valid",
+                    f"add CHECK ({column} IS NOT NULL) NOT VALID on {t.qual}"
+                    + (f" ({scope(self, t)[2:]})" if scope(self, t) else ""),
+                    [ddl.add_check(s, n, con, ddl.check_not_null_expr(column), not_valid=True)],
+                    [t.qual],
+                    post=checks.q_constraint(s, n, con),
+                    undo=[Action(ddl.drop_constraint(s, n, con))],
+                )
+            if left is None or not left.validated:
+                self.validate_step(
+                    t,
+                    con,
+                    f"validate CHECK ({column} IS NOT NULL) on {t.qual} (scans, reads and"
+                    f" writes go on{scope(self, t, scans=True)})"
+                    + ("; the check was left NOT VALID by an earlier run" if left else ""),
+                    rank=RANK_DEFAULT,
+                )
             self.brief(
                 f"set_not_null.{t.qual}.{column}",
                 "validate",
@@ -225,6 +257,46 @@ class StepEmitter:
         if only_null:
             desc += f" (rows where {only_null} is null)"
         desc += f"; {strategy} batches"
+        targets: list[tuple[VTable, str]] = [(t, desc)]
+        if t.info is not None and t.info.relkind == "p":
+            # one backfill per leaf partition: each its own batches, progress in
+            # `status` and resume point (the engine batches one table by its key)
+            parts = leaves(self, t)
+            if parts is None:
+                return
+            targets = [
+                (
+                    leaf,
+                    f"partition {i}/{len(parts)} of {t.qual}: "
+                    + desc.replace(t.qual, leaf.qual, 1),
+                )
+                for i, leaf in enumerate(parts, 1)
+            ]
+        for target, text in targets:
+            self._backfill_one(target, text, sets, where, only_null, key, key_types, strategy)
+        if targets[0][0] is not t:
+            self.brief(
+                f"check_partitions.{t.qual}.backfill." + ".".join(c for c, _ in sets),
+                "backfill",
+                "check_partitions",
+                f"check the partitions of {t.qual} are the {len(targets)} backfilled (a"
+                " partition attached during the backfill would have rows left unfilled)",
+                [partitions_unchanged(self, t)],
+                [t.qual],
+                lock="AccessShareLock",
+            )
+
+    def _backfill_one(
+        self,
+        t: VTable,
+        desc: str,
+        sets: Sequence[tuple[str, str]],
+        where: str | None,
+        only_null: str | None,
+        key: tuple[str, ...],
+        key_types: list[str],
+        strategy: str,
+    ) -> None:
         self.add(
             Step(
                 id=f"backfill.{t.qual}." + ".".join(c for c, _ in sets),

@@ -12,10 +12,12 @@ from ..expressions import (
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.leftovers import constraint_leftover
 from ..planner.model import VConstraint
 from ..planner.naming import (
     auto_name,
 )
+from ..planner.partition_tree import scope
 from ..planner.steps import RANK_DEFAULT
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
@@ -35,6 +37,20 @@ class AddCheckRecipe(Recipe[AddCheck]):
             ctx.column(t, col)
         ctx.probe_cond(t, expr, "check expression")
         name = c.name or auto_name(t.name, cols[:1], "check")
+        leftover = constraint_leftover(ctx, t, name, "c", expression=expr)
+        if leftover == "refused":
+            return
+        if leftover == "repair":
+            if c.validate:
+                t.constraints[name].validated = True
+                ctx.validate_step(
+                    t,
+                    name,
+                    f"validate check {name}, left NOT VALID by an earlier run (scans {t.qual},"
+                    " reads and writes go on)",
+                    rank=RANK_DEFAULT,
+                )
+            return
         if not ctx.constraint_name_free(t, name):
             return
         t.constraints[name] = VConstraint("c", c.validate, tuple(cols))
@@ -42,7 +58,7 @@ class AddCheckRecipe(Recipe[AddCheck]):
             f"add_check.{t.qual}.{name}",
             "validate",
             "add_check_not_valid",
-            f"add check {name} on {t.qual} NOT VALID (new rows checked at once)",
+            f"add check {name} on {t.qual} NOT VALID (new rows checked at once{scope(ctx, t)})",
             [ddl.add_check(t.schema, t.name, name, expr, not_valid=True)],
             [t.qual],
             post=checks.q_constraint(t.schema, t.name, name),
@@ -52,7 +68,8 @@ class AddCheckRecipe(Recipe[AddCheck]):
             ctx.validate_step(
                 t,
                 name,
-                f"validate check {name} (scans {t.qual}, reads and writes go on)",
+                f"validate check {name} (scans {t.qual}, reads and writes go on"
+                f"{scope(ctx, t, scans=True)})",
                 rank=RANK_DEFAULT,
             )
 

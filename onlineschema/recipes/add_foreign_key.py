@@ -8,10 +8,12 @@ from ..errors import Refused
 from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext, Probe
-from ..planner.model import VColumn, VConstraint
+from ..planner.leftovers import constraint_leftover
+from ..planner.model import VColumn, VConstraint, VTable
 from ..planner.naming import (
     auto_name,
 )
+from ..planner.partition_tree import is_partitioned, leaves, partitions_unchanged
 from ..planner.steps import RANK_FK
 from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
@@ -71,7 +73,41 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
                 )
                 return
         name = c.name or auto_name(t.name, c.columns, "fkey")
+        actions = [
+            f"ON {w} {a.upper()}"
+            for w, a in (("DELETE", c.on_delete), ("UPDATE", c.on_update))
+            if a is not None and a.upper() != "NO ACTION"
+        ]
+        if c.deferrable:
+            actions.append("INITIALLY DEFERRED" if c.initially_deferred else "DEFERRABLE")
+        leftover = constraint_leftover(
+            ctx,
+            t,
+            name,
+            "f",
+            columns=c.columns,
+            ref=(ref.schema, ref.name),
+            ref_columns=ref_cols,
+            actions=actions,
+        )
+        if leftover == "refused":
+            return
+        if leftover == "repair":
+            if c.validate:
+                t.constraints[name].validated = True
+                ctx.validate_step(
+                    t,
+                    name,
+                    f"validate foreign key {name}, left NOT VALID by an earlier run (scans"
+                    f" {t.qual}, reads and writes go on)",
+                    ref=ref,
+                    rank=RANK_FK,
+                )
+            return
         if not ctx.constraint_name_free(t, name):
+            return
+        if is_partitioned(t) and ctx.major < 18:
+            self._per_partition(ctx, c, t, ref, name, ref_cols)
             return
         t.constraints[name] = VConstraint("f", c.validate, tuple(c.columns), (ref.schema, ref.name))
         statement = ddl.add_foreign_key(
@@ -112,6 +148,92 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
         if not t.new:
             # checked once every change is seen: the index may come later in the script
             ctx.finalizers.append(lambda p: p.note_missing_fk_index(t, ref, tuple(c.columns)))
+
+    def _per_partition(
+        self,
+        ctx: PlanContext,
+        c: AddForeignKey,
+        t: VTable,
+        ref: VTable,
+        name: str,
+        ref_cols: tuple[str, ...],
+    ) -> None:
+        """Before PostgreSQL 18 a partitioned table cannot hold a NOT VALID foreign key:
+        add it NOT VALID and validate it on each leaf partition, then add it on the
+        parent, which attaches the validated leaf constraints (no scan)."""
+        if not c.validate:
+            ctx.refuse(
+                f"foreign key {name} on partitioned {t.qual}: PostgreSQL {ctx.major} cannot"
+                " keep a NOT VALID foreign key on a partitioned table (18 can)",
+                "let onlineschema validate it (validate=True: each partition is validated"
+                " under SHARE UPDATE EXCLUSIVE), or add it on each partition instead",
+            )
+            return
+        parts = leaves(ctx, t)
+        if parts is None:
+            return
+        if not all(ctx.constraint_name_free(leaf, name) for leaf in parts):
+            return
+
+        def statement(schema: str, table: str, *, not_valid: bool) -> str:
+            return ddl.add_foreign_key(
+                schema,
+                table,
+                name,
+                c.columns,
+                ref.schema,
+                ref.name,
+                ref_cols,
+                on_delete=c.on_delete.upper() if c.on_delete else None,
+                on_update=c.on_update.upper() if c.on_update else None,
+                deferrable=c.deferrable,
+                initially_deferred=c.initially_deferred,
+                not_valid=not_valid,
+            )
+
+        total = len(parts)
+        for i, leaf in enumerate(parts, 1):
+            ctx.brief(
+                f"add_foreign_key.{leaf.qual}.{name}",
+                "validate",
+                "add_foreign_key_not_valid",
+                f"partition {i}/{total} of {t.qual}: add foreign key {name} on {leaf.qual}"
+                f" NOT VALID (PostgreSQL {ctx.major} cannot add it NOT VALID on the"
+                " partitioned parent)",
+                [statement(leaf.schema, leaf.name, not_valid=True)],
+                [leaf.qual, ref.qual],
+                lock="ShareRowExclusiveLock",
+                post=checks.q_constraint(leaf.schema, leaf.name, name),
+                undo=[Action(ddl.drop_constraint(leaf.schema, leaf.name, name))],
+                rank=RANK_FK,
+            )
+            ctx.validate_step(
+                leaf,
+                name,
+                f"partition {i}/{total} of {t.qual}: validate foreign key {name} (scans"
+                f" {leaf.qual}, reads and writes go on)",
+                ref=ref,
+                rank=RANK_FK,
+            )
+            leaf.constraints[name] = VConstraint(
+                "f", True, tuple(c.columns), (ref.schema, ref.name)
+            )
+        t.constraints[name] = VConstraint("f", True, tuple(c.columns), (ref.schema, ref.name))
+        ctx.brief(
+            f"add_foreign_key.{t.qual}.{name}",
+            "validate",
+            "add_partitioned_foreign_key",
+            f"add foreign key {name} on partitioned {t.qual}: attaches the validated"
+            " constraints of its partitions (no scan; first checks the partitions are those"
+            " planned)",
+            [partitions_unchanged(ctx, t), statement(t.schema, t.name, not_valid=False)],
+            [t.qual, ref.qual],
+            lock="ShareRowExclusiveLock",
+            post=checks.q_constraint(t.schema, t.name, name, validated=True),
+            undo=[Action(ddl.drop_constraint(t.schema, t.name, name))],
+            rank=RANK_FK,
+        )
+        ctx.finalizers.append(lambda p: p.note_missing_fk_index(t, ref, tuple(c.columns)))
 
     def catalog_needs(self, change: AddForeignKey) -> CatalogNeeds:
         needs = super().catalog_needs(change)

@@ -10,11 +10,18 @@ from ..expressions import (
     check_index_element,
     index_element_expression,
 )
+from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.leftovers import index_leftover
+from ..planner.model import VIndex, VTable
 from ..planner.naming import (
     auto_name,
 )
+from ..planner.partition_tree import is_partitioned
+from ..planner.partitions import index_tree, unique_keys_ok
+from ..planner.steps import RANK_INDEX
+from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -55,13 +62,25 @@ class AddIndexRecipe(Recipe[AddIndex]):
         name = c.name or auto_name(
             t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
         )
-        if not ctx.new_name(t.schema, name, "index"):
-            return
         what = "unique index" if c.unique else "index"
-        ctx.index_step(
-            t,
+        new_key = ctx.new_partitioned.get((t.schema, t.name)) if t.new else None
+        if new_key is not None:
+            self._new_partitioned(ctx, c, t, name, what, elements, where, new_key)
+            return
+        if is_partitioned(t):
+            if c.unique and not unique_keys_ok(ctx, t, c.columns, what, "a unique index"):
+                return
+            if c.unique and elements:
+                ctx.refuse(
+                    f"unique index on partitioned {t.qual} has expressions; PostgreSQL"
+                    " cannot enforce such uniqueness across partitions",
+                    "use plain columns that include the partition key",
+                )
+                return
+        expected = ddl.create_index(
+            t.schema,
+            t.name,
             name,
-            f"build {what} {name} on {t.qual} concurrently (reads and writes go on)",
             columns=c.columns,
             elements=elements,
             unique=c.unique,
@@ -69,6 +88,96 @@ class AddIndexRecipe(Recipe[AddIndex]):
             include=c.include,
             where=where,
         )
+        verdict = index_leftover(ctx, t.schema, name, expected)
+        if verdict == "refused":
+            return
+        if verdict == "free" and not ctx.new_name(t.schema, name, "index"):
+            return
+        if is_partitioned(t):
+            index_tree(
+                ctx,
+                t,
+                name,
+                what,
+                columns=c.columns,
+                elements=elements,
+                unique=c.unique,
+                using=c.using,
+                include=c.include,
+                where=where,
+            )
+            return
+        repair = (
+            " (repairs the invalid index of that name an earlier run left: drop"
+            " concurrently, build again)"
+            if verdict == "repair"
+            else ""
+        )
+        ctx.index_step(
+            t,
+            name,
+            f"build {what} {name} on {t.qual} concurrently (reads and writes go on){repair}",
+            columns=c.columns,
+            elements=elements,
+            unique=c.unique,
+            using=c.using,
+            include=c.include,
+            where=where,
+        )
+
+    def _new_partitioned(
+        self,
+        ctx: PlanContext,
+        c: AddIndex,
+        t: VTable,
+        name: str,
+        what: str,
+        elements: list[str],
+        where: str | None,
+        key: tuple[str | None, ...],
+    ) -> None:
+        """A partitioned table this migration creates: nothing uses it yet, and
+        CONCURRENTLY is not possible on a partitioned table, so a plain CREATE INDEX."""
+        if c.unique:
+            missing = [k or "(expression)" for k in key if k is None or k not in c.columns]
+            if missing:
+                ctx.refuse(
+                    f"{what} on {t.qual} ({', '.join(c.columns)}) does not include the"
+                    f" partition key column(s) {', '.join(missing)}: PostgreSQL can enforce"
+                    " uniqueness on a partitioned table only when the partition key is part"
+                    " of it",
+                    f"add {', '.join(missing)} to the columns",
+                )
+                return
+        if not ctx.new_name(t.schema, name, "index"):
+            return
+        ctx.brief(
+            f"create_index.{t.schema}.{name}",
+            "validate",
+            "create_index_new_partitioned",
+            f"create {what} {name} on {t.qual}, a partitioned table this migration creates"
+            " (nothing uses it yet; CONCURRENTLY is not possible on a partitioned table)",
+            [
+                ddl.create_index(
+                    t.schema,
+                    t.name,
+                    name,
+                    columns=c.columns,
+                    elements=elements,
+                    unique=c.unique,
+                    using=c.using,
+                    include=c.include,
+                    where=where,
+                    concurrently=False,
+                )
+            ],
+            [t.qual],
+            lock="ShareLock",
+            post=checks.q_index_exists(t.schema, name),
+            undo=[Action(ddl.drop_index(t.schema, name, concurrently=False))],
+            rank=RANK_INDEX,
+        )
+        t.indexes[name] = VIndex(c.unique, tuple(c.columns) if not elements else (*c.columns, None))
 
     def expressions(self, change: AddIndex) -> Iterable[str | None]:
         return (change.where,)

@@ -25,6 +25,15 @@ class DropConstraintRecipe(Recipe[DropConstraint]):
                 "check the name (constraints: " + ", ".join(sorted(t.constraints)) + ")",
             )
             return
+        live = t.info.constraints.get(c.name) if t.info is not None else None
+        if live is not None and live.inherited:
+            ctx.refuse(
+                f"constraint {c.name!r} of {t.qual} is inherited from its parent table"
+                " (a partition's copy of the parent's constraint); PostgreSQL drops it only"
+                " on the parent",
+                "drop it on the partitioned parent table instead",
+            )
+            return
         if con.type in ("p", "u") and any(
             ref_con for s, tn, ref_con in t.referenced_by if (s, tn) != (t.schema, t.name)
         ):

@@ -14,7 +14,9 @@ from ..changes import Reindex
 from ..plan import Step
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.model import VTable
 from ..planner.naming import MAX_IDENTIFIER_BYTES
+from ..planner.partition_tree import is_partitioned, tree
 from ..planner.steps import RANK_INDEX
 from ..sql import ddl
 from .base import CatalogNeeds, Recipe, recipe_for
@@ -56,6 +58,26 @@ class ReindexRecipe(Recipe[Reindex]):
             return "pg_catalog"
         return ctx.catalog.resolve_schema(None, change.name)
 
+    @staticmethod
+    def _partition_indexes(ctx: PlanContext, t: VTable, index: str) -> list[tuple[str, str]] | None:
+        """(schema, name) of the leaf partitions' indexes attached (at any depth) to
+        ``index`` of partitioned ``t``."""
+        nodes = tree(ctx, t)
+        if nodes is None:
+            return None
+        wanted = {(t.schema, index)}
+        out: list[tuple[str, str]] = []
+        for node in nodes[1:]:  # parents come before their partitions
+            v = node.table
+            for name, info in (v.info.indexes if v.info else {}).items():
+                parent = node.parent.table if node.parent else None
+                if parent is None or (parent.schema, info.parent_index or "") not in wanted:
+                    continue
+                wanted.add((v.schema, name))
+                if not node.partitioned:
+                    out.append((v.schema, name))
+        return out
+
     def plan(self, ctx: PlanContext, c: Reindex) -> None:
         if not ctx.name_ok(c.name, "index"):
             return
@@ -79,6 +101,18 @@ class ReindexRecipe(Recipe[Reindex]):
                 )
             else:
                 ctx.refuse(f"index {c.name!r} does not exist", "check the index name and schema")
+            return
+        if is_partitioned(t):
+            # a partitioned index has no storage: rebuild each partition's index, each
+            # its own resumable step (REINDEX ... CONCURRENTLY of the partitioned index
+            # would leave per-partition _ccnew leftovers this step could not find)
+            parts = self._partition_indexes(ctx, t, c.name)
+            if parts is None:
+                return
+            if not parts:
+                ctx.notes.append(f"partitioned index {schema}.{c.name} has no partitions")
+            for part_schema, part_index in parts:
+                self.plan(ctx, Reindex(part_index, part_schema))
             return
         con = t.constraints.get(info.constraint) if info.constraint else None
         if con is not None and con.type == "x":

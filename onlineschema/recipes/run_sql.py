@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pglast
+
 from ..changes import RunSQL
 from ..plan import Step
 from ..planner.assumed import AssumedSchema
@@ -11,9 +13,30 @@ from ..planner.context import PlanContext
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
+def _partitioned_creates(text: str) -> dict[tuple[str | None, str], tuple[str | None, ...]]:
+    """``CREATE TABLE ... PARTITION BY`` statements in ``text``: (schema, name) -> the
+    partition key's columns (None for an expression)."""
+    try:
+        stmts = pglast.parse_sql(text)
+    except pglast.parser.ParseError:
+        return {}
+    out: dict[tuple[str | None, str], tuple[str | None, ...]] = {}
+    for raw in stmts:
+        st = raw.stmt
+        if isinstance(st, pglast.ast.CreateStmt) and st.partspec is not None:
+            rel = st.relation
+            if rel is None or rel.relname is None:
+                continue
+            out[(rel.schemaname, rel.relname)] = tuple(
+                e.name if e.expr is None else None for e in st.partspec.partParams or ()
+            )
+    return out
+
+
 @recipe_for(RunSQL)
 class RunSqlRecipe(Recipe[RunSQL]):
     def plan(self, ctx: PlanContext, c: RunSQL) -> None:
+        partitioned = _partitioned_creates(c.sql)
         for created in c.creates:
             schema, _, name = created.rpartition(".")
             key = (schema or ctx.catalog.resolve_schema(None, name), name)
@@ -24,6 +47,9 @@ class RunSqlRecipe(Recipe[RunSQL]):
                 return
             ctx.new_tables.add(key)
             ctx.relations.add(key)
+            for (s_, n_), partkey in partitioned.items():
+                if n_ == name and (s_ is None or s_ == key[0]):
+                    ctx.new_partitioned[key] = partkey
         touched = []
         for name in c.touches:
             schema, _, rel = name.rpartition(".")

@@ -80,6 +80,20 @@ def q_index_valid(schema: str, name: str) -> str:
     )
 
 
+def q_index_exists(schema: str, name: str) -> str:
+    return render(sql.SQL("SELECT EXISTS ({rel})").format(rel=_rel(schema, name)))
+
+
+def q_index_attached(schema: str, name: str, parent_schema: str, parent: str) -> str:
+    """Is index ``name`` a partition of index ``parent``?"""
+    return render(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = ({rel})"
+            " AND inhparent = ({prel}))"
+        ).format(rel=_rel(schema, name), prel=_rel(parent_schema, parent))
+    )
+
+
 def q_relation_absent(schema: str, name: str) -> str:
     return render(sql.SQL("SELECT NOT EXISTS ({rel})").format(rel=_rel(schema, name)))
 

@@ -201,13 +201,19 @@ def create_index(
     include: Sequence[str] = (),
     where: str | None = None,
     concurrently: bool = True,
+    only: bool = False,
 ) -> str:
+    """``CREATE INDEX``; ``only``: ``ON ONLY`` a partitioned table (an invalid index until
+    an index of every partition is attached to it)."""
     parts: list[sql.Composable] = [sql.Identifier(c) for c in columns]
     parts += [sql.SQL(e) for e in elements]
-    q = sql.SQL("CREATE {unique}INDEX {conc}{name} ON {table} USING {using} ({elems})").format(
+    q = sql.SQL(
+        "CREATE {unique}INDEX {conc}{name} ON {only}{table} USING {using} ({elems})"
+    ).format(
         unique=sql.SQL("UNIQUE " if unique else ""),
         conc=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(name),
+        only=sql.SQL("ONLY " if only else ""),
         table=qname(schema, table),
         using=sql.Identifier(using),
         elems=sql.SQL(", ").join(parts),
@@ -227,6 +233,66 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True, if_exists: 
             name=qname(schema, name),
         )
     )
+
+
+def attach_index(schema: str, parent_index: str, child_schema: str, child_index: str) -> str:
+    """Make ``child_index`` (of a partition) a partition of ``parent_index``."""
+    return render(
+        sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(
+            qname(schema, parent_index), qname(child_schema, child_index)
+        )
+    )
+
+
+def add_table_constraint(schema: str, table: str, name: str, definition: str) -> str:
+    """``ADD CONSTRAINT name <definition>`` (``definition`` composed by this module)."""
+    return _alter(
+        schema,
+        table,
+        sql.SQL("ADD CONSTRAINT {} {}").format(sql.Identifier(name), sql.SQL(definition)),
+    )
+
+
+def unique_definition(columns: Sequence[str], *, primary_key: bool) -> str:
+    kind = "PRIMARY KEY" if primary_key else "UNIQUE"
+    return render(sql.SQL(kind + " ({})").format(_idents(columns)))
+
+
+def assert_partitions(
+    schema: str, table: str, leaves: Sequence[tuple[str, str]], *, allow_new: bool = False
+) -> str:
+    """A statement that fails, saying what changed, unless the leaf partitions of
+    ``schema.table`` are exactly ``leaves`` (the plan was made for those); with
+    ``allow_new``, partitions attached since are accepted (PostgreSQL gave them what the
+    step needs when they were attached)."""
+    planned = sorted(f"{s}.{n}" for s, n in leaves)
+    body = sql.SQL(
+        "DECLARE\n"
+        "  planned text[] := {planned}::text[];\n"
+        "  found text[];\n"
+        "BEGIN\n"
+        "  SELECT coalesce(array_agg(n.nspname || '.' || c.relname), '{{}}')\n"
+        "    INTO found FROM pg_partition_tree({rel}::regclass) t\n"
+        "    JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace\n"
+        "    WHERE c.relkind <> 'p';\n"
+        "  IF NOT (found @> planned{exact}) THEN\n"
+        "    RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',\n"
+        "      MESSAGE = 'the partitions of ' || {label} || ' changed since the migration"
+        " was planned (attached: ' || coalesce(array_to_string(ARRAY(SELECT unnest(found)"
+        " EXCEPT SELECT unnest(planned)), ', '), '') || '; detached: ' ||"
+        " coalesce(array_to_string(ARRAY(SELECT unnest(planned) EXCEPT SELECT unnest(found)),"
+        " ', '), '') || ')',\n"
+        "      HINT = 'run `onlineschema abort` on this migration and apply it again: the new"
+        " plan covers the partitions as they are then';\n"
+        "  END IF;\n"
+        "END"
+    ).format(
+        planned=sql.Literal(planned),
+        exact=sql.SQL("" if allow_new else " AND found <@ planned"),
+        rel=sql.Literal(render(qname(schema, table))),
+        label=sql.Literal(f"{schema}.{table}"),
+    )
+    return render(sql.SQL("DO {}").format(sql.Literal(render(body))))
 
 
 def reindex_index(schema: str, name: str) -> str:

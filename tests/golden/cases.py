@@ -129,6 +129,17 @@ CREATE INDEX ON orders(status);
 ALTER TABLE orders ADD FOREIGN KEY (user_id) REFERENCES users(id);
 """
 SIZE = "CASE WHEN amount > 100 THEN 'big' ELSE 'small' END"
+EVENTS = (
+    "CREATE TABLE users (id bigint PRIMARY KEY);"
+    "CREATE TABLE events (id bigint NOT NULL, ts date NOT NULL, kind int NOT NULL,"
+    " user_id bigint, payload text) PARTITION BY RANGE (ts);"
+    "CREATE TABLE events_2024 PARTITION OF events"
+    " FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY HASH (id);"
+    "CREATE TABLE events_2024_h0 PARTITION OF events_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 0);"
+    "CREATE TABLE events_2024_h1 PARTITION OF events_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 1);"
+    "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+    "CREATE TABLE events_default PARTITION OF events DEFAULT;"
+)
 
 CASES: tuple[Case, ...] = (
     # --- add_column
@@ -440,6 +451,35 @@ CASES: tuple[Case, ...] = (
             "ALTER TABLE t ALTER COLUMN b TYPE varchar(50);"
             "DROP TABLE gone;"
         ),
+    ),
+    # --- partitioned tables
+    Case(
+        "add_index_partitioned",
+        EVENTS,
+        parse_sql("CREATE INDEX events_payload_idx ON events (payload);"),
+        ALL,
+    ),
+    Case(
+        "add_unique_partitioned_primary_key",
+        EVENTS,
+        [AddUnique("events", ("id", "ts"), primary_key=True)],
+        ALL,
+    ),
+    Case(
+        "add_foreign_key_partitioned",
+        EVENTS,
+        [AddForeignKey("events", ("user_id",), "users", name="events_user_fk")],
+        ALL,
+    ),
+    Case(
+        "backfill_partitioned",
+        EVENTS + "ALTER TABLE events ADD PRIMARY KEY (id, ts);",
+        [AddColumn("events", "score", "int", backfill="kind * 10")],
+    ),
+    Case(
+        "add_index_partitioned_unique_refused",
+        EVENTS,
+        [AddIndex("events", ("user_id", "ts"), unique=True)],
     ),
 )
 
