@@ -24,7 +24,7 @@ pytestmark = pytest.mark.server_independent
 
 ROOT = Path(onlineschema.__file__).parent
 CORE = ("changes", "catalog", "planner", "recipes", "sql", "plan", "expressions", "errors")
-OUTER = ("executor", "backfill", "integrations", "cli", "embedded", "demo")
+OUTER = ("executor", "backfill", "integrations", "django", "observe", "verify", "cli", "embedded", "demo")
 
 
 def _modules() -> dict[str, Path]:
