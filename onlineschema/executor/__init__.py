@@ -149,14 +149,7 @@ class Executor:
         return self._plan(changes).plan
 
     def _plan(self, changes: Sequence[Change]) -> PlanResult:
-        req = catalog_request(changes)
-        catalog = read_catalog(
-            self.conn,
-            req["tables"],
-            index_names=req["index_names"],
-            functions=req["functions"],
-            types=req["types"],
-        )
+        catalog = read_catalog(self.conn, **catalog_request(changes))
         if catalog.major < 15:
             raise Refused(
                 f"PostgreSQL {catalog.major} is not supported",
@@ -197,8 +190,7 @@ class Executor:
             state = MigrationState(existing["state"])
             if existing["changes_hash"] != digest:
                 raise Refused(
-                    f"migration {name!r} already exists with different changes"
-                    f" (it is {state})",
+                    f"migration {name!r} already exists with different changes (it is {state})",
                     "use another --name"
                     + ("" if state.finished else f", or `onlineschema abort {name}` first"),
                 )

@@ -13,9 +13,7 @@ from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
 from ..planner.model import VConstraint
-from ..planner.naming import (
-    auto_name,
-)
+from ..planner.naming import names_in_use
 from ..planner.steps import RANK_DEFAULT
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
@@ -34,7 +32,10 @@ class AddCheckRecipe(Recipe[AddCheck]):
         for col in cols:
             ctx.column(t, col)
         ctx.probe_cond(t, expr, "check expression")
-        name = c.name or auto_name(t.name, cols[:1], "check")
+        name = c.name or names_in_use(ctx).constraint(
+            t.schema, t.name, cols[0] if len(cols) == 1 else None, "check"
+        )
+        name = ctx.recreated(t, name, "constraint")
         if not ctx.constraint_name_free(t, name):
             return
         t.constraints[name] = VConstraint("c", c.validate, tuple(cols))

@@ -9,9 +9,7 @@ from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext, Probe
 from ..planner.model import VColumn, VConstraint
-from ..planner.naming import (
-    auto_name,
-)
+from ..planner.naming import name_addition, names_in_use
 from ..planner.steps import RANK_FK
 from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
@@ -38,7 +36,8 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
         )
         if not ok:
             return
-        if len(ref_cols) != len(c.columns):
+        if len(ref_cols) != len(c.columns) and not (ref.new and not ref_cols):
+            # (a table this migration creates: PostgreSQL takes its primary key)
             ctx.refuse(
                 f"foreign key on {t.qual} has {len(c.columns)} columns but references"
                 f" {len(ref_cols)}",
@@ -70,7 +69,10 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
                     "use one of those",
                 )
                 return
-        name = c.name or auto_name(t.name, c.columns, "fkey")
+        name = c.name or names_in_use(ctx).constraint(
+            t.schema, t.name, name_addition(c.columns), "fkey"
+        )
+        name = ctx.recreated(t, name, "constraint")
         if not ctx.constraint_name_free(t, name):
             return
         t.constraints[name] = VConstraint("f", c.validate, tuple(c.columns), (ref.schema, ref.name))

@@ -12,9 +12,7 @@ from ..expressions import (
 )
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
-from ..planner.naming import (
-    auto_name,
-)
+from ..planner.naming import index_column_names, name_addition, names_in_use
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -52,9 +50,14 @@ class AddIndexRecipe(Recipe[AddIndex]):
                 + " (or create the extension that provides it first)",
             )
             return
-        name = c.name or auto_name(
-            t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
+        name = c.name or names_in_use(ctx).relation(
+            t.schema,
+            t.name,
+            name_addition(index_column_names(c.columns, elements, c.include)),
+            "idx",
+            isconstraint=False,
         )
+        name = ctx.recreated(t, name, "index")
         if not ctx.new_name(t.schema, name, "index"):
             return
         what = "unique index" if c.unique else "index"

@@ -7,10 +7,7 @@ from ..plan import Action
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
 from ..planner.model import VConstraint
-from ..planner.naming import (
-    MAX_IDENTIFIER_BYTES,
-    auto_name,
-)
+from ..planner.naming import name_addition, names_in_use
 from ..sql import checks, ddl
 from .base import CatalogNeeds, Recipe, recipe_for
 
@@ -33,10 +30,14 @@ class AddUniqueRecipe(Recipe[AddUnique]):
                 "drop it first, or use a unique constraint",
             )
             return
-        name = c.name or (
-            f"{t.name}_pkey" if c.primary_key else auto_name(t.name, c.columns, "key")
+        name = c.name or names_in_use(ctx).relation(
+            t.schema,
+            t.name,
+            None if c.primary_key else name_addition(c.columns),
+            "pkey" if c.primary_key else "key",
+            isconstraint=True,
         )
-        name = name[:MAX_IDENTIFIER_BYTES] if not c.name else name
+        name = ctx.recreated(t, name, "constraint")
         if not ctx.constraint_name_free(t, name) or not ctx.new_name(t.schema, name, "index"):
             return
         what = "primary key" if c.primary_key else "unique constraint"
@@ -65,7 +66,13 @@ class AddUniqueRecipe(Recipe[AddUnique]):
             f"attach {name} as the {what} of {t.qual} (catalog only)",
             [
                 ddl.add_constraint_using_index(
-                    t.schema, t.name, name, name, primary_key=c.primary_key
+                    t.schema,
+                    t.name,
+                    name,
+                    name,
+                    primary_key=c.primary_key,
+                    deferrable=c.deferrable,
+                    initially_deferred=c.initially_deferred,
                 )
             ],
             [t.qual],
