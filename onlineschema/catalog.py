@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .sql import checks
+from .sql import views as view_sql
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
@@ -80,6 +81,13 @@ class TableInfo:
     #: whether the table had a row when the catalog was read (``SELECT EXISTS``), for
     #: the tables asked for in ``read_catalog(probe_rows=...)``; None: not looked at
     has_rows: bool | None = None
+    #: plain views over a column, views on them included, recreated by a change of the
+    #: column: (column, view schema, view name, depth: 1 = selects the column itself)
+    views: tuple[tuple[str, str, str, int], ...] = ()
+    #: what uses a column through a view or rule and cannot be recreated with it
+    #: (materialized views, rules, triggers on those views, functions using them):
+    #: (column, description)
+    view_blockers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -494,6 +502,14 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
     cur.execute(_DEPENDENTS_SQL, params)
     for r in cur.fetchall():
         dependents[r["oid"]].append((r["attname"], r["catalog"], r["what"]))
+    views: dict[int, list[tuple[str, str, str, int]]] = {o: [] for o in oids}
+    cur.execute(view_sql.PLAN_VIEWS, params)
+    for r in cur.fetchall():
+        views[r["oid"]].append((r["col"], r["nspname"], r["relname"], r["depth"]))
+    view_blockers: dict[int, list[tuple[str, str]]] = {o: [] for o in oids}
+    cur.execute(view_sql.PLAN_BLOCKERS, params)
+    for r in cur.fetchall():
+        view_blockers[r["tbl"]].append((r["col"], r["what"]))
     indexes: dict[int, dict[str, IndexInfo]] = {o: {} for o in oids}
     cur.execute(_INDEXES_SQL, params)
     for r in cur.fetchall():
@@ -549,6 +565,8 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             primary_key=pk,
             referenced_by=tuple(sorted(refs[oid])),
             dependents=tuple(sorted(set(dependents[oid]))),
+            views=tuple(sorted(set(views[oid]))),
+            view_blockers=tuple(sorted(set(view_blockers[oid]))),
         )
         cat.tables[(info.schema, info.name)] = info
         for idx in info.indexes:

@@ -21,9 +21,9 @@ import json
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 import psycopg
@@ -31,7 +31,7 @@ import structlog
 
 from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
-from ..errors import ConnectionFailed, OnlineSchemaError, Refused
+from ..errors import OnlineSchemaError, Refused
 from ..executor import (
     Executor,
     Result,
@@ -44,6 +44,8 @@ from ..executor.lifecycle import Command, MigrationState, Outcome, decide
 from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
 from ..plan import Plan
+from .common import DURATION, open_executor, require_dsn
+from .common import normalize_dsn as normalize_dsn  # public: tests and integrations use it
 from .ops import register as register_ops
 from .ops import run_options, watch_option
 
@@ -77,46 +79,6 @@ class Options:
         if max_lock_wait is not None:
             s = replace(s, retry=replace(s.retry, max_wait=max_lock_wait))
         return s
-
-
-# --- parameter types ----------------------------------------------------------------
-
-
-if TYPE_CHECKING:
-    _FloatParam = click.ParamType[float]
-else:  # click < 8.4 has no generic ParamType
-    _FloatParam = click.ParamType
-
-
-class Duration(_FloatParam):
-    """``500ms``, ``2s``, ``1min`` or a number of seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-
-
-def normalize_dsn(dsn: str) -> str:
-    """Accept SQLAlchemy URLs: ``postgresql+psycopg://...`` -> ``postgresql://...``."""
-    return re.sub(r"^(postgres(?:ql)?)\+[A-Za-z0-9_]+://", r"\1://", dsn.strip())
-
-
-def require_dsn(dsn: str | None) -> str:
-    if not dsn or not dsn.strip():
-        raise Refused(
-            "no database to connect to",
-            "pass --dsn 'postgresql://user@host/db', or set ONLINESCHEMA_DSN or DATABASE_URL",
-        )
-    return normalize_dsn(dsn)
 
 
 def _stdin_is_terminal() -> bool:
@@ -195,26 +157,6 @@ def read_changes(sql_text: str | None, file: IO[str] | None, allow_raw: bool) ->
         raise click.UsageError("give the migration with exactly one of --sql TEXT or --file PATH")
     text = sql_text if sql_text is not None else file.read()  # type: ignore[union-attr]
     return parse_sql(text, allow_raw=allow_raw)
-
-
-@contextlib.contextmanager
-def open_executor(dsn: str | None, settings: Settings) -> Iterator[Executor]:
-    """An Executor on ``dsn``; any failure to connect is exit 2 with one line."""
-    target = require_dsn(dsn)
-    try:
-        ex = Executor(target, settings)
-    except ConnectionFailed:
-        raise
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConnectionFailed(
-            f"could not connect to the database: {first}\n"
-            "  fix: check --dsn (or ONLINESCHEMA_DSN / DATABASE_URL)"
-        ) from None
-    try:
-        yield ex
-    finally:
-        ex.close()
 
 
 def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bool = False) -> T:

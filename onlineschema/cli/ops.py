@@ -84,7 +84,7 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         with observing(metrics_port, metrics_textfile, hooks, hook_timeout):
             return f(*args, **kwargs)
 
-    from . import DURATION
+    from .common import DURATION
 
     options = [
         click.option(
@@ -142,7 +142,7 @@ def watch_option(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = click.get_current_context().obj
         return run_watch(opts, kwargs.get("dsn"), name, interval)
 
-    from . import DURATION
+    from .common import DURATION
 
     out: Callable[..., Any] = click.option(
         "--interval",
@@ -165,7 +165,7 @@ def run_watch(opts: Any, dsn: str | None, name: str, interval: float) -> int:
     from rich.console import Console
 
     from ..observe.watch import watch
-    from . import open_executor
+    from .common import open_executor
 
     with open_executor(dsn, opts.settings()) as ex:
         ex.store.require(name)
@@ -193,7 +193,7 @@ def verify(opts: Any, dsn: str | None, name: str) -> int:
     """
     from ..verify import refusal
     from ..verify import verify as run_verify
-    from . import open_executor
+    from .common import open_executor
 
     with open_executor(dsn, opts.settings()) as ex:
         report = run_verify(ex, name)

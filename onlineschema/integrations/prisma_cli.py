@@ -144,7 +144,7 @@ def deploy(
     Exit: 0 done, 2 refused before any change, 3 stopped and resumable (run deploy
     again), 1 other error.
     """
-    from ..cli import require_dsn
+    from ..cli.common import require_dsn
 
     target = require_dsn(dsn)
     settings = opts.settings(lock_timeout, max_lock_wait)
@@ -203,7 +203,7 @@ def status(opts: Options, dsn: str | None, directory: str, fmt: str) -> int:
     Exit: 0 up to date, 1 pending migrations, 4 a failed migration blocks deploy,
     5 an applied migration was edited since, 2 cannot read.
     """
-    from ..cli import require_dsn
+    from ..cli.common import require_dsn
 
     history = prisma_lib.status(require_dsn(dsn), directory, state_schema=opts.state_schema)
     if fmt == "json":

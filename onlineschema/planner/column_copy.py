@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from ..catalog import ColumnInfo, ConstraintInfo, IndexInfo
 from ..plan import Action, Step
 from ..sql import checks, ddl, rewrite
+from ..sql import views as view_sql
 from .context import PlanContext
-from .dependents import blocking_dependents, checks_using, fks_touching, index_uses, stats
+from .dependents import (
+    checks_using,
+    fks_touching,
+    index_uses,
+    refuse_unrecreatable,
+    stats,
+    views_over,
+)
 from .model import VColumn, VTable
 from .naming import not_null_name, retired_name, shadow_name, sync_trigger_names
 from .steps import RANK_DEFAULT, RANK_FK, RANK_INDEX
@@ -148,13 +156,7 @@ def request_copy(
             " from the catalog",
             "put those changes in a migration of their own, before this one",
         )
-    blockers = blocking_dependents(t.info, info.name)
-    if blockers:
-        p.refuse(
-            f"{why}: {t.qual}.{info.name} is used by {'; '.join(blockers)}, which would"
-            " still use the old column",
-            "drop or change those objects first (they must stop using the column)",
-        )
+    refuse_unrecreatable(p, why, t, info.name)
     unread = sorted(f"{s}.{n}.{k}" for s, n, k in t.info.referenced_by if (s, n) not in p.tables)
     if unread:
         p.refuse(
@@ -527,6 +529,10 @@ def _swap(
     identity moved, new constraints on, triggers dropped."""
     out: list[str] = []
     said: list[str] = []
+    # the views over the old columns: stashed and dropped first, recreated last, over
+    # the new columns (their definitions are read when this transaction runs)
+    columns = [(t.schema, t.name, cp.column) for t in tables for cp in _copies(st, t)]
+    out += view_sql.stash(columns)
     for r in rebuilt:
         if r.kind == "fk":
             out.append(ddl.drop_constraint(r.table.schema, r.table.name, r.name))
@@ -566,6 +572,16 @@ def _swap(
         for cp in _copies(st, t):
             fn, trg = sync_trigger_names(t.name, cp.column)
             out += [ddl.drop_trigger(t.schema, t.name, trg), ddl.drop_function(t.schema, fn)]
+    out += _recreate_views(st, tables)
+    views = [v for t in tables if t.info for v in views_over(t.info, set(_copied_columns(st, t)))]
+    if views:
+        said.append(
+            f"drops and recreates view(s) {', '.join(views)} over the new column(s), with"
+            " their owners, privileges, comments and options (definitions read when the"
+            " swap runs)"
+        )
+    else:
+        said.append("recreates any view that uses the old column(s) by then")
     moved = [r.name for r in rebuilt]
     first = tables[0]
     fn, trg = sync_trigger_names(first.name, _copies(st, first)[0].column)
@@ -592,6 +608,33 @@ def _swap(
         {"rule": "ban-drop-default", "why": "the default moves to the new column"},
         {"rule": "ban-drop-function", "why": "the sync trigger's own function"},
     ]
+
+
+def _copied_columns(st: ColumnCopies, t: VTable) -> list[str]:
+    return [cp.column for cp in _copies(st, t)]
+
+
+def _recreate_views(st: ColumnCopies, tables: list[VTable]) -> list[str]:
+    """Recreate the stashed views over the new columns. A renamed column's views are
+    created while the new column carries the old name, then the column takes its new
+    name: PostgreSQL rewrites the views as a plain ``RENAME COLUMN`` would
+    (``SELECT new AS old``)."""
+    out: list[str] = []
+    back: list[str] = []
+    for t in tables:
+        for cp in _copies(st, t):
+            if not cp.renamed:
+                continue
+            parked = retired_name(cp.column)
+            out += [
+                ddl.rename_column(t.schema, t.name, cp.column, parked),
+                ddl.rename_column(t.schema, t.name, cp.final, cp.column),
+            ]
+            back += [
+                ddl.rename_column(t.schema, t.name, cp.column, cp.final),
+                ddl.rename_column(t.schema, t.name, parked, cp.column),
+            ]
+    return out + view_sql.restore() + back + view_sql.drop_helpers()
 
 
 def _keep_not_null_name(p: PlanContext, t: VTable, cp: Copy) -> list[str]:

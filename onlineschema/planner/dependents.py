@@ -54,8 +54,15 @@ def fks_touching(
     return out
 
 
-def blocking_dependents(info: TableInfo, column: str | None) -> list[str]:
-    """What stops a drop or copy of ``column`` (or of the table, when None)."""
+def blocking_dependents(
+    info: TableInfo, column: str | None, *, recreate_views: bool = False
+) -> list[str]:
+    """What stops a drop or copy of ``column`` (or of the table, when None).
+
+    ``recreate_views``: the change recreates the plain views over the column (and the
+    views on them) in its own transaction (``sql.views``); then only what cannot be
+    recreated with them blocks (materialized views, rules, triggers on those views,
+    functions that use them)."""
     out = []
     for col, catalog, what in info.dependents:
         kind = _BLOCKING.get(catalog)
@@ -65,8 +72,48 @@ def blocking_dependents(info: TableInfo, column: str | None) -> list[str]:
             continue
         if column is None and catalog not in ("pg_rewrite", "pg_proc"):
             continue  # dropped with the table
+        if recreate_views and catalog == "pg_rewrite":
+            continue  # plain views are recreated; the rest is in view_blockers
+        if catalog == "pg_proc":
+            kind = "function with a SQL-standard body"
         out.append(f"{what} ({kind})")
+    if recreate_views:
+        out += sorted({what for col, what in info.view_blockers if col == column})
     return out
+
+
+#: how to get past what a column change cannot recreate
+UNRECREATABLE_FIX = (
+    "drop those objects in a migration before this one and create them again after"
+    " `onlineschema contract` (a materialized view then with REFRESH MATERIALIZED VIEW"
+    " CONCURRENTLY; a function as LANGUAGE sql with a string body, which is not bound to"
+    " the column), or change them to stop using the column"
+)
+
+
+def refuse_unrecreatable(p: PlanContext, why: str, t: VTable, column: str) -> bool:
+    """Refuse a type change or rename of ``column`` that something uses which cannot be
+    recreated with it in a short transaction (plain views can); True when refused."""
+    assert t.info is not None
+    blockers = blocking_dependents(t.info, column, recreate_views=True)
+    if blockers:
+        p.refuse(
+            f"{why}: {t.qual}.{column} is used by {'; '.join(blockers)}, which would still"
+            " use the old column and cannot be recreated safely in a short transaction"
+            " (plain views are)",
+            UNRECREATABLE_FIX,
+        )
+    return bool(blockers)
+
+
+def views_over(info: TableInfo, columns: set[str]) -> list[str]:
+    """The plain views over ``columns`` and the views on them, in creation order."""
+    depth: dict[str, int] = {}
+    for col, schema, name, d in info.views:
+        if col in columns:
+            qual = f"{schema}.{name}"
+            depth[qual] = max(d, depth.get(qual, 0))
+    return sorted(depth, key=lambda q: (depth[q], q))
 
 
 def stats(info: TableInfo, column: str) -> list[str]:

@@ -23,12 +23,15 @@ from ..planner.dependents import (
     checks_using,
     fks_touching,
     index_uses,
+    refuse_unrecreatable,
+    views_over,
 )
 from ..planner.model import VTable
 from ..planner.naming import (
     shadow_name,
 )
 from ..sql import checks, ddl
+from ..sql import views as view_sql
 from .base import CatalogNeeds, Recipe, recipe_for
 
 VARCHAR, TEXT, NUMERIC, VARBIT = 1043, 25, 1700, 1562
@@ -123,9 +126,19 @@ def _alter_in_place(
     s, n, column = t.schema, t.name, info.name
     statements = [ddl.set_timezone_local("UTC")] if to_utc else []
     statements.append(ddl.alter_column_type_plain(s, n, column, new_fmt, info.collation))
+    back = [ddl.alter_column_type_plain(s, n, column, info.type, info.collation)]
+    # PostgreSQL refuses ALTER TYPE of a column a view selects: the views (read when the
+    # step runs) are dropped and recreated around it, in the same transaction
+    views = views_over(t.info, {column}) if t.info else []
+    if views:
+        stash = view_sql.stash([(s, n, column)])
+        after = view_sql.restore() + view_sql.drop_helpers()
+        statements = stash + statements + after
+        # an undo action is one statement: the whole sequence is sent as one
+        back = [";\n".join(stash + back + after)]
     undo: list[Action] = []
     if _binary(p, new_oid, new_mod, info.type_oid, info.typmod):
-        undo = [Action(ddl.alter_column_type_plain(s, n, column, info.type, info.collation))]
+        undo = [Action(b) for b in back]
     else:
         p.notes.append(
             f"abort would not change {t.qual}.{column} back to {info.type} (that would"
@@ -134,12 +147,18 @@ def _alter_in_place(
     others = {u.qual for u, _ in fks_touching(p, {(s, n): {column: ""}})} - {t.qual}
     tables = [t.qual, *sorted(others)]
     t.columns[column].type = new_fmt
+    recreated = (
+        f"; drops and recreates view(s) {', '.join(views)} in the same transaction, with"
+        " their owners, privileges, comments and options"
+        if views
+        else ""
+    )
     step = p.brief(
         f"alter_column_type.{t.qual}.{column}",
         "expand",
         "alter_column_type",
         f"change type of {t.qual}.{column} from {info.type} to {new_fmt} in place"
-        " (binary coercible: no rewrite, no scan, indexes kept)",
+        f" (binary coercible: no rewrite, no scan, indexes kept){recreated}",
         statements,
         tables,
         post=checks.q_column_type(s, n, column, new_fmt),
@@ -149,6 +168,10 @@ def _alter_in_place(
         {"rule": rule, "why": "binary coercible: no rewrite, no scan (relfilenode unchanged)"}
         for rule in ("changing-column-type", "prefer-text-field")
     ]
+    if views:
+        step.details["squawk_ignore"].append(
+            {"rule": "ban-drop-function", "why": "the step's own helpers in pg_temp"}
+        )
 
 
 @recipe_for(AlterColumnType)
@@ -238,6 +261,8 @@ class AlterColumnTypeRecipe(Recipe[AlterColumnType]):
         binary = kind[1] != "d" and (
             _binary(p, info.type_oid, info.typmod, new_oid, new_mod) or to_utc
         )
+        if refuse_unrecreatable(p, c.describe(), t, c.column):
+            return
         if trivial and binary:
             blocker = _in_place_blocker(p, t, info, new_oid)
             if blocker is None:

@@ -15,6 +15,7 @@ from ..planner.dependents import (
     fks_touching,
     index_uses,
     stats,
+    views_over,
 )
 from ..planner.model import VTable
 from ..planner.naming import (
@@ -76,11 +77,20 @@ class DropColumnRecipe(Recipe[DropColumn]):
                 "drop the primary key first (DropConstraint), in an earlier migration",
             )
             return
-        blockers = blocking_dependents(t.info, c.column)
+        views = views_over(t.info, {c.column})
+        blockers = blocking_dependents(t.info, c.column, recreate_views=True)
+        if views:
+            blockers.insert(
+                0,
+                f"view(s) {', '.join(views)} (a view cannot be recreated without a column it"
+                " selects)",
+            )
         if blockers:
             p.refuse(
                 f"{t.qual}.{c.column} is used by {'; '.join(blockers)}",
-                "drop or change those objects first (DROP COLUMN would fail, or take them along)",
+                "change those objects first, in a migration before this one (a view: DROP VIEW"
+                " and CREATE VIEW without the column, since CREATE OR REPLACE VIEW cannot"
+                " remove one); DROP COLUMN would fail, or take them along",
             )
             return
         if c.cascade and not _cascade_ok(p, t, c):

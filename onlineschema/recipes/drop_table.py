@@ -8,6 +8,7 @@ from ..planner.context import PlanContext
 from ..planner.dependents import (
     blocking_dependents,
     fks_in_or_out,
+    views_over,
 )
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
@@ -33,7 +34,11 @@ class DropTableRecipe(Recipe[DropTable]):
             return
         info = t.info
         s, n = t.schema, t.name
-        blockers = blocking_dependents(info, None)
+        blockers = blocking_dependents(info, None, recreate_views=True)
+        blockers += sorted({what for _, what in info.view_blockers})
+        views = views_over(info, set(info.columns))
+        if views:
+            blockers.insert(0, f"view(s) {', '.join(views)}")
         if blockers:
             p.refuse(
                 f"table {t.qual} is used by {'; '.join(blockers)}",

@@ -98,8 +98,10 @@ WIDEN = (
     "CREATE INDEX t_a_idx ON t (a); CREATE INDEX t_c_idx ON t (c); CREATE INDEX t_e_idx ON t (e);"
 )
 DEPENDS = (
-    "CREATE TABLE t (id int PRIMARY KEY, a int, b int);"
+    "CREATE TABLE t (id int PRIMARY KEY, a int, b int, c int);"
     "CREATE VIEW t_view AS SELECT id, a FROM t;"
+    "CREATE VIEW t_view_big AS SELECT id FROM t_view WHERE a > 10;"
+    "CREATE MATERIALIZED VIEW t_mv AS SELECT sum(c) AS total FROM t;"
     "CREATE TABLE p (id int PRIMARY KEY, a int) PARTITION BY RANGE (id);"
 )
 ACCOUNTS = (
@@ -372,14 +374,16 @@ CASES: tuple[Case, ...] = (
         "breaking_refused",
         DEPENDS,
         [
-            AlterColumnType("t", "a", "bigint"),
-            RenameColumn("t", "a", "a2"),
+            AlterColumnType("t", "c", "bigint"),
+            RenameColumn("t", "c", "c2"),
             DropColumn("t", "a"),
             DropTable("t"),
             AlterColumnType("p", "a", "bigint"),
             DropColumn("t", "id"),
         ],
     ),
+    Case("views_recreated", DEPENDS, [AlterColumnType("t", "a", "bigint")]),
+    Case("views_recreated_rename", DEPENDS, [RenameColumn("t", "a", "a2")]),
     Case(
         "breaking_freezes_its_table",
         DEPENDS,
