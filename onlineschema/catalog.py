@@ -148,6 +148,8 @@ class Catalog:
             "type_mods": dict(sorted(self.type_mods.items())),
             "binary_casts": sorted(list(c) for c in self.binary_casts),
             "timezone": self.timezone,
+            "relation_names": sorted(list(r) for r in self.relation_names),
+            "constraint_names": sorted(list(r) for r in self.constraint_names),
         }
 
     @classmethod
@@ -180,6 +182,8 @@ class Catalog:
             type_mods={k: _tuple(v) for k, v in data["type_mods"].items()},
             binary_casts={(s, t) for s, t in data["binary_casts"]},
             timezone=data["timezone"],
+            relation_names={(s, n) for s, n in data.get("relation_names", ())},
+            constraint_names={(s, n) for s, n in data.get("constraint_names", ())},
         )
 
 

@@ -680,7 +680,7 @@ def test_manage_py_test_creates_the_test_database_plainly_unless_asked(
 # Enable each by renaming it to test_...; each must then pass as it is.
 
 
-def pending_remove_field_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+def test_pending_remove_field_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
     first = start_shop(project, db)
     project.models(MODELS_V1.replace("    n = models.IntegerField(default=0)\n", ""))
     project.run("makemigrations", "shop")
@@ -698,7 +698,7 @@ def pending_remove_field_runs_online(project: Project, db: psycopg.Connection[An
     assert dict(state_rows(db))[f"django:shop.{second}"] == "completed"
 
 
-def pending_delete_model_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+def test_pending_delete_model_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
     first = start_shop(project, db)
     project.models(MODELS_V1.split("\n\nclass Order")[0] + "\n")
     project.run("makemigrations", "shop")

@@ -315,7 +315,7 @@ def test_drop_column_cascade_that_would_drop_more_is_refused_naming_it(dsn: str)
     refused_before_ddl(
         dsn,
         "ALTER TABLE orders DROP COLUMN note CASCADE",
-        "view order_notes",
+        "view(s) public.order_notes",
     )
 
 

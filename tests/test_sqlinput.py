@@ -1295,7 +1295,7 @@ def test_identity() -> None:
 
 
 def test_make_object_name_shortens_like_postgresql() -> None:
-    from onlineschema.names import index_column_names, make_object_name, name_addition
+    from onlineschema.planner.naming import index_column_names, make_object_name, name_addition
 
     assert make_object_name("t", "a_b", "idx") == "t_a_b_idx"
     long = make_object_name("t" * 40, "c" * 40, "fkey")
