@@ -528,11 +528,17 @@ class DropColumn(Change):
 @register_change
 @dataclass(frozen=True)
 class DropTable(Change):
+    """Drop a table. ``cascade`` (SQL ``DROP TABLE ... CASCADE``, which Django writes on
+    every DeleteModel) is accepted when it takes nothing beyond the table's own indexes,
+    constraints and sequences; foreign keys of other tables that reference it are
+    refused, named (views over it are refused for every drop)."""
+
     kind: ClassVar[str] = "drop_table"
     breaking: ClassVar[bool] = True
     table: str
     if_exists: bool = False
     schema: str | None = None
+    cascade: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         return f"drop table {_q(self.schema, self.table)}"

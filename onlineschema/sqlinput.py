@@ -807,7 +807,10 @@ class _Translator:
             reason, raw_ok = _statement_reason(node)
             raise _Unsupported(reason, raw_ok=raw_ok)
         word = "TABLE" if kind == ObjectType.OBJECT_TABLE else "INDEX"
-        if node.behavior == DropBehavior.DROP_CASCADE:
+        cascade = node.behavior == DropBehavior.DROP_CASCADE
+        # DROP TABLE ... CASCADE: the planner refuses it when it would take more than the
+        # table's own objects (other tables' foreign keys; views are refused anyway)
+        if cascade and kind != ObjectType.OBJECT_TABLE:
             raise _Unsupported(
                 f"DROP {word} ... CASCADE also drops whatever depends on it (views, foreign"
                 " keys...); drop those explicitly, then drop without CASCADE"
@@ -820,7 +823,9 @@ class _Translator:
             if kind == ObjectType.OBJECT_TABLE:
                 if name == "alembic_version":
                     continue
-                out.append(DropTable(name, if_exists=bool(node.missing_ok), schema=schema))
+                out.append(
+                    DropTable(name, if_exists=bool(node.missing_ok), schema=schema, cascade=cascade)
+                )
             else:
                 out.append(DropIndex(name, if_exists=bool(node.missing_ok), schema=schema))
         return out

@@ -319,6 +319,24 @@ def test_drop_column_cascade_that_would_drop_more_is_refused_naming_it(dsn: str)
     )
 
 
+def test_drop_table_cascade_takes_only_the_tables_own_objects(plain_dsn: str, dsn: str) -> None:
+    """Django's DeleteModel: ``DROP TABLE ... CASCADE`` of a table with a foreign key of
+    its own, indexes, a check and a serial sequence."""
+    same_result(plain_dsn, dsn, SHOP, 'DROP TABLE "orders" CASCADE;', "delete_model")
+
+
+def test_drop_table_cascade_that_would_drop_more_is_refused_naming_it(dsn: str) -> None:
+    run_plain(dsn, SHOP)
+    refused_before_ddl(
+        dsn,
+        "DROP TABLE users CASCADE",
+        "DROP TABLE public.users CASCADE would also drop foreign key"
+        " public.orders.orders_user_id_fkey",
+    )
+    run_plain(dsn, "CREATE VIEW big_orders AS SELECT id FROM orders WHERE amount > 100;")
+    refused_before_ddl(dsn, "DROP TABLE orders CASCADE", "view(s) public.big_orders")
+
+
 # --- 5. a raw UPDATE fills a new column --------------------------------------------------
 
 
