@@ -131,7 +131,7 @@ Supported statements (t may be schema-qualified):
       | DROP [COLUMN] [IF EXISTS] c [CASCADE]  (several subcommands per ALTER TABLE are fine)
   ALTER TABLE t RENAME [COLUMN] a TO b | RENAME CONSTRAINT a TO b
   ALTER INDEX i RENAME TO j
-  DROP TABLE [IF EXISTS] t [, ...]
+  DROP TABLE [IF EXISTS] t [, ...] [CASCADE]
   CREATE [UNIQUE] INDEX [CONCURRENTLY] [name] ON t [USING method] (columns or expressions)
       [INCLUDE (cols)] [WHERE condition]
   DROP INDEX [CONCURRENTLY] [IF EXISTS] name [, ...]
