@@ -82,6 +82,9 @@ class TableInfo:
     #: replacing it would break: (column or '' for the table, catalog, description),
     #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
     dependents: tuple[tuple[str, str, str], ...] = ()
+    #: whether the table had a row when the catalog was read (``SELECT EXISTS``), for
+    #: the tables asked for in ``read_catalog(probe_rows=...)``; None: not looked at
+    has_rows: bool | None = None
     #: plain views over a column, views on them included, recreated by a change of the
     #: column: (column, view schema, view name, depth: 1 = selects the column itself)
     views: tuple[tuple[str, str, str, int], ...] = ()
@@ -128,6 +131,10 @@ class Catalog:
     binary_casts: set[tuple[int, int]] = field(default_factory=set)
     #: the session's TimeZone setting when the catalog was read
     timezone: str = ""
+    #: (schema, name) of relations and of constraints whose names start with one of the
+    #: ``name_prefixes`` read: what PostgreSQL's own naming of new objects must avoid
+    relation_names: set[tuple[str, str]] = field(default_factory=set)
+    constraint_names: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def major(self) -> int:
@@ -158,6 +165,8 @@ class Catalog:
             "type_mods": dict(sorted(self.type_mods.items())),
             "binary_casts": sorted(list(c) for c in self.binary_casts),
             "timezone": self.timezone,
+            "relation_names": sorted(list(r) for r in self.relation_names),
+            "constraint_names": sorted(list(r) for r in self.constraint_names),
         }
 
     @classmethod
@@ -190,6 +199,8 @@ class Catalog:
             type_mods={k: _tuple(v) for k, v in data["type_mods"].items()},
             binary_casts={(s, t) for s, t in data["binary_casts"]},
             timezone=data["timezone"],
+            relation_names={(s, n) for s, n in data.get("relation_names", ())},
+            constraint_names={(s, n) for s, n in data.get("constraint_names", ())},
         )
 
 
@@ -334,10 +345,14 @@ def read_catalog(
     index_names: Iterable[tuple[str | None, str]] = (),
     functions: Iterable[str] = (),
     types: Iterable[str] = (),
+    probe_rows: Iterable[tuple[str | None, str]] = (),
+    name_prefixes: Iterable[tuple[str | None, str]] = (),
 ) -> Catalog:
     """Read what the planner needs about ``tables`` (``(schema or None, name)`` pairs).
 
-    Runs a handful of catalog queries in one read-only transaction; takes no table locks.
+    Runs a handful of catalog queries in one read-only transaction; takes no table locks,
+    except that ``probe_rows`` tables are looked into (``SELECT EXISTS (SELECT 1 FROM t)``,
+    ACCESS SHARE, given up after a short lock_timeout) to tell an empty table.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -421,7 +436,56 @@ def read_catalog(
                 " WHERE castmethod = 'b'"
             )
             cat.binary_casts = {(r["s"], r["t"]) for r in cur.fetchall()}
+        _read_names(cur, cat, name_prefixes)
+        _probe_rows(cur, cat, probe_rows)  # last: it sets a lock_timeout
     return cat
+
+
+_NAMES_SQL = """
+SELECT n.nspname, c.relname AS name, 'r' AS kind
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN unnest(%(schemas)s::text[], %(prefixes)s::text[]) w(s, p)
+  ON n.nspname = w.s AND starts_with(c.relname, w.p)
+UNION ALL
+SELECT n.nspname, k.conname, 'c'
+FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+JOIN unnest(%(schemas)s::text[], %(prefixes)s::text[]) w(s, p)
+  ON n.nspname = w.s AND starts_with(k.conname, w.p)
+"""
+
+
+def _read_names(
+    cur: psycopg.Cursor[Any], cat: Catalog, prefixes: Iterable[tuple[str | None, str]]
+) -> None:
+    """Names in use that start with ``prefixes`` (``(schema or None, prefix)``)."""
+    wanted = {(s, p) for schema, p in prefixes for s in ([schema] if schema else cat.search_path)}
+    if not wanted:
+        return
+    cur.execute(_NAMES_SQL, {"schemas": [s for s, _ in wanted], "prefixes": [p for _, p in wanted]})
+    for r in cur.fetchall():
+        target = cat.relation_names if r["kind"] == "r" else cat.constraint_names
+        target.add((r["nspname"], r["name"]))
+
+
+def _probe_rows(
+    cur: psycopg.Cursor[Any], cat: Catalog, tables: Iterable[tuple[str | None, str]]
+) -> None:
+    """Read ``TableInfo.has_rows``: one cheap ``SELECT EXISTS`` per table. A table that
+    cannot be read at once (a lock held) stays unknown (None), as if it had rows."""
+    wanted = sorted({(cat.resolve_schema(s, n), n) for s, n in tables} & set(cat.tables))
+    if not wanted:
+        return
+    cur.execute("SELECT set_config('lock_timeout', '200ms', true)")
+    for key in wanted:
+        try:
+            with cur.connection.transaction():
+                cur.execute(checks.q_has_rows(*key))
+                row = cur.fetchone()
+        except psycopg.errors.LockNotAvailable:
+            continue
+        if row is not None:
+            has_rows = bool(next(iter(row.values())))
+            cat.tables[key] = dataclasses.replace(cat.tables[key], has_rows=has_rows)
 
 
 def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | None:

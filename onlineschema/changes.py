@@ -33,6 +33,7 @@ __all__ = [
     "AddCheck",
     "AddColumn",
     "AddForeignKey",
+    "AddIdentity",
     "AddIndex",
     "AddUnique",
     "AlterColumnType",
@@ -46,6 +47,8 @@ __all__ = [
     "DropTable",
     "Reindex",
     "RenameColumn",
+    "RenameConstraint",
+    "RenameIndex",
     "RunSQL",
     "SetDefault",
     "SetNotNull",
@@ -73,6 +76,8 @@ class Change:
         out: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("omit_if_default") and value == f.default:
+                continue  # a later option: left out so older requests keep their hash
             out[f.name] = _jsonable(value)
         return out
 
@@ -286,7 +291,8 @@ class AddCheck(Change):
 @register_change
 @dataclass(frozen=True)
 class AddUnique(Change):
-    """A UNIQUE (or PRIMARY KEY) constraint built from a concurrently built unique index."""
+    """A UNIQUE (or PRIMARY KEY) constraint built from a concurrently built unique index,
+    ``DEFERRABLE [INITIALLY DEFERRED]`` when asked."""
 
     kind: ClassVar[str] = "add_unique"
     table: str
@@ -294,6 +300,8 @@ class AddUnique(Change):
     name: str | None = None
     primary_key: bool = False
     schema: str | None = None
+    deferrable: bool = field(default=False, metadata={"omit_if_default": True})
+    initially_deferred: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         what = "primary key" if self.primary_key else "unique constraint"
@@ -386,6 +394,9 @@ class RunSQL(Change):
     #: Relations the statement creates (``schema.name`` or ``name``): later changes in
     #: the same migration may use them, and the planner knows they are new and empty.
     creates: tuple[str, ...] = ()
+    #: A framework's record of the migration (``alembic_version``, ``django_migrations``,
+    #: ``_prisma_migrations``): run last, once everything else is done.
+    bookkeeping: bool = field(default=False, metadata={"omit_if_default": True})
 
     def tables(self) -> tuple[str, ...]:
         return self.touches
@@ -394,7 +405,8 @@ class RunSQL(Change):
         text = " ".join(self.sql.split())
         if len(text) > 80:
             text = text[:77] + "..."
-        return f"{'raw SQL' if self.raw else 'create'}: {text}"
+        what = "raw SQL" if self.raw else "bookkeeping" if self.bookkeeping else "create"
+        return f"{what}: {text}"
 
 
 @register_change
@@ -444,13 +456,70 @@ class RenameColumn(Change):
 
 @register_change
 @dataclass(frozen=True)
+class AddIdentity(Change):
+    """Make a NOT NULL column an identity column (``ALTER COLUMN c ADD GENERATED
+    {ALWAYS | BY DEFAULT} AS IDENTITY [(options)]``): catalog only, a brief ACCESS
+    EXCLUSIVE lock. ``options`` are sequence options as SQL (``"START WITH 100"``)."""
+
+    kind: ClassVar[str] = "add_identity"
+    table: str
+    column: str
+    always: bool = False
+    options: str | None = None
+    schema: str | None = None
+
+    def describe(self) -> str:
+        how = "ALWAYS" if self.always else "BY DEFAULT"
+        text = f"make {_q(self.schema, self.table)}.{self.column} GENERATED {how} AS IDENTITY"
+        return text + (f" ({self.options})" if self.options else "")
+
+
+@register_change
+@dataclass(frozen=True)
+class RenameIndex(Change):
+    """``ALTER INDEX name RENAME TO new_name``: catalog only; running queries do not name
+    indexes (SHARE UPDATE EXCLUSIVE on the index, PostgreSQL 12+)."""
+
+    kind: ClassVar[str] = "rename_index"
+    name: str
+    new_name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"rename index {_q(self.schema, self.name)} to {self.new_name}"
+
+
+@register_change
+@dataclass(frozen=True)
+class RenameConstraint(Change):
+    """``ALTER TABLE t RENAME CONSTRAINT name TO new_name``: catalog only, a brief ACCESS
+    EXCLUSIVE lock (the index of a unique or primary key constraint is renamed with it)."""
+
+    kind: ClassVar[str] = "rename_constraint"
+    table: str
+    name: str
+    new_name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"rename constraint {self.name} on {_q(self.schema, self.table)} to {self.new_name}"
+
+
+@register_change
+@dataclass(frozen=True)
 class DropColumn(Change):
+    """Drop a column. ``cascade`` (SQL ``DROP COLUMN ... CASCADE``, which Django writes on
+    every RemoveField) is accepted when it takes nothing beyond the column's own indexes
+    and constraints; anything else it would drop (views, other tables' foreign keys) is
+    refused, named."""
+
     kind: ClassVar[str] = "drop_column"
     breaking: ClassVar[bool] = True
     table: str
     column: str
     if_exists: bool = False
     schema: str | None = None
+    cascade: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         return f"drop column {_q(self.schema, self.table)}.{self.column}"
@@ -459,11 +528,17 @@ class DropColumn(Change):
 @register_change
 @dataclass(frozen=True)
 class DropTable(Change):
+    """Drop a table. ``cascade`` (SQL ``DROP TABLE ... CASCADE``, which Django writes on
+    every DeleteModel) is accepted when it takes nothing beyond the table's own indexes,
+    constraints and sequences; foreign keys of other tables that reference it are
+    refused, named (views over it are refused for every drop)."""
+
     kind: ClassVar[str] = "drop_table"
     breaking: ClassVar[bool] = True
     table: str
     if_exists: bool = False
     schema: str | None = None
+    cascade: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         return f"drop table {_q(self.schema, self.table)}"

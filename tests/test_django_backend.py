@@ -673,19 +673,16 @@ def test_manage_py_test_creates_the_test_database_plainly_unless_asked(
     assert "OK" in out.stderr, out.stderr
 
 
-# --- pending: Django operations the SQL front end refuses today -------------------------
-#
-# Not collected (no test_ prefix): Django writes `DROP COLUMN ... CASCADE` and `DROP TABLE
-# ... CASCADE`, which sqlinput refuses until the fix another helper is making lands.
-# Enable each by renaming it to test_...; each must then pass as it is.
+# --- RemoveField and DeleteModel: Django writes `DROP COLUMN ... CASCADE` and `DROP TABLE
+# ... CASCADE`, accepted when CASCADE takes only the column's or table's own objects ----
 
 
-def pending_remove_field_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+def test_pending_remove_field_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
     first = start_shop(project, db)
     project.models(MODELS_V1.replace("    n = models.IntegerField(default=0)\n", ""))
     project.run("makemigrations", "shop")
     second = project.migrations()[1]
-    project.run("migrate")
+    project.run("migrate", settings={"contract": "immediately"})
     assert (
         count(
             db,
@@ -698,7 +695,7 @@ def pending_remove_field_runs_online(project: Project, db: psycopg.Connection[An
     assert dict(state_rows(db))[f"django:shop.{second}"] == "completed"
 
 
-def pending_delete_model_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
+def test_pending_delete_model_runs_online(project: Project, db: psycopg.Connection[Any]) -> None:
     first = start_shop(project, db)
     project.models(MODELS_V1.split("\n\nclass Order")[0] + "\n")
     project.run("makemigrations", "shop")

@@ -33,7 +33,7 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "stored_plans"
 PLAN_FILES = sorted(FIXTURES.glob("plan_*.json"))
 STATE_TABLES = ("migrations", "steps", "control", "backfills", "chunks")
 #: change kinds added after 0.1.0, whose plans no earlier release can have stored
-KINDS_SINCE_0_1 = {"reindex"}
+KINDS_SINCE_0_1 = {"reindex", "add_identity", "rename_index", "rename_constraint"}
 
 
 def load(name: str) -> dict[str, Any]:

@@ -220,14 +220,7 @@ class Executor:
         return self._plan(changes).plan
 
     def _plan(self, changes: Sequence[Change]) -> PlanResult:
-        req = catalog_request(changes)
-        catalog = read_catalog(
-            self.conn,
-            req["tables"],
-            index_names=req["index_names"],
-            functions=req["functions"],
-            types=req["types"],
-        )
+        catalog = read_catalog(self.conn, **catalog_request(changes))
         if catalog.major < 15:
             raise Refused(
                 f"PostgreSQL {catalog.major} is not supported",

@@ -20,10 +20,11 @@ from typing import Any
 from .. import recipes
 from ..catalog import Catalog
 from ..changes import Change
-from ..errors import PreflightError, Refused
+from ..errors import PreflightError
 from ..plan import Plan
+from ..recipes import beside_copy
 from .context import PlanContext, PlanResult, Probe
-from .naming import helper_name
+from .naming import helper_name, name_prefix
 from .normalize import normalize
 
 __all__ = [
@@ -49,15 +50,21 @@ def catalog_request(changes: Iterable[Change]) -> dict[str, Any]:
         "index_names": sorted(needs.index_names, key=str),
         "functions": sorted(needs.functions),
         "types": sorted(needs.types),
+        "probe_rows": sorted(needs.probe_rows, key=str),
+        "name_prefixes": sorted(
+            needs.name_prefixes | {(s, name_prefix(n)) for s, n in needs.tables}, key=str
+        ),
     }
 
 
 def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
     """Plan ``changes`` against ``catalog``. Raises ``PreflightError`` listing every
     problem found; nothing here touches the database."""
-    if not changes:
-        raise PreflightError([Refused("no changes were requested", "give at least one change")])
     ctx = PlanContext(catalog)
+    if not changes:
+        # a migration with nothing to do on PostgreSQL (only comments, SET, BEGIN/COMMIT):
+        # an empty plan, recorded as done like any other
+        ctx.notes.append("nothing to do: the migration has no changes")
     for ch in normalize(changes):
         recipe = recipes.find(type(ch))
         if recipe is None:
@@ -68,7 +75,18 @@ def build_plan(catalog: Catalog, changes: Sequence[Change]) -> PlanResult:
             continue
         # a change on a table that an earlier change froze is refused before its recipe
         touched = recipe.touched(ctx, ch)
-        if ctx.frozen_by(ch, touched, allow_copy=recipe.joins_column_copy(ch)):
+        joins = recipe.joins_column_copy(ch)
+        copied: set[tuple[str, str]] = set()
+        if not joins:
+            # beside a column copy of its table: checked against the copies, and
+            # possibly moved onto the new columns
+            moved = beside_copy.against_copies(ctx, ch, touched)
+            if moved is None:
+                continue
+            ch = moved
+            if beside_copy.guarded(ch):
+                copied = beside_copy.copied_tables(ctx)
+        if ctx.frozen_by(ch, touched, allow_copy=joins, copied=copied):
             continue
         recipe.plan(ctx, ch)
     for finalize in ctx.finalizers:

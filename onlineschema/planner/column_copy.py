@@ -91,8 +91,34 @@ def convert(expr: str, type_: str) -> str:
     return f"({expr})" if limited(type_) else ddl.cast_expr(expr, type_)
 
 
-def _earlier_steps(p: PlanContext, t: VTable) -> list[str]:
-    return [s.id for *_, s in p.steps if t.qual in s.tables and s.action != "alter_column_type"]
+def _earlier_on_column(t: VTable, info: ColumnInfo) -> list[str]:
+    """What changes earlier in this migration did to the column a copy is made of (the
+    copy is built from the catalog, so it would lose them)."""
+    assert t.info is not None
+    out: list[str] = []
+    col = t.columns.get(info.name)
+    if col is not None:
+        if col.notnull != info.notnull:
+            out.append("its NOT NULL")
+        if col.default != info.default:
+            out.append("its default")
+        if col.type != info.type:
+            out.append("its type")
+    for name, idx in t.indexes.items():
+        if name not in t.info.indexes and (info.name in idx.columns or None in idx.columns):
+            out.append(f"index {name}")
+    for name, iinfo in t.info.indexes.items():
+        if name not in t.indexes and index_uses(iinfo, {info.name}):
+            out.append(f"index {name} (dropped)")
+    for name, con in t.constraints.items():
+        if name not in t.info.constraints and info.name in con.columns:
+            out.append(f"constraint {name}")
+    for name, cinfo in t.info.constraints.items():
+        if name not in t.constraints and info.name in cinfo.columns:
+            out.append(f"constraint {name} (dropped)")
+    if tuple(t.primary_key) != tuple(t.info.primary_key):
+        out.append("the primary key of the table")
+    return out
 
 
 def request_copy(
@@ -122,10 +148,10 @@ def request_copy(
             "change each partition's column in its own migration, or use raw SQL in a"
             " maintenance window",
         )
-    earlier = _earlier_steps(p, t)
+    earlier = _earlier_on_column(t, info)
     if earlier:
         p.refuse(
-            f"{why}: table {t.qual} has other changes earlier in this migration"
+            f"{why}: changes earlier in this migration touch {t.qual}.{info.name}"
             f" ({', '.join(earlier)}); the column copy rebuilds its indexes and constraints"
             " from the catalog",
             "put those changes in a migration of their own, before this one",
@@ -179,7 +205,8 @@ def request_copy(
     )
     st.copies.setdefault(key, {})[info.name] = copy
     p.frozen[key] = (why, "copy")
-    t.columns[shadow] = VColumn(new_type, False, None, new=True)
+    t.columns[shadow] = VColumn(new_type, info.notnull, None, new=True)
+    p.filled.add((t.schema, t.name, shadow))  # the copy's backfill fills it
     # tables whose foreign keys are rebuilt are changed too
     for u, _con in fks_touching(p, {key: {info.name: shadow}}):
         if (u.schema, u.name) != key:
@@ -529,6 +556,10 @@ def _swap(
             if cp.info.notnull or cp.info.identity:
                 out.append(ddl.drop_not_null(s, n, old))
                 out += _keep_not_null_name(p, t, cp)
+            elif p.major >= 18 and not cp.renamed and t.columns[cp.shadow].notnull:
+                # NOT NULL asked for in this migration: named for the final column
+                ours = not_null_name(t.name, cp.shadow)
+                out.append(ddl.rename_constraint(s, n, ours, not_null_name(t.name, cp.final)))
     for r in rebuilt:
         s, n = r.table.schema, r.table.name
         if r.kind == "constraint_index":
@@ -608,7 +639,7 @@ def _recreate_views(st: ColumnCopies, tables: list[VTable]) -> list[str]:
 
 def _keep_not_null_name(p: PlanContext, t: VTable, cp: Copy) -> list[str]:
     """PostgreSQL 18 names NOT NULL constraints: the new column takes the old one's."""
-    if p.major < 18 or cp.renamed or t.info is None:
+    if p.major < 18 or t.info is None:  # a rename keeps the name too, as RENAME COLUMN does
         return []
     names = [
         k.name for k in t.info.constraints.values() if k.type == "n" and k.columns == (cp.column,)

@@ -12,7 +12,7 @@ declared extension (``ctx.extension(ColumnCopies)``), not in attributes of their
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -20,10 +20,10 @@ from ..catalog import Catalog
 from ..changes import Change
 from ..errors import Refused
 from ..expressions import check_expression, check_type, column_refs, function_names, has_subquery
-from ..plan import Plan, Step
+from ..plan import Action, Plan, Step
 from ..sql import checks, ddl
 from .model import VColumn, VTable
-from .naming import MAX_IDENTIFIER_BYTES
+from .naming import MAX_IDENTIFIER_BYTES, shadow_name
 from .steps import StepEmitter
 
 
@@ -88,15 +88,21 @@ class PlanContext(StepEmitter):
         return ext
 
     def frozen_by(
-        self, change: Change, touched: Sequence[tuple[str, str]], *, allow_copy: bool = False
+        self,
+        change: Change,
+        touched: Sequence[tuple[str, str]],
+        *,
+        allow_copy: bool = False,
+        copied: Collection[tuple[str, str]] = (),
     ) -> bool:
         """Refuse ``change`` if a table it touches is frozen by an earlier change (a
-        column copy's table passes when ``allow_copy``: more copies join the swap)."""
+        column copy's table passes when ``allow_copy``: more copies join the swap; so do
+        the ``copied`` tables, whose column copies the change was checked against)."""
         if not self.frozen:
             return False
         for key in touched:
             hit = self.frozen.get(key)
-            if hit is None or (allow_copy and hit[1] == "copy"):
+            if hit is None or (hit[1] == "copy" and (allow_copy or key in copied)):
                 continue
             self.refuse(
                 f"{change.describe()}: table {key[0]}.{key[1]} is also changed by '{hit[0]}' in"
@@ -173,6 +179,52 @@ class PlanContext(StepEmitter):
             )
             return False
         return True
+
+    def recreated(self, t: VTable, name: str, kind: str) -> str:
+        """The name to build ``name`` under: a temporary one when this migration drops an
+        index (``kind="index"``) or a constraint of ``t`` of that name earlier, else
+        ``name``; the rename to ``name`` is planned after that drop (contract).
+
+        Prisma drops and creates an index or foreign key again under the same name
+        whenever it changes; the new one is built (concurrently, or ``NOT VALID`` +
+        ``VALIDATE``) while the old one still exists, so under a temporary name."""
+        dropped = (
+            f"drop_index.{t.schema}.{name}"
+            if kind == "index"
+            else f"drop_constraint.{t.qual}.{name}"
+        )
+        if dropped not in self.ids:
+            return name
+        temp = shadow_name(name)
+        s, n = t.schema, t.name
+        if kind == "index":
+            statement = ddl.rename_index(s, temp, name)
+            post = checks.q_index_valid(s, name)
+            undo = ddl.rename_index(s, name, temp)
+        else:
+            statement = ddl.rename_constraint(s, n, temp, name)
+            post = checks.q_constraint(s, n, name)
+            undo = ddl.rename_constraint(s, n, name, temp)
+        self.brief(
+            f"rename_{kind}.{t.qual}.{temp}",
+            "contract",
+            f"rename_{kind}",
+            f"rename {kind} {temp} to {name}, the name of the one dropped just before"
+            " (catalog only)",
+            [statement],
+            [t.qual],
+            post=post,
+            undo=[Action(undo)],
+        )
+        self.notes.append(
+            f"{kind} {name} on {t.qual} is dropped and created again: the new one is built as"
+            f" {temp} and renamed to {name} once the old one is dropped"
+        )
+        return temp
+
+    def empty(self, t: VTable) -> bool:
+        """Was the table empty when the catalog was read (``read_catalog(probe_rows=)``)?"""
+        return t.info is not None and t.info.has_rows is False
 
     def new_name(self, schema: str, name: str, what: str) -> bool:
         """A name for a new relation (index) that must not exist yet."""

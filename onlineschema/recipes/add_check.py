@@ -15,7 +15,7 @@ from ..planner.context import PlanContext
 from ..planner.leftovers import constraint_leftover
 from ..planner.model import VConstraint
 from ..planner.naming import (
-    auto_name,
+    names_in_use,
 )
 from ..planner.partition_tree import scope
 from ..planner.steps import RANK_DEFAULT
@@ -36,7 +36,10 @@ class AddCheckRecipe(Recipe[AddCheck]):
         for col in cols:
             ctx.column(t, col)
         ctx.probe_cond(t, expr, "check expression")
-        name = c.name or auto_name(t.name, cols[:1], "check")
+        name = c.name or names_in_use(ctx).constraint(
+            t.schema, t.name, cols[0] if len(cols) == 1 else None, "check"
+        )
+        name = ctx.recreated(t, name, "constraint")
         leftover = constraint_leftover(ctx, t, name, "c", expression=expr)
         if leftover == "refused":
             return

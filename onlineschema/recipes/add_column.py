@@ -39,7 +39,8 @@ class AddColumnRecipe(Recipe[AddColumn]):
         except Refused as exc:
             ctx.problems.append(exc)
             return
-        if type_.lower() in SERIAL_TYPES:
+        serial = type_.lower() in SERIAL_TYPES
+        if serial and not (t.new or ctx.empty(t)):  # on an empty table: nothing to rewrite
             ctx.refuse(
                 f"adding a {type_} column to {t.qual} rewrites the whole table under ACCESS EXCLUSIVE",
                 "add a bigint column, create a sequence, SetDefault nextval(...) and Backfill it",
@@ -48,7 +49,7 @@ class AddColumnRecipe(Recipe[AddColumn]):
         resolved = ctx.catalog.types.get(c.type, ("", "b", False))
         # a type made earlier in this migration does not exist yet for the probes
         probe_type = None if resolved is None else type_
-        if resolved is None and not t.new and not ctx.new_type(type_):
+        if resolved is None and not t.new and not ctx.new_type(type_) and not serial:
             ctx.refuse(
                 f"type {c.type!r} does not exist",
                 "check the type name, or create the type earlier in the migration",
@@ -79,7 +80,7 @@ class AddColumnRecipe(Recipe[AddColumn]):
         post = checks.q_column_exists(s, n, c.column)
         sid = f"add_column.{t.qual}.{c.column}"
         if t.new or (fill is None and not volatile):
-            if not c.nullable and default is None and not t.new:
+            if not c.nullable and default is None and not t.new and not ctx.empty(t):
                 t.columns.pop(c.column)
                 ctx.refuse(
                     f"column {t.qual}.{c.column} is NOT NULL with no default and no backfill:"
@@ -89,6 +90,12 @@ class AddColumnRecipe(Recipe[AddColumn]):
                 )
                 return
             desc = f"add column {c.column} {type_}"
+            if not c.nullable and default is None and not t.new:
+                ctx.notes.append(
+                    f"{t.qual} was empty when planned, so {c.column} is added NOT NULL without"
+                    " a default; if a row appears first, the ADD COLUMN fails (23502) and"
+                    " changes nothing"
+                )
             if default is not None:
                 desc += f" DEFAULT {default} (stored once, no rewrite)"
             if not c.nullable:
@@ -167,6 +174,11 @@ class AddColumnRecipe(Recipe[AddColumn]):
     def catalog_needs(self, change: AddColumn) -> CatalogNeeds:
         needs = super().catalog_needs(change)
         needs.type(change.type)
+        if (
+            not change.nullable and change.default is None and change.backfill is None
+        ) or change.type.strip().lower() in SERIAL_TYPES:
+            # possible only while the table is empty: the catalog reader looks into it
+            needs.probe_rows.add((change.schema, change.table))
         return needs
 
     def assume(self, change: AddColumn, schema: AssumedSchema) -> None:

@@ -11,7 +11,8 @@ from ..planner.context import PlanContext, Probe
 from ..planner.leftovers import constraint_leftover
 from ..planner.model import VColumn, VConstraint, VTable
 from ..planner.naming import (
-    auto_name,
+    name_addition,
+    names_in_use,
 )
 from ..planner.partition_tree import is_partitioned, leaves, partitions_unchanged
 from ..planner.steps import RANK_FK
@@ -40,7 +41,8 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
         )
         if not ok:
             return
-        if len(ref_cols) != len(c.columns):
+        if len(ref_cols) != len(c.columns) and not (ref.new and not ref_cols):
+            # (a table this migration creates: PostgreSQL takes its primary key)
             ctx.refuse(
                 f"foreign key on {t.qual} has {len(c.columns)} columns but references"
                 f" {len(ref_cols)}",
@@ -72,7 +74,10 @@ class AddForeignKeyRecipe(Recipe[AddForeignKey]):
                     "use one of those",
                 )
                 return
-        name = c.name or auto_name(t.name, c.columns, "fkey")
+        name = c.name or names_in_use(ctx).constraint(
+            t.schema, t.name, name_addition(c.columns), "fkey"
+        )
+        name = ctx.recreated(t, name, "constraint")
         actions = [
             f"ON {w} {a.upper()}"
             for w, a in (("DELETE", c.on_delete), ("UPDATE", c.on_update))

@@ -16,7 +16,9 @@ from ..planner.context import PlanContext
 from ..planner.leftovers import index_leftover
 from ..planner.model import VIndex, VTable
 from ..planner.naming import (
-    auto_name,
+    index_column_names,
+    name_addition,
+    names_in_use,
 )
 from ..planner.partition_tree import is_partitioned
 from ..planner.partitions import index_tree, unique_keys_ok
@@ -59,9 +61,14 @@ class AddIndexRecipe(Recipe[AddIndex]):
                 + " (or create the extension that provides it first)",
             )
             return
-        name = c.name or auto_name(
-            t.name, [*c.columns, *(["expr"] if elements else [])], "key" if c.unique else "idx"
+        name = c.name or names_in_use(ctx).relation(
+            t.schema,
+            t.name,
+            name_addition(index_column_names(c.columns, elements, c.include)),
+            "idx",
+            isconstraint=False,
         )
+        name = ctx.recreated(t, name, "index")
         what = "unique index" if c.unique else "index"
         new_key = ctx.new_partitioned.get((t.schema, t.name)) if t.new else None
         if new_key is not None:

@@ -9,8 +9,8 @@ from ..planner.context import PlanContext
 from ..planner.leftovers import index_leftover
 from ..planner.model import VColumn, VConstraint, VIndex, VTable
 from ..planner.naming import (
-    MAX_IDENTIFIER_BYTES,
-    auto_name,
+    name_addition,
+    names_in_use,
 )
 from ..planner.partition_tree import is_partitioned, partitions_unchanged
 from ..planner.partitions import index_tree, unique_keys_ok
@@ -36,10 +36,14 @@ class AddUniqueRecipe(Recipe[AddUnique]):
                 "drop it first, or use a unique constraint",
             )
             return
-        name = c.name or (
-            f"{t.name}_pkey" if c.primary_key else auto_name(t.name, c.columns, "key")
+        name = c.name or names_in_use(ctx).relation(
+            t.schema,
+            t.name,
+            None if c.primary_key else name_addition(c.columns),
+            "pkey" if c.primary_key else "key",
+            isconstraint=True,
         )
-        name = name[:MAX_IDENTIFIER_BYTES] if not c.name else name
+        name = ctx.recreated(t, name, "constraint")
         if not ctx.constraint_name_free(t, name):
             return
         what = "primary key" if c.primary_key else "unique constraint"
@@ -115,7 +119,13 @@ class AddUniqueRecipe(Recipe[AddUnique]):
             f"attach {name} as the {what} of {t.qual} (catalog only)",
             [
                 ddl.add_constraint_using_index(
-                    t.schema, t.name, name, name, primary_key=c.primary_key
+                    t.schema,
+                    t.name,
+                    name,
+                    name,
+                    primary_key=c.primary_key,
+                    deferrable=c.deferrable,
+                    initially_deferred=c.initially_deferred,
                 )
             ],
             [t.qual],

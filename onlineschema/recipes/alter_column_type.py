@@ -249,10 +249,8 @@ class AlterColumnTypeRecipe(Recipe[AlterColumnType]):
                 "drop reverse_using (the default converts back with a cast) or give USING",
             )
             return
-        if trivial and new_fmt == info.type:
-            p.refuse(
-                f"column {t.qual}.{c.column} is already of type {info.type}", "remove this change"
-            )
+        if trivial and new_fmt == info.type:  # a no-op on PostgreSQL too
+            p.notes.append(f"{t.qual}.{c.column} is already of type {info.type}; skipped")
             return
         to_utc = (
             info.type_oid == TIMESTAMP
@@ -339,3 +337,6 @@ class AlterColumnTypeRecipe(Recipe[AlterColumnType]):
 
     def joins_column_copy(self, change: AlterColumnType) -> bool:
         return True
+
+    def copies_column(self, change: AlterColumnType) -> tuple[str | None, str, str] | None:
+        return (change.schema, change.table, change.column)

@@ -18,12 +18,16 @@ C = TypeVar("C", bound=Change)
 @dataclass
 class CatalogNeeds:
     """What ``read_catalog`` must read for a change: ``(schema or None, name)`` pairs of
-    tables and of index names, function names (for their volatility), type names."""
+    tables and of index names, function names (for their volatility), type names;
+    tables to look into for a row (``probe_rows``: a change possible only while the table
+    is empty) and the prefixes of names PostgreSQL's own naming must avoid."""
 
     tables: set[tuple[str | None, str]] = field(default_factory=set)
     index_names: set[tuple[str | None, str]] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     types: set[str] = field(default_factory=set)
+    probe_rows: set[tuple[str | None, str]] = field(default_factory=set)
+    name_prefixes: set[tuple[str | None, str]] = field(default_factory=set)
 
     def expressions(self, texts: Iterable[str | None]) -> None:
         """The functions these expressions call (a bad expression is the planner's to
@@ -48,6 +52,8 @@ class CatalogNeeds:
         self.index_names |= other.index_names
         self.functions |= other.functions
         self.types |= other.types
+        self.probe_rows |= other.probe_rows
+        self.name_prefixes |= other.name_prefixes
 
 
 class Recipe(Generic[C]):
@@ -99,6 +105,16 @@ class Recipe(Generic[C]):
     def follows_up(self, change: C) -> tuple[str | None, str, str] | None:
         """(schema, table, column) of the column whose ``AddColumn`` this change may be
         folded into, when that column is added by the same migration."""
+        return None
+
+    def copies_column(self, change: C) -> tuple[str | None, str, str] | None:
+        """(schema, table, column) of the column the change replaces by a copy of
+        another type (``planner.normalize`` moves a SET NOT NULL of it after)."""
+        return None
+
+    def after_copy(self, change: C) -> tuple[str | None, str, str] | None:
+        """(schema, table, column) of the column whose later type change (a column
+        copy) this change is moved right after, when there is one."""
         return None
 
     def fold(self, change: C, added: AddColumn) -> AddColumn | None:

@@ -17,11 +17,34 @@ from ..planner.dependents import (
     stats,
     views_over,
 )
+from ..planner.model import VTable
 from ..planner.naming import (
     nn_check_name,
 )
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
+
+
+def _cascade_ok(p: PlanContext, t: VTable, c: DropColumn) -> bool:
+    """``DROP COLUMN ... CASCADE`` takes the column's own indexes and constraints, as a
+    plain DROP COLUMN does; refuse it when it would also drop foreign keys that reference
+    the column (views and other dependents are refused for every drop)."""
+    key = (t.schema, t.name)
+    fks = [
+        f"foreign key {u.qual}.{con.name}"
+        for u, con in fks_touching(p, {key: {c.column: ""}})
+        if con.ref_table == key
+        and c.column in con.ref_columns
+        and not ((u.schema, u.name) == key and c.column in con.columns)
+    ]
+    if fks:
+        p.refuse(
+            f"DROP COLUMN {t.qual}.{c.column} CASCADE would also drop {', '.join(fks)}, which"
+            " reference(s) the column",
+            "drop those foreign keys first, in a migration of their own, then drop the column",
+        )
+        return False
+    return True
 
 
 @recipe_for(DropColumn)
@@ -69,6 +92,8 @@ class DropColumnRecipe(Recipe[DropColumn]):
                 " and CREATE VIEW without the column, since CREATE OR REPLACE VIEW cannot"
                 " remove one); DROP COLUMN would fail, or take them along",
             )
+            return
+        if c.cascade and not _cascade_ok(p, t, c):
             return
         del t.columns[c.column]
         depends: list[str] = []

@@ -5,8 +5,26 @@ from __future__ import annotations
 from ..changes import DropConstraint
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..planner.model import VConstraint, VTable
 from ..sql import checks, ddl
 from .base import Recipe, recipe_for
+
+
+def _fks_needing(ctx: PlanContext, t: VTable, con: VConstraint) -> list[str]:
+    """Foreign keys of other tables that may rely on the unique constraint ``con`` of
+    ``t``: those on its columns, those still there (not dropped by this migration), and
+    any whose table was not read (it cannot be told)."""
+    out = []
+    for s, tn, k in t.referenced_by:
+        if (s, tn) == (t.schema, t.name):
+            continue
+        u = ctx.tables.get((s, tn))
+        info = u.info.constraints.get(k) if u is not None and u.info is not None else None
+        if u is not None and k not in u.constraints:
+            continue  # dropped earlier in this migration
+        if info is None or set(info.ref_columns) == set(con.columns) or not info.ref_columns:
+            out.append(f"{s}.{tn}.{k}")
+    return out
 
 
 @recipe_for(DropConstraint)
@@ -34,12 +52,11 @@ class DropConstraintRecipe(Recipe[DropConstraint]):
                 "drop it on the partitioned parent table instead",
             )
             return
-        if con.type in ("p", "u") and any(
-            ref_con for s, tn, ref_con in t.referenced_by if (s, tn) != (t.schema, t.name)
-        ):
+        needing = _fks_needing(ctx, t, con) if con.type in ("p", "u") else []
+        if needing:
             ctx.refuse(
                 f"constraint {c.name!r} on {t.qual} may be needed by foreign keys that reference"
-                f" it ({', '.join(f'{s}.{tn}.{k}' for s, tn, k in t.referenced_by)})",
+                f" it ({', '.join(needing)})",
                 "drop those foreign keys first",
             )
             return

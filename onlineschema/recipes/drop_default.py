@@ -20,7 +20,8 @@ class DropDefaultRecipe(Recipe[DropDefault]):
         if t is None or col is None:
             return
         if col.default is None and not t.new:
-            ctx.refuse(f"column {t.qual}.{c.column} has no default", "remove this change")
+            # a no-op on PostgreSQL too
+            ctx.notes.append(f"{t.qual}.{c.column} has no default; DROP DEFAULT skipped")
             return
         before = col.default
         col.default = None

@@ -19,7 +19,8 @@ class DropNotNullRecipe(Recipe[DropNotNull]):
         if not ctx.not_null_once(t, c.column, "DROP NOT NULL"):
             return
         if not col.notnull and not t.new:
-            ctx.refuse(f"column {t.qual}.{c.column} is already nullable", "remove this change")
+            # a no-op on PostgreSQL too
+            ctx.notes.append(f"{t.qual}.{c.column} is already nullable; DROP NOT NULL skipped")
             return
         if c.column in t.primary_key:
             ctx.refuse(

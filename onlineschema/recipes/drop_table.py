@@ -45,6 +45,20 @@ class DropTableRecipe(Recipe[DropTable]):
                 "drop or change those objects first (DROP TABLE would fail without CASCADE)",
             )
             return
+        if c.cascade:
+            others = sorted(
+                f"foreign key {u.qual}.{con.name}"
+                for u, con in fks_in_or_out(p, t)
+                if (u.schema, u.name) != key
+            )
+            if others:
+                p.refuse(
+                    f"DROP TABLE {t.qual} CASCADE would also drop {', '.join(others)}, which"
+                    " reference(s) the table",
+                    "drop those foreign keys first, in a migration of their own, then drop"
+                    " the table",
+                )
+                return
         depends: list[str] = []
         for u, con in fks_in_or_out(p, t):
             incoming = (u.schema, u.name) != key

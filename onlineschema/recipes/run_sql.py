@@ -1,4 +1,6 @@
-"""A statement run as written, as one lock-guarded step."""
+"""A statement run as written, as one lock-guarded step; a framework's bookkeeping
+(``alembic_version``, ``django_migrations``, ``_prisma_migrations``) as the plan's last
+step."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import pglast
 
 from ..changes import RunSQL
 from ..plan import Step
+from ..planner import steps as planner_steps
 from ..planner.assumed import AssumedSchema
 from ..planner.context import PlanContext
+from ..sqlinput import update_targets
 from .base import CatalogNeeds, Recipe, recipe_for
 
 
@@ -31,6 +35,42 @@ def _partitioned_creates(text: str) -> dict[tuple[str | None, str], tuple[str | 
                 e.name if e.expr is None else None for e in st.partspec.partParams or ()
             )
     return out
+
+
+def _bookkeeping_step(ctx: PlanContext, c: RunSQL, digest: str) -> None:
+    """A framework's record of the migration, run as written after every other step
+    (after ``contract`` when there is a contract phase), so the framework takes the
+    revision as done only once it is. Its table must exist (or be created by this
+    migration): else it would fail only after everything else ran."""
+    for name in c.touches:
+        schema, _, rel = name.rpartition(".")
+        key = (ctx.catalog.resolve_schema(schema or None, rel), rel)
+        if key not in ctx.tables and key not in ctx.new_tables:
+            ctx.refuse(
+                f"the framework's table {name} does not exist, so its bookkeeping"
+                f" statement would fail after every other step: {c.describe()}",
+                "let the framework create its table first (alembic stamp, manage.py"
+                " migrate --fake, prisma migrate resolve), or remove the statement",
+            )
+            return
+    sid = f"bookkeeping.{digest}"
+    n = 2
+    while sid in ctx.ids:
+        sid = f"bookkeeping.{digest}#{n}"
+        n += 1
+    ctx.ids.add(sid)
+    ctx.seq += 1
+    step = Step(
+        id=sid,
+        phase="contract",
+        action="bookkeeping",
+        description=f"record the migration for the framework: {c.describe()}",
+        statements=(c.sql,),
+        transactional=True,
+        lock="",
+    )
+    # after every phase's steps
+    ctx.steps.append((len(planner_steps.PHASE_RANK), 0, ctx.seq, step))
 
 
 @recipe_for(RunSQL)
@@ -55,6 +95,9 @@ class RunSqlRecipe(Recipe[RunSQL]):
             schema, _, rel = name.rpartition(".")
             touched.append(f"{schema or ctx.catalog.resolve_schema(None, rel)}.{rel}")
         digest = hashlib.sha256(c.sql.encode()).hexdigest()[:10]
+        if c.bookkeeping:
+            _bookkeeping_step(ctx, c, digest)
+            return
         lock = "AccessExclusiveLock" if c.raw else ("ShareRowExclusiveLock" if touched else "")
         step = ctx.add(
             Step(
@@ -73,6 +116,11 @@ class RunSqlRecipe(Recipe[RunSQL]):
             ctx.notes.append(
                 f"step {step.id} runs raw SQL as written (only the lock guard applies)"
             )
+            # a raw UPDATE that sets a column counts as its backfill (a later SET NOT NULL
+            # on a column this migration adds is then allowed)
+            for target_schema, target, columns in update_targets(c.sql):
+                key = (ctx.catalog.resolve_schema(target_schema, target), target)
+                ctx.filled.update((*key, col) for col in columns)
 
     def catalog_needs(self, change: RunSQL) -> CatalogNeeds:
         needs = super().catalog_needs(change)

@@ -39,7 +39,8 @@ class SetNotNullRecipe(Recipe[SetNotNull]):
             )
             return
         if col.notnull:
-            ctx.refuse(f"column {t.qual}.{c.column} is already NOT NULL", "remove this change")
+            # a no-op on PostgreSQL too
+            ctx.notes.append(f"{t.qual}.{c.column} is already NOT NULL; SET NOT NULL skipped")
             return
         if col.new and not t.new and (t.schema, t.name, c.column) not in ctx.filled:
             ctx.refuse(
@@ -66,6 +67,9 @@ class SetNotNullRecipe(Recipe[SetNotNull]):
         schema.column(schema.table(change.schema, change.table), change.column)
 
     def follows_up(self, change: SetNotNull) -> tuple[str | None, str, str] | None:
+        return (change.schema, change.table, change.column)
+
+    def after_copy(self, change: SetNotNull) -> tuple[str | None, str, str] | None:
         return (change.schema, change.table, change.column)
 
     def fold(self, change: SetNotNull, added: AddColumn) -> AddColumn | None:

@@ -8,6 +8,8 @@ from ..planner.context import PlanContext
 from ..planner.steps import RANK_FK
 from .base import Recipe, recipe_for
 
+_CON_KIND = {"p": "primary key", "u": "unique constraint", "x": "exclusion constraint"}
+
 
 @recipe_for(ValidateConstraint)
 class ValidateConstraintRecipe(Recipe[ValidateConstraint]):
@@ -22,8 +24,16 @@ class ValidateConstraintRecipe(Recipe[ValidateConstraint]):
                 "check the name (constraints: " + ", ".join(sorted(t.constraints)) + ")",
             )
             return
-        if con.validated:
-            ctx.refuse(f"constraint {c.name!r} on {t.qual} is already valid", "remove this change")
+        if con.type in _CON_KIND:
+            ctx.refuse(
+                f"constraint {c.name!r} on {t.qual} is a {_CON_KIND[con.type]}: PostgreSQL"
+                " validates only foreign key, check and NOT NULL constraints",
+                "remove this change (a primary key, unique or exclusion constraint is always"
+                " valid)",
+            )
+            return
+        if con.validated:  # a no-op on PostgreSQL too
+            ctx.notes.append(f"constraint {c.name} on {t.qual} is already valid; skipped")
             return
         con.validated = True
         ref = ctx.tables.get(con.ref) if con.ref else None

@@ -94,6 +94,22 @@ def q_index_attached(schema: str, name: str, parent_schema: str, parent: str) ->
     )
 
 
+def q_has_rows(schema: str, table: str) -> str:
+    """Has the table a row? (reads at most one; ACCESS SHARE)"""
+    return render(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AS has_rows").format(qname(schema, table))
+    )
+
+
+def q_column_identity(schema: str, table: str, column: str) -> str:
+    return render(
+        sql.SQL(
+            "SELECT coalesce((SELECT attidentity <> '' FROM pg_attribute WHERE attrelid = ({rel}) "
+            "AND attname = {col} AND NOT attisdropped), false)"
+        ).format(rel=_rel(schema, table), col=sql.Literal(column))
+    )
+
+
 def q_relation_absent(schema: str, name: str) -> str:
     return render(sql.SQL("SELECT NOT EXISTS ({rel})").format(rel=_rel(schema, name)))
 

@@ -174,19 +174,26 @@ FK_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT", "RESTRICT", "NO AC
 
 
 def add_constraint_using_index(
-    schema: str, table: str, name: str, index: str, *, primary_key: bool
+    schema: str,
+    table: str,
+    name: str,
+    index: str,
+    *,
+    primary_key: bool,
+    deferrable: bool = False,
+    initially_deferred: bool = False,
 ) -> str:
     kind = "PRIMARY KEY" if primary_key else "UNIQUE"
+    deferral = ""
+    if deferrable:
+        deferral = " DEFERRABLE INITIALLY DEFERRED" if initially_deferred else " DEFERRABLE"
     return _alter(
         schema,
         table,
-        sql.SQL("ADD CONSTRAINT {} " + kind + " USING INDEX {}").format(
+        sql.SQL("ADD CONSTRAINT {} " + kind + " USING INDEX {}" + deferral).format(
             sql.Identifier(name), sql.Identifier(index)
         ),
     )
-
-
-# --- indexes -------------------------------------------------------------------------
 
 
 def create_index(
@@ -499,6 +506,20 @@ def add_identity(
             qname(seq_schema, seq_name),
         ),
     )
+
+
+def add_identity_generated(
+    schema: str, table: str, column: str, *, always: bool, options: str | None
+) -> str:
+    """``ALTER COLUMN c ADD GENERATED ... AS IDENTITY [(options)]``; ``options`` are
+    sequence options as PostgreSQL's parser read them (checked by the recipe to be
+    nothing else)."""
+    body = sql.SQL("ALTER COLUMN {} ADD GENERATED {} AS IDENTITY").format(
+        sql.Identifier(column), sql.SQL("ALWAYS" if always else "BY DEFAULT")
+    )
+    if options:
+        body = sql.SQL("{} ({})").format(body, sql.SQL(options))
+    return _alter(schema, table, body)
 
 
 def drop_identity(schema: str, table: str, column: str) -> str:

@@ -39,13 +39,7 @@ def capture(admin: str, case: Case, major: int) -> dict[str, object]:
         with psycopg.connect(make_conninfo(admin, dbname=name), autocommit=True) as conn:
             conn.execute(case.setup.encode())
             req = catalog_request(case.changes)
-            catalog = read_catalog(
-                conn,
-                req["tables"],
-                index_names=req["index_names"],
-                functions=req["functions"],
-                types=req["types"],
-            )
+            catalog = read_catalog(conn, **req)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

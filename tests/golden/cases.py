@@ -19,6 +19,7 @@ from onlineschema import (
     AddCheck,
     AddColumn,
     AddForeignKey,
+    AddIdentity,
     AddIndex,
     AddUnique,
     AlterColumnType,
@@ -32,6 +33,8 @@ from onlineschema import (
     DropTable,
     Reindex,
     RenameColumn,
+    RenameConstraint,
+    RenameIndex,
     RunSQL,
     SetDefault,
     SetNotNull,
@@ -401,6 +404,64 @@ CASES: tuple[Case, ...] = (
         [AlterColumnType("t", "b", "bigint"), AddIndex("t", ("id", "b"))],
     ),
     Case(
+        "beside_copy_refused",
+        DEPENDS,
+        [
+            AlterColumnType("t", "b", "bigint"),
+            SetDefault("t", "b", "0"),
+            AddColumn("t", "d", "int"),
+        ],
+    ),
+    Case(
+        "add_identity",
+        "CREATE TABLE t (id int NOT NULL, v text); INSERT INTO t VALUES (1, 'a');"
+        "CREATE TABLE e (v text);",
+        [
+            AddIdentity("t", "id", options="START WITH 100"),
+            AddColumn("e", "id", "bigint", nullable=False),
+            AddIdentity("e", "id", always=True),
+        ],
+        BOTH,
+    ),
+    Case(
+        "rename_index_and_constraint",
+        ACCOUNTS,
+        [
+            RenameIndex("payments_account_idx", "payments_account_id_idx"),
+            RenameConstraint("payments", "payments_account_id_fkey", "payments_account_fk"),
+            RenameConstraint("accounts", "accounts_pkey", "accounts_pk"),
+        ],
+        BOTH,
+    ),
+    Case(
+        "recreated_same_name",
+        ACCOUNTS,
+        [
+            DropIndex("payments_account_idx"),
+            AddIndex("payments", ("account_id", "amount"), name="payments_account_idx"),
+            DropConstraint("payments", "payments_account_id_fkey"),
+            AddForeignKey(
+                "payments",
+                ("account_id",),
+                "accounts",
+                ("id",),
+                on_delete="CASCADE",
+                name="payments_account_id_fkey",
+            ),
+        ],
+    ),
+    Case(
+        "empty_table_not_null_and_names",
+        LOGS + "CREATE TABLE logs_level_idx (x int);",
+        [
+            AddColumn("logs", "id", "bigserial"),
+            AddColumn("logs", "ts", "timestamptz", nullable=False),
+            AddIndex("logs", ("level",)),
+            AddIndex("logs", expressions=("lower(msg)",)),
+            AddUnique("logs", ("id",), deferrable=True, initially_deferred=True),
+        ],
+    ),
+    Case(
         "breaking_after_other_changes",
         DEPENDS,
         [AddIndex("t", ("b",)), AlterColumnType("t", "b", "bigint")],
@@ -517,6 +578,11 @@ OFFLINE: dict[str, Sequence[Change]] = {
         AddUnique("logs", ("id",), primary_key=True),
         Backfill("logs", {"level": "0"}),
         AddForeignKey("logs", ("event_id",), "users", ("uid",)),
+    ],
+    "offline_renames_identity": [
+        AddIdentity("t", "id", always=True),
+        RenameIndex("t_old_idx", "t_new_idx"),
+        RenameConstraint("t", "t_fk", "t_fk2"),
     ],
     "offline_refused_breaking": [AddColumn("t", "c", "int"), AlterColumnType("t", "c", "bigint")],
     "offline_refused_foreign_key": [AddForeignKey("orders", ("user_id",), "users")],

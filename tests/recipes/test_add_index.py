@@ -24,7 +24,7 @@ from onlineschema import (
 INDEX_CASES = {
     "unique": (
         AddIndex("orders", columns=("note",), unique=True),
-        "orders_note_key",
+        "orders_note_idx",  # PostgreSQL's own name for CREATE UNIQUE INDEX ON orders (note)
         {"unique": True, "definition_contains": ["UNIQUE", "(note)"]},
     ),
     "expression": (

@@ -27,7 +27,7 @@ CORE = ("changes", "catalog", "planner", "recipes", "sql", "plan", "expressions"
 #: the one execution policy: used by the executor and the backfill engine alike, so it
 #: imports neither (nor anything else outside the core)
 NEUTRAL = ("session",)
-OUTER = ("executor", "backfill", "integrations", "cli", "embedded", "demo")
+OUTER = ("executor", "backfill", "integrations", "django", "observe", "verify", "cli", "embedded", "demo")
 
 
 def _modules() -> dict[str, Path]:
