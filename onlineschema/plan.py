@@ -246,6 +246,22 @@ class Step:
         return IndexBuild.from_details(d) if d else None
 
     @property
+    def waits_for_snapshots(self) -> bool:
+        """The step waits, as ``CREATE INDEX CONCURRENTLY`` does, for every transaction
+        of the database holding an older snapshot (an index build, a ``REINDEX
+        CONCURRENTLY``: ``details["waits_for_snapshots"]``). Those waits block no one, so
+        it runs under ``index_lock_timeout``, and the lock guard waits old snapshots out
+        before it starts rather than leave the step half done behind them."""
+        return self.kind is StepKind.INDEX_BUILD or bool(self.details.get("waits_for_snapshots"))
+
+    @property
+    def lock_waits_block_no_one(self) -> bool:
+        """Its lock waits block no one (a step that waits for old snapshots, an abort's
+        undo that runs outside a transaction: ``details["index_lock_timeout"]``), so it
+        runs under ``index_lock_timeout`` instead of the application's lock_timeout."""
+        return self.waits_for_snapshots or bool(self.details.get("index_lock_timeout"))
+
+    @property
     def backfill_spec(self) -> BackfillSpec | None:
         """What a BACKFILL step updates."""
         return BackfillSpec.from_details(self.details) if self.kind is StepKind.BACKFILL else None

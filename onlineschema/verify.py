@@ -30,9 +30,9 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from .backfill import BackfillSettings
-from .backfill.engine import backfill_timeouts
 from .errors import Refused
 from .plan import Plan, Step
+from .session import batch_settings
 from .sql import batches
 from .sql.batches import Spec
 from .throttle import Context, Throttle
@@ -229,11 +229,7 @@ class Verifier:
         res: CopyResult,
     ) -> tuple[bool, Any, int]:
         """Check one batch after ``cursor``; returns (finished, new cursor, rows read)."""
-        locals_ = backfill_timeouts(
-            lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
-            statement_timeout=f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
-            seqscan=False,
-        )
+        locals_ = batch_settings(self.lock_timeout, self.settings.batch_statement_timeout)
         bad = sql.SQL("{n}::text IS DISTINCT FROM ({f})::text").format(
             n=sql.Identifier(c.new), f=sql.SQL(c.forward)
         )

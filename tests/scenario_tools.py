@@ -224,6 +224,24 @@ class Blocker:
                 conn.close()
                 self.released_at = time.monotonic()
 
+    def wait_until_older_than(self, seconds: float, timeout: float = 10) -> None:
+        """Wait until the blocker's transaction is more than ``seconds`` old (a long
+        transaction to the lock guard, not one about to end by itself)."""
+        wait_until(
+            lambda: (
+                query_value(
+                    self.dsn,
+                    "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
+                    " WHERE pid = %s",
+                    (self.pid,),
+                )
+                or 0
+            )
+            > seconds,
+            timeout=timeout,
+            what=f"the blocker's transaction to be older than {seconds}s",
+        )
+
     @property
     def held_for(self) -> float:
         assert self.started_at is not None and self.released_at is not None

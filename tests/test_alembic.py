@@ -715,6 +715,10 @@ def test_render_offline_every_kind_and_versions() -> None:
     assert "DROP INDEX CONCURRENTLY" in contract and "ADD COLUMN" not in contract
     undo = render_offline("all", ALL_KINDS, phase="abort", server_version=180000)
     assert 'DROP COLUMN IF EXISTS "status"' in undo
+    # the undo of an index build under index_lock_timeout, as the online abort runs it
+    lines = undo.splitlines()
+    drop = lines.index('DROP INDEX CONCURRENTLY IF EXISTS "public"."orders_amount_idx";')
+    assert lines[drop - 2 : drop] == ["SET lock_timeout = '60000ms';", "SET statement_timeout = '0';"]
     assert "the previous default is not known without the database" in undo
     no_changes = render_offline("all", [], phase="contract")
     assert "onlineschema contract all" in no_changes and "ACTION REQUIRED" in no_changes

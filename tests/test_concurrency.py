@@ -361,22 +361,7 @@ def test_index_build_waiting_for_an_old_snapshot_names_that_session(tables: str)
     with Blocker(dsn, "SELECT count(*) FROM audit", isolation="repeatable read") as blocker:
         blocker.start()
         # old enough to count as a long transaction (not one about to end by itself)
-        wait_until(
-            lambda: (
-                (
-                    query_value(
-                        dsn,
-                        "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
-                        " WHERE pid = %s",
-                        (blocker.pid,),
-                    )
-                    or 0
-                )
-                > 2 * LOCK_TIMEOUT
-            ),
-            timeout=10,
-            what="the blocker's transaction to be old",
-        )
+        blocker.wait_until_older_than(2 * LOCK_TIMEOUT)
         with pytest.raises(LockBudgetExhausted) as caught, capture_logs() as logs:
             onlineschema.apply(
                 dsn, [AddIndex("orders", columns=("amount",))], name=name, settings=settings

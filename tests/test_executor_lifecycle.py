@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from helpers import index_must_exist, make_orders, migration_state
 
-from onlineschema import AddColumn, DropIndex, Executor, Refused
+from onlineschema import AddColumn, DropColumn, DropIndex, Executor, Refused
+from onlineschema.executor import apply_through_contract
 from onlineschema.executor.lifecycle import (
     CONTRACT_MARKER,
     TRANSITIONS,
@@ -121,6 +122,29 @@ def test_restart_aborted_starts_afresh(dsn: str, conn: Conn) -> None:
             ex.apply(changes, "again")
         assert ex.apply(changes, "again", restart_aborted=True).state == "completed"
     assert migration_state(conn, "again") == "completed"
+
+
+def test_apply_through_contract_and_forget(dsn: str, conn: Conn) -> None:
+    """What the framework integrations run: the whole change, contract included (or held
+    with ``contract=False``); then the record of a finished migration is forgotten, and
+    that of an unfinished one is refused."""
+    make_orders(conn, rows=50)
+    conn.execute("ALTER TABLE orders ADD COLUMN legacy text, ADD COLUMN old text")
+    with Executor(dsn) as ex:
+        held = apply_through_contract(ex, [DropColumn("orders", "old")], "held", contract=False)
+        assert held.state == "awaiting_contract"
+        whole = apply_through_contract(ex, [DropColumn("orders", "legacy")], "whole")
+        assert whole.state == "completed"
+        with pytest.raises(Refused, match="only a finished one can be forgotten"):
+            ex.forget("held")
+        ex.forget("whole")
+        assert ex.record("whole") is None and ex.record("held") is not None
+    assert migration_state(conn, "held") == "awaiting_contract"
+    columns = conn.execute(
+        "SELECT array_agg(attname::text ORDER BY attname) FROM pg_attribute"
+        " WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped"
+    ).fetchone()
+    assert columns is not None and "legacy" not in columns[0] and "old" in columns[0]
 
 
 def test_mark_interrupted_pauses_only_a_running_migration(dsn: str, conn: Conn) -> None:

@@ -67,7 +67,9 @@ from onlineschema.integrations.prisma import (
     migration_sort_key,
     read_migrations,
 )
+from onlineschema.integrations.prisma import status as prisma_status
 from onlineschema.sqlinput import parse_sql
+from onlineschema.state import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PRISMA_VERSION = "6.19.3"
@@ -817,3 +819,20 @@ def test_migrations_directory_is_read_like_prisma(tmp_path: Path) -> None:
         read_migrations(root)
     with pytest.raises(Refused, match="no Prisma migrations directory"):
         read_migrations(tmp_path / "nowhere")
+
+
+def test_status_refuses_a_state_schema_written_by_a_newer_release(
+    dsn: str, tmp_path: Path
+) -> None:
+    """``prisma status`` reads the unfinished deploys through the executor, so a state
+    schema that a newer release wrote is refused, as by every other command."""
+    root = tmp_path / "migrations"
+    (root / "20240101000000_init").mkdir(parents=True)
+    (root / "20240101000000_init" / "migration.sql").write_text("CREATE TABLE t (id int);\n")
+    (root / "migration_lock.toml").write_text(LOCK_TOML)
+    assert [m.name for m in prisma_status(dsn, root).pending] == ["20240101000000_init"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        StateStore(conn).ensure()
+        conn.execute("UPDATE onlineschema.schema_version SET version = version + 1")
+    with pytest.raises(Refused, match="written by a newer onlineschema"):
+        prisma_status(dsn, root)

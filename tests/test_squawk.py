@@ -116,16 +116,7 @@ def rendered_example(dsn: str) -> tuple[str, Settings]:
     settings = Settings()
     with Executor(dsn, settings) as ex:
         plan = ex.plan(parse_sql(EXAMPLE))
-
-    def ms(seconds: float) -> str:
-        return f"{round(seconds * 1000)}ms"
-
-    script = render_sql_script(
-        plan.steps,
-        lock_timeout=ms(settings.lock_timeout),
-        statement_timeout=ms(settings.statement_timeout),
-        index_lock_timeout=ms(settings.index_lock_timeout),
-    )
+    script = render_sql_script(plan.steps, settings)
     return script, settings
 
 

@@ -158,7 +158,7 @@ POOLED_CLAIM_TTL = 10.0
 
 class Claims:
     """Claims chunks of one backfill for one worker connection. Each claim's transaction
-    starts with ``timeouts`` (the runner's ``backfill_timeouts``)."""
+    starts with ``timeouts`` (``onlineschema.session.claim_settings``)."""
 
     def __init__(
         self,

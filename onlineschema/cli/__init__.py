@@ -362,11 +362,7 @@ def plan(
         click.echo(the_plan.to_json())
     elif fmt == "sql":
         click.echo(
-            render_sql_script(
-                the_plan.steps,
-                lock_timeout=_ms(settings.lock_timeout),
-                statement_timeout=_ms(settings.statement_timeout),
-            )
+            render_sql_script(the_plan.steps, settings)
         )
     else:
         click.echo(the_plan.render_text())
@@ -757,10 +753,6 @@ def demo(
     if blocker is not None:
         options["blocker"] = blocker
     return int(demo_module.run_demo(**options))
-
-
-def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
 
 
 # --- entry point ----------------------------------------------------------------------

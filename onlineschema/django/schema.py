@@ -31,7 +31,7 @@ in user code) behaves exactly like Django's.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from types import CodeType, FrameType
 from typing import Any
@@ -50,7 +50,7 @@ from psycopg.conninfo import make_conninfo
 from ..changes import Change
 from ..connection import open_dsn
 from ..errors import LockBudgetExhausted, OnlineSchemaError, Paused, Refused, UnsupportedStatement
-from ..executor import Executor, changes_hash
+from ..executor import Executor, MigrationState, apply_through_contract, changes_hash
 from ..executor.script import render_sql_script
 from ..sqlinput import parse_sql
 from .conf import DjangoSettings, read_settings
@@ -117,6 +117,51 @@ class MigrationRun:
     def owns(self, name: str) -> bool:
         base = self.part_name(1)
         return name == base or name.startswith(base + "#")
+
+    def finished_before(
+        self,
+        name: str,
+        existing: dict[str, Any],
+        changes: Sequence[Change],
+        settings: DjangoSettings,
+        conn: psycopg.Connection[Any],
+    ) -> bool:
+        """An earlier run left ``existing``, the record of part ``name``: True when that
+        part completed (a crash kept Django from recording it); refused when it was
+        aborted or started with other SQL; False when it is to be resumed."""
+        if existing["state"] == MigrationState.COMPLETED:
+            log.info("django_part_already_completed", migration=name)
+            return True
+        if existing["state"] == MigrationState.ABORTED:
+            delete = (
+                sql.SQL("DELETE FROM {} WHERE name = {}")
+                .format(
+                    sql.Identifier(settings.executor.state_schema, "migrations"),
+                    sql.Literal(name),
+                )
+                .as_string(conn)
+            )
+            raise Refused(
+                f"onlineschema migration {name!r} was aborted (what it created"
+                " was removed; rows a backfill already updated stay updated)",
+                "to run the Django migration again from the start, delete the"
+                f" record ({delete}) once re-running its backfills is safe, then"
+                " `migrate`; or"
+                f" change the schema yourself and `manage.py migrate"
+                f" {self.app_label} {self.name} --fake`",
+            )
+        if existing["changes_hash"] != changes_hash(changes):
+            raise Refused(
+                f"onlineschema migration {name!r} was started"
+                f" ({existing['state']}) with other SQL than Django generates for"
+                " it now (the migration file changed, or Django read the catalog"
+                " the first run already changed)",
+                f"finish the stored plan with `onlineschema resume {name}` and"
+                f" record it with `manage.py migrate {self.app_label}"
+                f" {self.name} --fake`, or undo it with `onlineschema abort"
+                f" {name}` and run `migrate` again",
+            )
+        return False
 
 
 @dataclass
@@ -456,42 +501,11 @@ class OnlineSchemaEditorMixin:
         conn = self._connect()
         try:
             with Executor(conn, self._settings.executor) as ex:
-                existing = ex.store.get(name)
+                existing = ex.record(name)
                 if existing is not None:
                     self._changed = True  # by an earlier run of this migration
-                    if existing["state"] == "completed":
-                        # finished before a crash kept Django from recording it
-                        log.info("django_part_already_completed", migration=name)
+                    if self._run.finished_before(name, existing, changes, self._settings, conn):
                         return
-                    if existing["state"] == "aborted":
-                        delete = (
-                            sql.SQL("DELETE FROM {} WHERE name = {}")
-                            .format(
-                                sql.Identifier(self._settings.executor.state_schema, "migrations"),
-                                sql.Literal(name),
-                            )
-                            .as_string(conn)
-                        )
-                        raise Refused(
-                            f"onlineschema migration {name!r} was aborted (what it created"
-                            " was removed; rows a backfill already updated stay updated)",
-                            "to run the Django migration again from the start, delete the"
-                            f" record ({delete}) once re-running its backfills is safe, then"
-                            " `migrate`; or"
-                            f" change the schema yourself and `manage.py migrate"
-                            f" {self._run.app_label} {self._run.name} --fake`",
-                        )
-                    if existing["changes_hash"] != changes_hash(changes):
-                        raise Refused(
-                            f"onlineschema migration {name!r} was started"
-                            f" ({existing['state']}) with other SQL than Django generates for"
-                            " it now (the migration file changed, or Django read the catalog"
-                            " the first run already changed)",
-                            f"finish the stored plan with `onlineschema resume {name}` and"
-                            f" record it with `manage.py migrate {self._run.app_label}"
-                            f" {self._run.name} --fake`, or undo it with `onlineschema abort"
-                            f" {name}` and run `migrate` again",
-                        )
                 log.info(
                     "django_migration_part",
                     migration=name,
@@ -499,10 +513,14 @@ class OnlineSchemaEditorMixin:
                     statements=len(entries),
                     resuming=existing is not None,
                 )
-                result = ex.apply(changes, name, workers=self._settings.workers)
+                result = apply_through_contract(
+                    ex,
+                    changes,
+                    name,
+                    workers=self._settings.workers,
+                    contract=self._settings.contract == "immediately",
+                )
                 self._changed = True
-                if result.state == "awaiting_contract" and self._settings.contract == "immediately":
-                    result = ex.contract(name)
                 if result.state == "awaiting_contract":
                     log.warning(
                         "django_migration_awaiting_contract",
@@ -523,11 +541,11 @@ class OnlineSchemaEditorMixin:
         conn = self._connect()
         try:
             with Executor(conn, self._settings.executor) as ex:
-                for row in ex.store.all():
+                for row in ex.status():
                     if not other.owns(row["name"]):
                         continue
-                    if row["state"] in ("completed", "aborted"):
-                        ex.store.forget(row["name"])
+                    if MigrationState(row["state"]).finished:
+                        ex.forget(row["name"])
                     else:
                         log.warning(
                             "django_other_direction_unfinished",
@@ -594,12 +612,7 @@ class OnlineSchemaEditorMixin:
             for note in plan.notes:
                 out.append(f"-- note: {note}")
             out.append(
-                render_sql_script(
-                    plan.steps,
-                    lock_timeout=_ms(s.lock_timeout),
-                    statement_timeout=_ms(s.statement_timeout),
-                    index_lock_timeout=_ms(s.index_lock_timeout),
-                )
+                render_sql_script(plan.steps, s)
             )
             group = []
 
@@ -621,10 +634,6 @@ class OnlineSchemaEditorMixin:
         if wrapped:
             out.append("BEGIN;  -- for sqlmigrate's COMMIT")
         self.collected_sql = out
-
-
-def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
 
 
 class DatabaseSchemaEditor(OnlineSchemaEditorMixin, PostgresSchemaEditor):  # type: ignore[misc]

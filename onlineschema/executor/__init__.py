@@ -69,6 +69,7 @@ __all__ = [
     "Observer",
     "Result",
     "Settings",
+    "apply_through_contract",
     "changes_hash",
     "default_name",
     "parse_duration",
@@ -107,6 +108,24 @@ def changes_hash(changes: Sequence[Change]) -> str:
 def default_name(changes: Sequence[Change]) -> str:
     """The name a migration gets when none is given: from its changes' hash."""
     return f"migration_{changes_hash(changes)[:10]}"
+
+
+def apply_through_contract(
+    ex: Executor,
+    changes: Sequence[Change],
+    name: str,
+    *,
+    workers: int | None = None,
+    contract: bool = True,
+) -> Result:
+    """:meth:`Executor.apply`, then, when the migration stops awaiting its contract phase
+    and ``contract`` is true, :meth:`Executor.contract`: what a framework's migration
+    file asks for (Prisma's migration.sql, a Django migration with
+    ``contract="immediately"``): the whole change, breaking steps included."""
+    result = ex.apply(changes, name, workers=workers)
+    if contract and result.state == MigrationState.AWAITING_CONTRACT:
+        result = ex.contract(name)
+    return result
 
 
 class Executor:
@@ -440,6 +459,18 @@ class Executor:
     def record(self, name: str) -> dict[str, Any] | None:
         """The stored record of migration ``name`` (state, changes_hash, plan...), or None."""
         return self.store.get(name)
+
+    def forget(self, name: str) -> None:
+        """Delete the record of finished (completed or aborted) migration ``name``, once a
+        framework keeps its own record of it. On the executor's connection: inside a
+        transaction opened on ``ex.conn`` it commits with the framework's record."""
+        row = self.store.get(name)
+        if row is not None and not MigrationState(row["state"]).finished:
+            raise Refused(
+                f"migration {name!r} is {row['state']}: only a finished one can be forgotten",
+                f"finish it with `onlineschema resume {name}`, or `onlineschema abort {name}`",
+            )
+        self.store.forget(name)
 
     def mark_interrupted(self, name: str, reason: str = "interrupted (Ctrl-C)") -> None:
         """Record that nothing runs ``name`` any more (it stays resumable): a running

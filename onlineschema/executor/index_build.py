@@ -42,7 +42,7 @@ class IndexBuildStep:
     def run(self, rt: Runtime, step: Step) -> None:
         info = step.index_build
         assert info is not None, f"step {step.id} has no index to build"
-        timeouts = timeouts_for(step, rt.policy, index_build=True)
+        timeouts = timeouts_for(step, rt.policy)
         self._drop_leftovers(rt, step, info, timeouts)
 
         def attempt() -> None:
@@ -73,9 +73,7 @@ class IndexBuildStep:
         rt.store.step_state(rt.migration, step.id, "done")
 
     def render(self, step: Step, policy: Policy, ignores: Sequence[str]) -> list[str]:
-        return render_session(
-            step.statements, timeouts_for(step, policy, index_build=True), ignores
-        )
+        return render_session(step.statements, timeouts_for(step, policy), ignores)
 
     @staticmethod
     def _build(rt: Runtime, step: Step, timeouts: Timeouts) -> None:

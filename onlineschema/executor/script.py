@@ -7,30 +7,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..plan import Step
-from .session import Policy
+from .session import Policy, TimeoutSettings
+from .settings import Settings
 from .steps import STEP_HANDLERS
 
 __all__ = ["render_script", "render_sql_script"]
 
 
-def render_sql_script(
-    steps: Sequence[Step],
-    *,
-    lock_timeout: str,
-    statement_timeout: str,
-    index_lock_timeout: str | None = None,
-) -> str:
-    """The plan as a script a DBA can run with psql.
+def render_sql_script(steps: Sequence[Step], settings: TimeoutSettings | None = None) -> str:
+    """The plan as a script a DBA can run with psql, under the timeouts the executor
+    uses with ``settings`` (default: ``Settings()``).
 
     Each transactional step is its own ``BEGIN``/``COMMIT`` with ``SET LOCAL`` timeouts;
     ``CONCURRENTLY`` steps run outside a transaction with session timeouts set before and
     reset after (an index build under ``index_lock_timeout``, as the executor runs it:
-    its waits do not block the application; default: ``lock_timeout``). A batched
-    backfill cannot be a single statement: it is rendered as the command that runs it,
-    commented out so the script never silently skips it.
+    its waits do not block the application). A batched backfill cannot be a single
+    statement: it is rendered as the command that runs it, commented out so the script
+    never silently skips it.
     """
-    policy = Policy(lock_timeout, statement_timeout, index_lock_timeout or lock_timeout)
-    return render_script(steps, policy)
+    return render_script(steps, Policy.from_settings(settings or Settings()))
 
 
 def render_script(steps: Sequence[Step], policy: Policy) -> str:

@@ -24,7 +24,7 @@ from ..plan import Action, Step, StepKind
 from ..reconnect import is_disconnect
 from .index_build import IndexBuildStep
 from .runtime import Runtime, render_session, terminated
-from .session import Policy, Timeouts, local_settings, timeouts_for, undo_timeouts
+from .session import Policy, Timeouts, local_settings, timeouts_for
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
 
@@ -86,7 +86,12 @@ class AutocommitStep:
     reconcile_first: ClassVar[bool] = True
 
     def run(self, rt: Runtime, step: Step) -> None:
-        rt.autocommit(step, step.statements, timeouts_for(step, rt.policy))
+        rt.autocommit(
+            step,
+            step.statements,
+            timeouts_for(step, rt.policy),
+            waits_for_snapshots=step.waits_for_snapshots,
+        )
         rt.store.step_state(rt.migration, step.id, "done")
 
     def render(self, step: Step, policy: Policy, ignores: Sequence[str]) -> list[str]:
@@ -259,9 +264,10 @@ def _undo_ignores(statement: str) -> list[dict[str, str]]:
 
 def undo_steps(step: Step) -> list[tuple[Step, Action]]:
     """``step``'s undo actions as steps of their own, in order (``abort`` runs them, and
-    ``alembic downgrade --sql`` renders them): a brief action under the lock timeout, one
-    that scans or runs outside a transaction under SHARE UPDATE EXCLUSIVE without a
-    statement timeout."""
+    ``alembic downgrade --sql`` renders them, both under ``timeouts_for`` of the step): a
+    brief action under the lock timeout, one that scans or runs outside a transaction
+    under SHARE UPDATE EXCLUSIVE without a statement timeout, the latter under
+    ``index_lock_timeout``."""
     out: list[tuple[Step, Action]] = []
     for i, action in enumerate(step.undo):
         brief = action.transactional and not action.scans
@@ -275,7 +281,10 @@ def undo_steps(step: Step) -> list[tuple[Step, Action]]:
             lock="AccessExclusiveLock" if brief else "ShareUpdateExclusiveLock",
             tables=step.tables,
             statement_timeout=None if brief else 0,
-            details={"squawk_ignore": _undo_ignores(action.sql)},
+            details={
+                "squawk_ignore": _undo_ignores(action.sql),
+                **({} if action.transactional else {"index_lock_timeout": True}),
+            },
         )
         out.append((undo, action))
     return out
@@ -284,9 +293,9 @@ def undo_steps(step: Step) -> list[tuple[Step, Action]]:
 def run_undo(rt: Runtime, step: Step) -> None:
     """Run ``step``'s undo actions (abort), then record the step ``undone``."""
     for undo, action in undo_steps(step):
-        timeouts = undo_timeouts(action, rt.policy)
+        timeouts = timeouts_for(undo, rt.policy)
         # undoing an index build waits out old snapshots as the build did
-        snapshots = step.kind is StepKind.INDEX_BUILD
+        snapshots = step.waits_for_snapshots
         if timeouts.local:
 
             def attempt(sql_text: str = action.sql, t: Timeouts = timeouts) -> None:

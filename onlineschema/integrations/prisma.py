@@ -68,9 +68,16 @@ from psycopg.rows import dict_row
 from ..changes import Change
 from ..connection import open_dsn
 from ..errors import OnlineSchemaError, Refused, UnsupportedStatement
-from ..executor import Executor, Result, Settings, changes_hash
+from ..executor import (
+    Executor,
+    MigrationState,
+    Result,
+    Settings,
+    apply_through_contract,
+    changes_hash,
+)
 from ..pooler import is_pooled
-from ..state import StateStore
+from ..session import ms
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
@@ -464,11 +471,11 @@ def read_history(
             )
             rows = [MigrationRow(**r) for r in cur.fetchall()]
     history = History(schema, list(local), rows, exists)
-    store = StateStore(conn, state_schema)
-    if store.exists():
+    # through the executor: a state schema written by a newer release is refused
+    with Executor(conn, Settings(state_schema=state_schema)) as ex:
         for m in history.pending:
-            row = store.get(state_name(m.name))
-            if row is not None and row["state"] not in ("aborted",):
+            row = ex.record(state_name(m.name))
+            if row is not None and row["state"] != MigrationState.ABORTED:
                 history.unfinished[m.name] = (row["name"], row["state"])
     return history
 
@@ -618,11 +625,11 @@ def _apply_one(
 ) -> AppliedMigration:
     name = state_name(m.name)
     bound = log.bind(prisma_migration=m.name, migration=name)
-    row = ex.store.get(name)
-    if row is not None and row["state"] == "aborted":
+    row = ex.record(name)
+    if row is not None and row["state"] == MigrationState.ABORTED:
         # undone with `onlineschema abort`: deploying it again starts it afresh
         bound.info("prisma_restart_aborted")
-        ex.store.forget(name)
+        ex.forget(name)
         row = None
     if row is not None and row["changes_hash"] != changes_hash(changes):
         raise Refused(
@@ -639,11 +646,8 @@ def _apply_one(
         bound.info("prisma_migration_started", resumed=resumed)
 
         def work() -> Result:
-            res = ex.apply(changes, name, workers=workers)
-            if res.state == "awaiting_contract":
-                # migration.sql asks for the whole change now, contract phase included
-                res = ex.contract(name)
-            return res
+            # migration.sql asks for the whole change now, contract phase included
+            return apply_through_contract(ex, changes, name, workers=workers)
 
         try:
             result = run(ex, name, work)
@@ -654,7 +658,7 @@ def _apply_one(
                 f"Prisma migration {m.name}: onlineschema migration {name} is {result.state},"
                 " not completed; it was not recorded in _prisma_migrations"
             )
-        state_row = ex.store.get(name)
+        state_row = ex.record(name)
         if state_row is not None:
             started = state_row["created_at"]
     with ex.conn.transaction(), ex.conn.cursor() as cur:
@@ -680,7 +684,7 @@ def _apply_one(
             (str(uuid.uuid4()), m.checksum, m.name, started),
         )
         if changes:
-            ex.store.forget(name)
+            ex.forget(name)
     bound.info("prisma_migration_recorded", checksum=m.checksum)
     return AppliedMigration(m.name, name if changes else None, result, resumed, m.checksum)
 
@@ -752,7 +756,7 @@ def _migrate_lock(dsn: str, wait: float) -> Iterator[None]:
                 "give the direct connection to the database (Prisma's directUrl, not the"
                 " PgBouncer URL) in --dsn / DATABASE_URL",
             )
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait * 1000)}ms",))
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (ms(wait),))
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         except pgerr.LockNotAvailable:

@@ -151,6 +151,8 @@ class ReindexRecipe(Recipe[Reindex]):
                 tables=(t.qual,),
                 scans=True,
                 statement_timeout=0,
+                # REINDEX CONCURRENTLY waits for old snapshots as an index build does
+                details={"waits_for_snapshots": True},
             ),
             RANK_INDEX,
         )

@@ -11,6 +11,8 @@ from golden.cases import golden_ids
 from golden.compare import check
 from harness import Conn
 from helpers import index_must_exist, invalid_indexes, migration_state
+from scenario_tools import Blocker
+from structlog.testing import capture_logs
 
 from onlineschema import (
     Executor,
@@ -22,11 +24,14 @@ from onlineschema import (
     StepFailed,
     UnsupportedStatement,
 )
+from onlineschema.executor.script import render_script
 from onlineschema.sqlinput import parse_sql
 
-#: a short lock budget, so that a blocked rebuild gives up quickly
+#: a short lock budget, so that a blocked rebuild gives up quickly (the rebuild's own
+#: waits run under index_lock_timeout)
 SHORT = Settings(
     lock_timeout=0.2,
+    index_lock_timeout=0.2,
     retry=RetryPolicy(max_attempts=2, max_wait=2, backoff_initial=0.01, backoff_max=0.05),
 )
 
@@ -100,6 +105,43 @@ def test_the_leftover_of_a_manual_rebuild_is_dropped_first(dsn: str, orders: Con
         assert ex.apply([Reindex("orders_note_idx")], "reindex").state == "completed"
     assert invalid_indexes(orders, "orders") == []
     index_must_exist(orders, "orders_note_idx", valid=True)
+
+
+def test_a_rebuild_waits_out_an_old_snapshot_outside_the_lock_queue(
+    dsn: str, orders: Conn
+) -> None:
+    """REINDEX CONCURRENTLY waits, as CREATE INDEX CONCURRENTLY does, for every
+    transaction of the database that holds an old snapshot (here on another table). The
+    lock guard waits that session out before the rebuild starts (no attempt times out,
+    nothing is left half built), and the rebuild runs under index_lock_timeout, not the
+    application's short lock_timeout; the SQL script says the same."""
+    orders.execute("CREATE INDEX orders_note_idx ON orders (note); CREATE TABLE audit (x int)")
+    before = oid(orders, "orders_note_idx")
+    change = [Reindex("orders_note_idx")]
+    # one attempt: a rebuild that started behind the snapshot under a 200ms lock timeout
+    # would fail it
+    settings = Settings(
+        lock_timeout=0.2,
+        index_lock_timeout=7.0,
+        retry=RetryPolicy(max_attempts=1, max_wait=30, backoff_initial=0.01, backoff_max=0.05),
+    )
+    with Executor(dsn, settings) as ex:
+        script = render_script(ex.plan(change).steps, ex.policy)
+    lines = script.splitlines()
+    rebuild = next(i for i, line in enumerate(lines) if line.startswith("REINDEX"))
+    assert "SET lock_timeout = '7000ms';" in lines[:rebuild], script
+    with Blocker(dsn, "SELECT count(*) FROM audit", isolation="repeatable read") as blocker:
+        blocker.start(hold_for=2.5)
+        blocker.wait_until_older_than(0.5)  # older than the lock timeout: a long one
+        with capture_logs() as logs, Executor(dsn, settings) as ex:
+            assert ex.apply(change, "reindex").state == "completed"
+        assert blocker.released_at is not None  # it finished after the snapshot went
+    waits = [e for e in logs if e["event"] == "waiting_for_blockers"]
+    assert waits and any(b.get("pid") == blocker.pid for b in waits[0]["blockers"]), logs
+    assert [e for e in logs if e["event"] == "lock_retry"] == []
+    assert oid(orders, "orders_note_idx") != before
+    index_must_exist(orders, "orders_note_idx", valid=True)
+    assert invalid_indexes(orders, "orders") == []
 
 
 def test_refused_before_any_ddl(dsn: str, orders: Conn) -> None:

@@ -344,13 +344,16 @@ def check_environment(ctx: MigrationContext) -> None:
                 " context.configure(connection=connection, ...)",
             )
         )
+    refuse_all(problems, "the Alembic environment is not safe for online migrations")
+
+
+def refuse_all(problems: list[Refused], headline: str) -> None:
+    """Refuse with every problem found (one as it is, several listed under
+    ``headline``), so that one run shows all there is to fix in env.py."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        raise Refused(
-            "the Alembic environment is not safe for online migrations:\n"
-            + "\n".join(f"- {p}" for p in problems)
-        )
+        raise Refused(f"{headline}:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Settings) -> Result:
@@ -529,10 +532,6 @@ def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:
     return out, notes
 
 
-def _duration(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
-
-
 def render_offline(
     name: str,
     changes: Sequence[Change],
@@ -608,10 +607,5 @@ def render_offline(
         head.append(f"-- note: {note}")
     if not rendered:
         head.append("-- (no steps)")
-    body = render_sql_script(
-        rendered,
-        lock_timeout=_duration(settings.lock_timeout),
-        statement_timeout=_duration(settings.statement_timeout),
-        index_lock_timeout=_duration(settings.index_lock_timeout),
-    )
+    body = render_sql_script(rendered, settings)
     return "\n".join(head) + "\n" + body

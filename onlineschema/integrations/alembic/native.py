@@ -60,7 +60,7 @@ from ...changes import Change
 from ...errors import Refused
 from ...executor import Result, Settings
 from ...sqlinput import SUPPORTED_TEXT, parse_sql
-from . import OnlineMigrateOp, _online_migrate, check_environment
+from . import OnlineMigrateOp, _online_migrate, check_environment, refuse_all
 
 __all__ = ["NATIVE_OPERATIONS", "configure", "migration_name"]
 
@@ -193,7 +193,7 @@ def configure(
                 "pass settings=onlineschema.Settings(...)",
             )
         )
-    _raise(problems)
+    refuse_all(problems, "env.py's configure() call is not safe for online migrations")
     kw["transaction_per_migration"] = True
     if settings is not None:
         kw["onlineschema_settings"] = settings
@@ -216,16 +216,6 @@ def configure(
         ctx._migrations_fn = _wrap_steps(ctx, migrations_fn)
     log.debug("alembic_configured", offline=ctx.as_sql, allow_raw=allow_raw)
     return ctx
-
-
-def _raise(problems: list[Refused]) -> None:
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise Refused(
-            "env.py's configure() call is not safe for online migrations:\n"
-            + "\n".join(f"- {p}" for p in problems)
-        )
 
 
 def _wrap_steps(
