@@ -248,6 +248,10 @@ def test_upgrade_head_runs_every_revision_online(
     for name in ("orders_status", "orders_user_fk", "orders_n_plus_one", "orders_note"):
         assert f"migration={name}" in out.stdout
     assert "migration_awaiting_contract" in out.stdout  # 0004 stopped before the contract
+    # online, not only the end state: the index was built concurrently and the foreign key
+    # and check were added NOT VALID and validated apart (a naive run logs none of these)
+    for action in ("create_index", "add_foreign_key_not_valid", "validate_constraint"):
+        assert f"action={action}" in out.stdout, f"no {action} step in the log"
 
 
 def test_long_transaction_upgrade_waits_and_writer_is_not_blocked(
