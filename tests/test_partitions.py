@@ -923,7 +923,7 @@ def test_invalid_partitioned_index_left_by_an_earlier_run_is_refused_with_the_fi
     events.execute("CREATE INDEX events_payload_idx ON ONLY events (payload)")
     before = vacuumed_snapshots(events, LEAVES)
     with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
-        ex.apply([AddIndex("events", columns=("payload",))], "again")
+        ex.apply([AddIndex("events", columns=("payload",), name="events_payload_idx")], "again")
     text = str(err.value)
     assert "invalid partitioned index left by an earlier run" in text, text
     assert 'DROP INDEX "public"."events_payload_idx"' in text

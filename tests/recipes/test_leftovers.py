@@ -33,7 +33,7 @@ def test_invalid_index_with_the_same_definition_is_repaired(
     changes = (
         parse_sql("CREATE UNIQUE INDEX orders_note_key ON orders (note);")
         if how == "sql"
-        else [AddIndex("orders", columns=("note",), unique=True)]
+        else [AddIndex("orders", columns=("note",), unique=True, name="orders_note_key")]
     )
     with Executor(dsn) as ex:
         plan = ex.plan(changes)
@@ -52,7 +52,9 @@ def test_invalid_index_with_another_definition_is_refused_before_ddl(
     )
     before = vacuumed_snapshots(orders, ["orders"])
     with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
-        ex.apply([AddIndex("orders", columns=("note",), unique=True)], "other")
+        ex.apply(
+            [AddIndex("orders", columns=("note",), unique=True, name="orders_note_key")], "other"
+        )
     text = str(err.value)
     assert "is INVALID" in text and "defined differently" in text, text
     assert "(note, amount)" in text
@@ -61,7 +63,10 @@ def test_invalid_index_with_another_definition_is_refused_before_ddl(
     # a valid index of the name is still "already exists"
     orders.execute("DROP INDEX orders_note_key; CREATE INDEX orders_note_key ON orders (note)")
     with Executor(dsn) as ex, pytest.raises(PreflightError) as err:
-        ex.apply([AddIndex("orders", columns=("note",), unique=True)], "valid_one")
+        ex.apply(
+            [AddIndex("orders", columns=("note",), unique=True, name="orders_note_key")],
+            "valid_one",
+        )
     assert "already exists" in str(err.value)
 
 
@@ -91,7 +96,7 @@ def test_not_valid_foreign_key_left_behind_is_validated(dsn: str, orders: Conn) 
         "ALTER TABLE orders ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id)"
         " REFERENCES users (id) NOT VALID"
     )
-    change = AddForeignKey("orders", ("user_id",), "users")
+    change = AddForeignKey("orders", ("user_id",), "users", name="orders_user_id_fkey")
     with Executor(dsn) as ex:
         assert [s.action for s in ex.plan([change]).steps] == ["validate_constraint"]
         assert ex.apply([change], "fk").state == "completed"
