@@ -364,6 +364,26 @@ class Executor:
         """The stored record of migration ``name`` (state, changes_hash, plan...), or None."""
         return self.store.get(name)
 
+    def require(self, name: str) -> dict[str, Any]:
+        """The stored record of migration ``name``; UnknownMigration (Refused) if none."""
+        return self.store.require(name)
+
+    def stored_plan(self, name: str) -> Plan:
+        """The plan migration ``name`` runs, as stored when it started."""
+        return Plan.from_dict(self.store.require(name)["plan"])
+
+    def step_states(self, name: str) -> dict[str, dict[str, Any]]:
+        """Each step's stored state of migration ``name``, by step id."""
+        return self.store.steps(name)
+
+    def backfill_overrides(self, name: str) -> dict[str, Any]:
+        """The backfill settings changed with :meth:`set` for migration ``name``."""
+        return (self.store.control(name) or {}).get("settings") or {}
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        """The database session running migration ``name`` (its advisory lock), if any."""
+        return self.store.lock_holder(name)
+
     def forget(self, name: str) -> None:
         """Delete the record of finished (completed or aborted) migration ``name``, once a
         framework keeps its own record of it. On the executor's connection: inside a
