@@ -9,7 +9,10 @@ transaction and is reconciled by its postcondition (an index counts as built onl
 The package: ``lifecycle`` (migration states and what each command does in them),
 ``steps`` (one handler per step kind: run and render), ``index_build`` (the concurrent
 index build), ``session`` (the one place timeouts are decided), ``script`` (the plan as a
-psql script), ``status`` (the status view), ``settings`` (Settings, parse_duration).
+psql script), ``status`` (the status view), ``settings`` (Settings, parse_duration),
+``run`` (the step loop, abort's undo, joining a backfill; Result), ``locking`` (the
+advisory lock or pooler lease of a migration), ``preflight`` (the checked plan, ``set``'s
+checks).
 """
 
 from __future__ import annotations
