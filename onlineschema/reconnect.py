@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -31,7 +31,9 @@ from tenacity import (
 
 from .errors import ConnectionFailed, ConnectionLost
 
-__all__ = ["conninfo_of", "describe", "is_disconnect", "reconnect"]
+__all__ = ["carry_on", "conninfo_of", "describe", "is_disconnect", "reconnect"]
+
+T = TypeVar("T")
 
 log = structlog.stdlib.get_logger("onlineschema.reconnect")
 
@@ -151,3 +153,27 @@ def reconnect(
         ) from exc
     log.info("reconnected", seconds=round(time.monotonic() - t0, 2), after=cause)
     return conn
+
+
+def carry_on(
+    first: Callable[[], T],
+    again: Callable[[], T],
+    *,
+    conninfo: str,
+    budget: float,
+    adopt: Callable[[psycopg.Connection[Any]], None],
+) -> T:
+    """Run ``first``; when the connection is lost (a network blip, a server restart, the
+    session terminated), connect again within ``budget`` seconds, hand the new connection
+    to ``adopt`` and run ``again``, which carries on from the state in the database.
+    Past the budget: ConnectionLost (exit 3, resumable)."""
+    work = first
+    while True:
+        try:
+            return work()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            conn = reconnect(conninfo, budget=budget, lost=exc)
+        adopt(conn)
+        work = again

@@ -301,9 +301,8 @@ class Verifier:
 
 def verify(ex: Executor, name: str, *, require_backfilled: bool = True) -> Report:
     """Check every column copy of migration ``name`` (see the module doc)."""
-    row = ex.store.require(name)
-    plan = Plan.from_dict(row["plan"])
-    states = ex.store.steps(name)
+    plan = ex.stored_plan(name)
+    states = ex.step_states(name)
     found = copies_of(plan)
     if _swapped(plan, states):
         log.info("verify_skipped", migration=name, reason="the columns are already swapped")
@@ -317,7 +316,7 @@ def verify(ex: Executor, name: str, *, require_backfilled: bool = True) -> Repor
                     f" {c.qual}.{c.new} is not filled yet",
                     f"finish it first: `onlineschema resume {name}`",
                 )
-    overrides = (ex.store.control(name) or {}).get("settings") or {}
+    overrides = ex.backfill_overrides(name)
     try:
         settings = ex.settings.backfill.with_overrides(overrides)
     except ValueError:
@@ -366,8 +365,7 @@ def verify_before_contract(ex: Executor, name: str) -> None:
     ``Settings(verify_before_contract=False)``); raises Refused on a mismatch."""
     if not getattr(ex.settings, "verify_before_contract", True):
         return
-    row = ex.store.require(name)
-    if not copies_of(Plan.from_dict(row["plan"])):
+    if not copies_of(ex.stored_plan(name)):
         return
     report = verify(ex, name)
     if not report.ok:

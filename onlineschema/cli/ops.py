@@ -168,7 +168,7 @@ def run_watch(opts: Any, dsn: str | None, name: str, interval: float) -> int:
     from .common import open_executor
 
     with open_executor(dsn, opts.settings()) as ex:
-        ex.store.require(name)
+        ex.require(name)
         data = watch(ex, name, interval=interval, console=Console())
     click.echo(f"migration {name}: {data['state']}")
     return 0

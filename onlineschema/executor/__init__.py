@@ -9,7 +9,10 @@ transaction and is reconciled by its postcondition (an index counts as built onl
 The package: ``lifecycle`` (migration states and what each command does in them),
 ``steps`` (one handler per step kind: run and render), ``index_build`` (the concurrent
 index build), ``session`` (the one place timeouts are decided), ``script`` (the plan as a
-psql script), ``status`` (the status view), ``settings`` (Settings, parse_duration).
+psql script), ``status`` (the status view), ``settings`` (Settings, parse_duration),
+``run`` (the step loop, abort's undo, joining a backfill; Result), ``locking`` (the
+advisory lock or pooler lease of a migration), ``preflight`` (the checked plan, ``set``'s
+checks).
 """
 
 from __future__ import annotations
@@ -18,50 +21,31 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import structlog
 
-from ..backfill import BackfillSettings, NotJoinable
-from ..catalog import read_catalog
 from ..changes import Backfill, Change, changes_to_json
 from ..connection import APPLICATION_NAME, ConnectLike, connection
-from ..errors import (
-    AlreadyRunning,
-    LockBudgetExhausted,
-    OnlineSchemaError,
-    Paused,
-    Refused,
-)
-from ..lease import Lease, new_owner
+from ..errors import AlreadyRunning, Refused
 from ..observe import run_observed
-from ..plan import Plan, Step, StepKind
-from ..planner import PlanResult, build_plan, catalog_request
-from ..pooler import Pooler, detect, is_pooled
-from ..reconnect import conninfo_of, is_disconnect, reconnect
+from ..plan import Plan, Step
+from ..planner import PlanResult
+from ..pooler import Pooler, detect
+from ..reconnect import carry_on, conninfo_of
 from ..state import StateStore
 from ..verify import verify_before_contract
-from .lifecycle import (
-    Command,
-    MigrationState,
-    Outcome,
-    contract_steps_blocking_abort,
-    decide,
-    finishes_contract,
-    hold_contract,
-    kept_backfills,
-    lock_migration,
-    undo_preview,
-    waits_for_contract,
-)
+from .lifecycle import Command, MigrationState, Outcome, decide, hold_contract, undo_preview
 from .lifecycle import MigrationState as S
+from .locking import MigrationLock
+from .preflight import check_backfill_settings, plan_checked
+from .run import Result, abort_steps, join_backfill, joinable_backfill, run_steps
 from .runtime import Observer, Runtime
-from .session import Policy, run_probes
+from .session import Policy
 from .settings import Settings, parse_duration
 from .status import status_view
-from .steps import backfill_runner, run_step, run_undo
+from .steps import backfill_runner
 
 __all__ = [
     "Executor",
@@ -76,29 +60,6 @@ __all__ = [
 ]
 
 log = structlog.stdlib.get_logger("onlineschema.executor")
-
-
-@dataclass
-class Result:
-    name: str
-    state: str
-    steps_run: int
-    steps_skipped: int
-    seconds: float
-    plan: Plan
-
-    def __post_init__(self) -> None:
-        self.state = str(self.state)  # a MigrationState's value
-
-
-def _leased(name: str, held: tuple[str, float], ttl: float) -> AlreadyRunning:
-    owner, left = held
-    return AlreadyRunning(
-        f"migration {name!r} is being run by another process (it holds the migration's"
-        f" lease: {owner}, renewed every {ttl / 3:g}s, {max(left, 0):.0f}s left)",
-        "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`."
-        f" If that process died, its lease expires by itself within {ttl:g}s",
-    )
 
 
 def changes_hash(changes: Sequence[Change]) -> str:
@@ -158,9 +119,8 @@ class Executor:
         self._conninfo = conninfo_of(self.conn, APPLICATION_NAME)
         #: the connection made after one was lost (ours to close)
         self._own: psycopg.Connection[Any] | None = None
-        #: through a transaction pooler: the lease this executor holds, and its name
-        self._lease: Lease | None = None
-        self._lease_owner = new_owner()
+        #: the advisory lock or (through a transaction pooler) lease of a migration
+        self._locks = MigrationLock(self.settings, self._conninfo)
         self.store = StateStore(self.conn, self.settings.state_schema)
         try:
             self.store.check_version()  # an older release never touches a newer schema
@@ -186,26 +146,19 @@ class Executor:
             self._cm.__exit__(None, None, None)
 
     def _reconnecting(self, first: Callable[[], Result], again: Callable[[], Result]) -> Result:
-        """Run ``first``; when the connection is lost (a network blip, a server restart,
-        the session terminated), connect again within ``settings.reconnect_budget``
-        and run ``again``, which carries on from the state in the database: every step
-        records itself done in its own transaction, a backfill's cursor moves with its
-        batches, and a concurrent build is reconciled by ``indisvalid``. Past the
-        budget: ConnectionLost (exit 3, resumable)."""
-        work = first
-        while True:
-            try:
-                return work()
-            except Exception as exc:
-                if not is_disconnect(exc):
-                    raise
-                conn = reconnect(self._conninfo, budget=self.settings.reconnect_budget, lost=exc)
-            if self._own is not None:
-                with contextlib.suppress(psycopg.Error):
-                    self._own.close()
-            self._own = self.conn = conn
-            self.store = StateStore(conn, self.settings.state_schema)
-            work = again
+        """Run ``first``; when the connection is lost, connect again within
+        ``settings.reconnect_budget`` and run ``again``, which carries on from the state
+        in the database (reconnect.carry_on). Past the budget: ConnectionLost (exit 3)."""
+        budget = self.settings.reconnect_budget
+        return carry_on(first, again, conninfo=self._conninfo, budget=budget, adopt=self._adopt)
+
+    def _adopt(self, conn: psycopg.Connection[Any]) -> None:
+        """Work on ``conn`` from now on (made after the connection was lost)."""
+        if self._own is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._own.close()
+        self._own = self.conn = conn
+        self.store = StateStore(conn, self.settings.state_schema)
 
     def __enter__(self) -> Executor:
         return self
@@ -220,15 +173,7 @@ class Executor:
         return self._plan(changes).plan
 
     def _plan(self, changes: Sequence[Change]) -> PlanResult:
-        catalog = read_catalog(self.conn, **catalog_request(changes))
-        if catalog.major < 15:
-            raise Refused(
-                f"PostgreSQL {catalog.major} is not supported",
-                "onlineschema supports PostgreSQL 15 and newer",
-            )
-        result = build_plan(catalog, changes)
-        run_probes(self.conn, self.policy, result.probes)
-        return result
+        return plan_checked(self.conn, self.policy, changes)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -397,16 +342,7 @@ class Executor:
     def set(self, name: str, settings: dict[str, Any]) -> None:
         """Change backfill settings of a running migration (picked up within seconds)."""
         self.store.require(name)
-        bad = sorted(set(settings) - set(BackfillSettings.__dataclass_fields__))
-        if bad:
-            raise Refused(
-                f"unknown setting(s): {', '.join(bad)}",
-                "known: " + ", ".join(sorted(BackfillSettings.__dataclass_fields__)),
-            )
-        try:
-            BackfillSettings().with_overrides(settings)
-        except ValueError as exc:
-            raise Refused(f"bad setting value: {exc}") from None
+        check_backfill_settings(settings)
         self.store.update_settings(name, settings)
 
     def abort(self, name: str) -> Result:
@@ -416,37 +352,8 @@ class Executor:
     def _abort(self, name: str) -> Result:
         self.store.require(name)
         self._lock(name)
-        t0 = time.monotonic()
         try:
-            row = self.store.require(name)
-            if decide(Command.ABORT, row["state"]) is not Outcome.RUN:
-                raise Refused(
-                    f"migration {name!r} is already {row['state']}; abort undoes only an"
-                    " unfinished migration",
-                    "write a new migration that reverses it",
-                )
-            plan = Plan.from_dict(row["plan"])
-            states = self.store.steps(name)
-            contract_done = contract_steps_blocking_abort(plan, states)
-            if contract_done:
-                raise Refused(
-                    f"migration {name!r} has already run contract steps ({', '.join(contract_done)})"
-                    " that cannot be undone",
-                    f"finish it with `onlineschema resume {name}` instead",
-                )
-            self.store.set_state(name, S.ABORTING)
-            for step in kept_backfills(plan, states):
-                log.warning("abort_keeps_backfilled_rows", migration=name, step=step.id)
-            todo = undo_preview(plan, states)
-            for step in todo:
-                log.info("step_undo", migration=name, step=step.id)
-                run_undo(self._runtime(name), step)
-            self.store.set_state(name, S.ABORTED)
-            log.info("migration_aborted", migration=name, steps_undone=len(todo))
-            return Result(name, S.ABORTED, len(todo), 0, time.monotonic() - t0, plan)
-        except LockBudgetExhausted as exc:
-            self.store.set_state(name, S.FAILED, str(exc))
-            raise
+            return abort_steps(self._runtime(name))
         finally:
             self._unlock(name)
 
@@ -459,6 +366,26 @@ class Executor:
     def record(self, name: str) -> dict[str, Any] | None:
         """The stored record of migration ``name`` (state, changes_hash, plan...), or None."""
         return self.store.get(name)
+
+    def require(self, name: str) -> dict[str, Any]:
+        """The stored record of migration ``name``; UnknownMigration (Refused) if none."""
+        return self.store.require(name)
+
+    def stored_plan(self, name: str) -> Plan:
+        """The plan migration ``name`` runs, as stored when it started."""
+        return Plan.from_dict(self.store.require(name)["plan"])
+
+    def step_states(self, name: str) -> dict[str, dict[str, Any]]:
+        """Each step's stored state of migration ``name``, by step id."""
+        return self.store.steps(name)
+
+    def backfill_overrides(self, name: str) -> dict[str, Any]:
+        """The backfill settings changed with :meth:`set` for migration ``name``."""
+        return (self.store.control(name) or {}).get("settings") or {}
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        """The database session running migration ``name`` (its advisory lock), if any."""
+        return self.store.lock_holder(name)
 
     def forget(self, name: str) -> None:
         """Delete the record of finished (completed or aborted) migration ``name``, once a
@@ -497,135 +424,27 @@ class Executor:
         )
 
     def _lock(self, name: str) -> None:
-        """Hold migration ``name`` (one executor per migration): the session advisory
-        lock on a direct connection, a lease row through a transaction pooler; each
-        checks the other."""
-        lease = Lease(
-            self.settings.state_schema,
-            name,
-            ttl=self.settings.lease_ttl,
-            conninfo=self._conninfo,
-            owner=self._lease_owner,
-        )
-        if not is_pooled(self.conn):
-            lock_migration(self.store, name)
-            held = lease.holder(self.conn)
-            if held is not None and held[0] != self._lease_owner:
-                self.store.unlock(name)
-                raise _leased(name, held, lease.ttl)
-            return
-        self.store.ensure()
-        if not lease.take(self.conn):
-            held = lease.holder(self.conn)
-            raise _leased(name, held or ("?", lease.ttl), lease.ttl)
-        holder = self.store.lock_holder(name)
-        if holder is not None:
-            lease.give_up(self.conn)
-            raise AlreadyRunning(
-                f"migration {name!r} is being run by another process (database session pid"
-                f" {holder['pid']}, application {holder.get('application_name') or '?'})",
-                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
-            )
-        lease.start()
-        self._lease = lease
+        """Hold migration ``name`` (one executor per migration): executor/locking.py."""
+        self._locks.take(self.conn, self.store, name)
 
     def _unlock(self, name: str) -> None:
-        if self._lease is not None and self._lease.name == name:
-            self._lease.give_up(self.conn)
-            self._lease = None
-            return
-        self.store.unlock(name)
+        self._locks.give_up(self.conn, self.store, name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
         return run_observed(self, name, plan, work)  # hooks, metrics, observer
 
     def _run_steps(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
-        t0 = time.monotonic()
-        run = skipped = 0
-        states = self.store.steps(name)
-        total = len(plan.steps)
-        # once `contract` has started a breaking step, a resume (after a crash or a
-        # lock-budget pause) finishes the contract phase instead of stopping in it
-        contract = contract or finishes_contract(plan, states)
-        try:
-            for i, step in enumerate(plan.steps):
-                if states[step.id]["state"] == "done":
-                    continue
-                if waits_for_contract(step, contract):
-                    self.store.set_state(name, S.AWAITING_CONTRACT)
-                    log.info("migration_awaiting_contract", migration=name)
-                    return Result(
-                        name, S.AWAITING_CONTRACT, run, skipped, time.monotonic() - t0, plan
-                    )
-                if self.store.control(name).get("paused"):
-                    raise Paused(
-                        f"migration {name} was paused; `onlineschema resume {name}` continues it"
-                    )
-                if self._lease is not None and self._lease.lost.is_set():
-                    raise AlreadyRunning(
-                        f"migration {name!r}: this process lost its lease (not renewed in"
-                        f" {self._lease.ttl:g}s) and another may have taken it over",
-                        "see `onlineschema status`",
-                    )
-                if self.observer:
-                    self.observer.step_started(step, i, total)
-                did = run_step(self._runtime(name), step)
-                run += did
-                skipped += not did
-                if self.observer:
-                    self.observer.step_finished(step, i, total, not did)
-            # a pause asked for while the last step ran still stops here: the migration
-            # stays resumable (and abortable) instead of silently completing
-            if self.store.control(name).get("paused"):
-                raise Paused(
-                    f"migration {name} was paused; `onlineschema resume {name}` continues it"
-                )
-        except (LockBudgetExhausted, Paused) as exc:
-            self.store.set_state(name, S.PAUSED, str(exc))
-            log.warning("migration_paused", migration=name, reason=str(exc))
-            raise
-        except (OnlineSchemaError, psycopg.Error) as exc:
-            if not is_disconnect(exc):  # a lost connection is carried on, not failed
-                self.store.set_state(name, S.FAILED, str(exc))
-            raise
-        self.store.set_state(name, S.COMPLETED)
-        secs = time.monotonic() - t0
-        log.info(
-            "migration_completed",
-            migration=name,
-            steps_run=run,
-            steps_skipped=skipped,
-            seconds=round(secs, 3),
-        )
-        return Result(name, S.COMPLETED, run, skipped, secs, plan)
+        rt = self._runtime(name)
+        return run_steps(rt, plan, contract=contract, lease=self._locks.lease)
 
     def _join(self, name: str, workers: int) -> Result:
         """Work on the chunks of the backfill another process is running for ``name``."""
         t0 = time.monotonic()
-        row = self.store.require(name)
-        plan = Plan.from_dict(row["plan"])
-        states = self.store.steps(name)
-        current = next((s for s in plan.steps if states[s.id]["state"] != "done"), None)
-        if (
-            current is None
-            or current.kind is not StepKind.BACKFILL
-            or states[current.id]["state"] != "running"
-        ):
-            raise AlreadyRunning(
-                f"migration {name!r} is being run by another process and is not in a backfill"
-                " that workers could join",
-                "wait for it to finish, or `onlineschema pause` it; see `onlineschema status`",
-            )
-        runner = backfill_runner(self._runtime(name, workers=workers), current, join=True)
+        found = joinable_backfill(self.store, name)
+        runner = backfill_runner(self._runtime(name, workers=workers), found.step, join=True)
         self.joining = True
-        try:
-            runner.run()
-        except NotJoinable as exc:
-            raise AlreadyRunning(str(exc), "try again in a moment") from None
-        state = (self.store.get(name) or row)["state"]
-        log.info("backfill_join_done", migration=name, step=current.id)
-        return Result(name, state, 0, 0, time.monotonic() - t0, plan)
+        return join_backfill(runner, self.store, name, found, t0)
 
     def backfill(
         self,

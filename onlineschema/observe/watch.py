@@ -23,7 +23,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..locks import find_blockers
-from ..plan import Plan
 
 if TYPE_CHECKING:
     from ..executor import Executor
@@ -42,7 +41,7 @@ WHERE a.pid = ANY(pg_blocking_pids(%s))
 def snapshot(ex: Executor, name: str) -> dict[str, Any]:
     """What the view shows, read now: the status data, the running process, blockers."""
     data = ex.status(name)[0]
-    holder = ex.store.lock_holder(name)
+    holder = ex.lock_holder(name)
     data["holder"] = holder
     blockers: list[dict[str, Any]] = []
     running = next((s for s in data["steps"] if s["state"] == "running"), None)
@@ -52,7 +51,7 @@ def snapshot(ex: Executor, name: str) -> dict[str, Any]:
                 cur.execute(_BLOCKING_SQL, (holder["pid"],))
                 blockers = cur.fetchall()
             if running is not None:
-                plan = Plan.from_dict(ex.store.require(name)["plan"])
+                plan = ex.stored_plan(name)
                 step = next((s for s in plan.steps if s.id == running["id"]), None)
                 if step is not None and step.tables and step.lock:
                     seen = {b["pid"] for b in blockers}
