@@ -102,10 +102,12 @@ MUTATIONS: list[Mutation] = [
         id="state_schema_before_preflight",
         path="onlineschema/executor/__init__.py",
         old="""        result = self._plan(changes)  # refuses bad input before any write
+        plan = hold_contract(result.plan) if stop_before_contract else result.plan
         self.store.ensure()
 """,
         new="""        self.store.ensure()  # MUTATION: the state schema is created before the preflight
         result = self._plan(changes)
+        plan = hold_contract(result.plan) if stop_before_contract else result.plan
 """,
         breaks="apply creates the state schema and its tables (DDL) before the preflight"
         " refuses bad input: a refused request changes the database",
@@ -142,10 +144,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="lock_timeout_ignored",
-        path="onlineschema/executor/__init__.py",
-        old="""        return f"{int(self.settings.lock_timeout * 1000)}ms", f"{int(stmt * 1000)}ms"
+        path="onlineschema/session.py",
+        old="""            lock_timeout=ms(settings.lock_timeout),
 """,
-        new="""        return "500ms", f"{int(stmt * 1000)}ms"  # MUTATION: the default, not the setting
+        new="""            lock_timeout="500ms",  # MUTATION: the default, not the setting
 """,
         breaks="DDL steps run under the default lock_timeout (500ms) whatever"
         " Settings.lock_timeout says: the application queues behind them for longer",
@@ -210,17 +212,11 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="index_build_not_concurrent",
-        path="onlineschema/executor/__init__.py",
-        old="""                (idx_lock,),
-            )
-            try:
-                for stmt in step.statements:
-                    cur.execute(stmt.encode())""",
-        new="""                (idx_lock,),
-            )
-            try:
-                for stmt in step.statements:  # MUTATION: not what the script shows
-                    cur.execute(stmt.replace("CONCURRENTLY ", "").encode())""",
+        path="onlineschema/executor/index_build.py",
+        old="""            for stmt in step.statements:
+                cur.execute(stmt.encode())""",
+        new="""            for stmt in step.statements:  # MUTATION: not what the script shows
+                cur.execute(stmt.replace("CONCURRENTLY ", "").encode())""",
         breaks="the executor builds indexes without CONCURRENTLY (blocking writes) while"
         " the rendered script that squawk lints still says CONCURRENTLY",
         tests=(
