@@ -36,6 +36,7 @@ from ..state import BackfillStore, StateStore
 from ..throttle import LOCK_WAITERS_SQL, Throttle
 from .chunks import Chunk, Claims, clone_connection, cut, density
 from .coordinator import Coordinator, Observer, Stop, Stopped
+from .pace import Pace
 from .settings import BackfillSettings
 
 log = structlog.stdlib.get_logger("onlineschema.backfill")
@@ -49,12 +50,14 @@ def backfill_timeouts(
     lock_timeout: str | None = None,
     statement_timeout: str | None = None,
     seqscan: bool = True,
+    synchronous_commit: bool = True,
 ) -> sql.Composed:
     """The ONE place a backfill sets its timeouts: the ``SELECT set_config(..., true)``
     its transactions start with (a batch, a chunk claim, the cut at start), local to the
     transaction. Values are PostgreSQL durations (``'500ms'``, ``'2s'``, ``'0'`` for
     none); ``seqscan=False`` also turns sequential scans off, so that a batch reads its
-    slice through the key's index."""
+    slice through the key's index; ``synchronous_commit=False`` lets the commit return
+    (and the locks go) before the WAL is flushed (see BackfillSettings)."""
     values: dict[str, str] = {}
     if lock_timeout is not None:
         values["lock_timeout"] = lock_timeout
@@ -62,6 +65,8 @@ def backfill_timeouts(
         values["statement_timeout"] = statement_timeout
     if not seqscan:
         values["enable_seqscan"] = "off"
+    if not synchronous_commit:
+        values["synchronous_commit"] = "off"
     return batches.set_locals(values)
 
 
@@ -135,6 +140,8 @@ class _Worker:
     claims: Claims
     size: int
     inline: bool
+    target: float = 0.0  #: this worker's batch time target now (see pace.py)
+    waiters: int = 0  #: sessions that waited on its last batch
 
 
 class Batcher:
@@ -176,6 +183,7 @@ class Batcher:
             lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
             statement_timeout=f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
             seqscan=False,
+            synchronous_commit=self.settings.synchronous_commit,
         )
 
     def statement(self, chunk: Chunk, size: int, conn: psycopg.Connection[Any]) -> Batch | None:
@@ -200,6 +208,7 @@ class Batcher:
         chunk turned out finished. Returns (rows, seconds, chunk finished)."""
         t0 = time.monotonic()
         waiters = (0, 0.0)
+        w.waiters = 0
         with w.conn.transaction(), w.conn.cursor() as cur:
             cur.execute(self.locals())
             row = self.records.lock_chunk(cur, chunk.chunk)
@@ -213,11 +222,12 @@ class Batcher:
                 return 0, time.monotonic() - t0, True
             cur.execute(batch.statement)
             n = max(cur.rowcount, 0)
-            if self.settings.max_blocked_wait > 0:
-                cur.execute(LOCK_WAITERS_SQL)
-                wrow = cur.fetchone()
-                if wrow is not None:
-                    waiters = (int(wrow[0]), float(wrow[1]))
+            # who waits on this batch's locks (the backfill's own sessions aside): the
+            # pace shrinks for them, the throttle pauses for long waits
+            cur.execute(LOCK_WAITERS_SQL, (self.coordinator.our_pids(),))
+            wrow = cur.fetchone()
+            if wrow is not None:
+                waiters = (int(wrow[0]), float(wrow[1]))
             elapsed = time.monotonic() - t0
             self.records.advance_chunk(
                 cur,
@@ -231,6 +241,7 @@ class Batcher:
         chunk.cursor, chunk.done = batch.cursor, batch.last
         chunk.rows_done += n
         chunk.scanned += batch.scanned
+        w.waiters = waiters[0]
         if waiters[0]:
             self.throttle.feed_lock_wait(waiters[0], waiters[1], self.settings)
             if waiters[1] > self.settings.max_blocked_wait:
@@ -339,6 +350,8 @@ class BackfillRunner:
             log=self.log,
         )
         self._working = 0  # workers of this process inside _work
+        #: sizes and rests (see pace.py); strain comes from the throttle's signals
+        self.pace = Pace(strained=lambda: self.throttle.strained)
 
     @classmethod
     def for_step(
@@ -510,11 +523,15 @@ class BackfillRunner:
                 return
             n, elapsed, last = result
             self.coordinator.add_rows(n)
-            s = self.settings
-            ratio = s.batch_target / max(elapsed, 1e-3)
-            if last:  # the chunk's tail is cut short: it says nothing about a full batch
-                ratio = min(ratio, 1.0)
-            w.size = int(min(max(w.size * min(max(ratio, 0.5), 2.0), s.batch_min), s.batch_max))
+            d = self.pace.after_batch(
+                self.settings,
+                size=w.size,
+                target=w.target,
+                elapsed=elapsed,
+                last=last,
+                waiters=w.waiters,
+            )
+            w.size, w.target = d.size, d.target
             self.coordinator.batch_size = w.size
             self.log.debug(
                 "backfill_batch",
@@ -522,12 +539,14 @@ class BackfillRunner:
                 chunk=chunk.chunk,
                 rows=n,
                 seconds=round(elapsed, 4),
+                waiters=w.waiters,
+                target=round(d.target, 4),
+                rest=round(d.rest, 4),
                 next_batch_size=w.size,
             )
             if w.inline:
                 self.coordinator.notify(self.coordinator.rows_done)
-            duty = min(max(s.duty_cycle, 0.01), 1.0)
-            self._rest(w, elapsed * (1 - duty) / duty + s.sleep)
+            self._rest(w, d.rest)
 
     def _thread_main(self, w: _Worker) -> None:
         try:
@@ -575,6 +594,7 @@ class BackfillRunner:
                 rows_done=c.rows_done,
                 seconds=round(time.monotonic() - c.t0, 3),
                 throttled_seconds=round(self.throttle.throttled_seconds(), 3),
+                **self.pace.stats.as_dict(),
             )
         return c.rows_done
 
