@@ -542,6 +542,7 @@ class BackfillRunner:
                 waiters=w.waiters,
                 target=round(d.target, 4),
                 rest=round(d.rest, 4),
+                affected=d.affected,
                 next_batch_size=w.size,
             )
             if w.inline:
@@ -578,6 +579,12 @@ class BackfillRunner:
             rows_done=c.rows_done,
             workers=self.workers,
             duty_cycle=self.settings.duty_cycle,
+            batch_target=self.settings.batch_target,
+            # what differs from the defaults (given at the start or set live)
+            settings={
+                k: "(given)" if k == "replica_dsn" else getattr(self.settings, k)
+                for k in sorted(self.settings.given())
+            },
         )
         ok = False
         try:
