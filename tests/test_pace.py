@@ -139,9 +139,10 @@ def test_waiters_on_a_batch_shrink_it_and_it_grows_back(dsn: str, conn: Conn) ->
     full = [e for e in after if e["target"] == pytest.approx(0.1)]
     assert full and max(e["next_batch_size"] for e in full) >= steady * 0.7, after
     done = next(e for e in logs if e["event"] == "backfill_done")
-    assert done["waited_batches"] == len(waited) + sum(
-        1 for e in after if e["waiters"]
-    ) and done["rested_seconds"] > 0
+    assert (
+        done["waited_batches"] == len(waited) + sum(1 for e in after if e["waiters"])
+        and done["rested_seconds"] > 0
+    )
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
     assert sum(app_updates) >= 1 and one(conn, "SELECT count(*) FROM r WHERE note = 'app'") >= 1
 
@@ -167,6 +168,7 @@ def test_idle_database_the_backfill_never_rests(dsn: str, conn: Conn, workers: i
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
 
 
+@pytest.mark.server_independent
 def test_pace_rests_at_the_duty_cycle_only_while_affected() -> None:
     """The accounting itself: a batch of 40 ms rests 40 ms at duty_cycle 0.5 while a
     signal reports strain or a session waited within signal_interval, and not at all

@@ -110,7 +110,8 @@ def _check(settings: Mapping[str, Any], where: str) -> None:
     except ValueError as exc:
         raise Refused(
             f"bad backfill setting in {where}: {exc}",
-            "durations take units (50ms, 2s), shares a fraction or a percentage (0.8, 80%)",
+            "durations take units (50ms, 2s), shares a fraction or a percentage (0.8, 80%);"
+            " see `onlineschema set --help`",
         ) from None
 
 
