@@ -414,8 +414,10 @@ class Bench:
         a = self.args
         basedir = Path(a.basedir) if a.basedir else None
         if basedir is None and not a.ram:  # on disk, not in /dev/shm
-            basedir = Path(tempfile.mkdtemp(prefix="lock-impact-pg-", dir="/var/tmp"))
-            self._made_basedir = basedir
+            parent = Path(tempfile.mkdtemp(prefix="lock-impact-", dir="/var/tmp"))
+            parent.chmod(0o755)  # the server's OS user (when we are root) must enter it
+            self._made_basedir = parent
+            basedir = parent / "pg"
         self.server = LocalServer(a.pg, basedir=basedir, settings=self.server_settings()).start()
         base = self.server.create_database("bench_base")
         t0 = time.monotonic()
