@@ -5,8 +5,8 @@
 (``chunks.Claims``) and fills it batch by batch: each batch locks its chunk's row, runs
 its UPDATE and moves the chunk's cursor in one transaction. A batch that hits its
 statement timeout is split; lock timeouts, deadlocks and serialization failures are
-retried with backoff. The batch size follows ``batch_target``; between batches a worker
-rests for its ``duty_cycle`` and waits while the throttle is engaged. The
+retried with backoff. The batch size and the rest after each batch are decided by
+``pace.Pace``; a worker waits while the throttle is engaged. The
 ``Coordinator`` does the rest (control, signals, progress, VACUUM).
 
 The timeouts every backfill transaction starts with (a batch, a claim, the cut at start)
