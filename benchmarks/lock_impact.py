@@ -238,6 +238,8 @@ class Run:
     #: per second of the migration: tps, max latency, longest gap
     seconds: list[dict[str, float]] = field(default_factory=list)
     load_average: float = 0.0  #: 1-minute load average when the run ended
+    #: per step of an onlineschema run: its seconds, longest gap and max latency
+    steps: list[dict[str, Any]] = field(default_factory=list)
     slower_than_1s_total: int = 0
     errors: int = 0
     error_detail: list[str] = field(default_factory=list)
@@ -316,13 +318,33 @@ class Blocker(threading.Thread):
             self.ready.set()
 
 
-def migrate(contestant: str, dsn: str, sets: Sequence[str] = ()) -> tuple[bool, str]:
+class StepTimes:
+    """Executor observer: when each step started and finished (epoch seconds)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+
+    def step_started(self, step: Any, index: int, total: int) -> None:
+        self.steps.append({"step": step.id, "start": time.time(), "end": None})
+
+    def step_finished(self, step: Any, index: int, total: int, skipped: bool) -> None:
+        if self.steps and self.steps[-1]["step"] == step.id:
+            self.steps[-1]["end"] = time.time()
+
+    def backfill_progress(self, *args: Any) -> None:
+        pass
+
+
+def migrate(
+    contestant: str, dsn: str, sets: Sequence[str] = (), times: StepTimes | None = None
+) -> tuple[bool, str]:
     if contestant == "direct":
         with psycopg.connect(dsn, application_name="direct-migration") as conn:
             conn.execute(MIGRATION_SQL)  # one transaction, committed on exit
         return True, "completed"
     given = start_settings(sets, environ={})
-    with Executor(dsn, Settings(backfill=BackfillSettings().with_overrides(given))) as ex:
+    settings = Settings(backfill=BackfillSettings().with_overrides(given))
+    with Executor(dsn, settings, observer=times) as ex:
         result = ex.apply(parse_sql(MIGRATION_SQL), name="bench")
     return result.state == "completed", result.state
 
@@ -472,8 +494,9 @@ class Bench:
                 blocker.ready.wait(10)
                 time.sleep(1.0)  # the blocker is an old transaction when the migration starts
             t_start = time.time()
+            times = StepTimes()
             try:
-                run.finished, run.outcome = migrate(contestant, dsn, a.sets)
+                run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
             except (OnlineSchemaError, psycopg.Error) as exc:
                 run.finished, run.outcome = False, f"failed: {str(exc).splitlines()[0]}"
             t_end = time.time()
@@ -491,6 +514,16 @@ class Bench:
         if run.baseline["tps"]:
             run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
         run.seconds = per_second(txns, t_start, t_end)
+        for st in times.steps:  # which step the stalls happen in
+            w = window_stats(txns, st["start"], st["end"] or t_end)
+            run.steps.append(
+                {
+                    "step": st["step"],
+                    "seconds": w["seconds"],
+                    "longest_gap_ms": w["longest_gap_ms"],
+                    "max_ms": w["max_ms"],
+                }
+            )
         whole = [x for x in run.seconds if x["t"] + 1.0 <= run.migration_seconds] or run.seconds
         if run.baseline["tps"] and whole:
             run.worst_second_ratio = round(min(x["tps"] for x in whole) / run.baseline["tps"], 3)
@@ -727,6 +760,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{x['tps']:.0f}/{x['max_ms']:.0f}/{x['gap_ms']:.0f}" for x in r["seconds"]
             )
             lines.append(f"- {r['mode']}/{r['scenario']} [{r['baseline']['tps']:.0f}]: {cells}")
+        lines += ["", "Per step (seconds / longest gap ms / max latency ms):", ""]
+        for r in ours:
+            cells = "; ".join(
+                f"{x['step']} {x['seconds']:.2f}/{x['longest_gap_ms']:.0f}/{x['max_ms']:.0f}"
+                for x in r.get("steps", [])
+            )
+            lines.append(f"- {r['mode']}/{r['scenario']}: {cells}")
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | {t['value']} |")
