@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from structlog.testing import capture_logs
 
 from onlineschema import BackfillSettings, Executor, Settings
 from onlineschema.cli.logs import configure
@@ -240,6 +241,8 @@ class Run:
     load_average: float = 0.0  #: 1-minute load average when the run ended
     #: per step of an onlineschema run: its seconds, longest gap and max latency
     steps: list[dict[str, Any]] = field(default_factory=list)
+    #: how the backfill paced itself (batches, waited on, busy/rested/throttled seconds)
+    backfill: dict[str, Any] = field(default_factory=dict)
     slower_than_1s_total: int = 0
     errors: int = 0
     error_detail: list[str] = field(default_factory=list)
@@ -323,6 +326,7 @@ class StepTimes:
 
     def __init__(self) -> None:
         self.steps: list[dict[str, Any]] = []
+        self.backfill: dict[str, Any] = {}  #: the backfill_done event's accounting
 
     def step_started(self, step: Any, index: int, total: int) -> None:
         self.steps.append({"step": step.id, "start": time.time(), "end": None})
@@ -344,8 +348,17 @@ def migrate(
         return True, "completed"
     given = start_settings(sets, environ={})
     settings = Settings(backfill=BackfillSettings().with_overrides(given))
-    with Executor(dsn, settings, observer=times) as ex:
+    with capture_logs() as logs, Executor(dsn, settings, observer=times) as ex:
         result = ex.apply(parse_sql(MIGRATION_SQL), name="bench")
+    if times is not None:  # how the backfill paced itself
+        done = next((e for e in logs if e["event"] == "backfill_done"), {})
+        keys = ("seconds", "batches", "waited_batches", "busy_seconds", "rested_seconds")
+        times.backfill = {k: done[k] for k in (*keys, "throttled_seconds") if k in done}
+        throttled: dict[str, int] = {}
+        for e in logs:
+            if e["event"] == "backfill_throttled":
+                throttled[e["reason"]] = throttled.get(e["reason"], 0) + 1
+        times.backfill["throttled"] = throttled
     return result.state == "completed", result.state
 
 
@@ -514,6 +527,7 @@ class Bench:
         if run.baseline["tps"]:
             run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
         run.seconds = per_second(txns, t_start, t_end)
+        run.backfill = times.backfill
         for st in times.steps:  # which step the stalls happen in
             w = window_stats(txns, st["start"], st["end"] or t_end)
             run.steps.append(
@@ -767,6 +781,15 @@ def markdown(result: dict[str, Any]) -> str:
                 for x in r.get("steps", [])
             )
             lines.append(f"- {r['mode']}/{r['scenario']}: {cells}")
+        lines += ["", "Backfill pacing (from its `backfill_done` event):", ""]
+        for r in ours:
+            b = r.get("backfill") or {}
+            lines.append(
+                f"- {r['mode']}/{r['scenario']}: {b.get('batches', '?')} batches,"
+                f" {b.get('waited_batches', '?')} waited on; busy {b.get('busy_seconds', '?')} s,"
+                f" rested {b.get('rested_seconds', '?')} s,"
+                f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
+            )
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | {t['value']} |")
