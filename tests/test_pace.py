@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Settings
 from onlineschema.backfill.pace import MIN_TARGET_SHARE, Pace
+from onlineschema.embedded.server import LocalServer
 
 Conn = psycopg.Connection[Any]
 
@@ -301,3 +302,32 @@ def test_batches_commit_without_waiting_for_the_wal_flush(dsn: str, conn: Conn) 
     with Executor(dsn, settings(synchronous_commit=True)) as ex:
         ex.apply([Backfill("r", {"n": "seen_sync(n)"})], "sync")
     assert one(conn, "SELECT count(*) FROM r WHERE n = 100") == 50
+
+
+@pytest.mark.slow
+def test_server_crash_mid_backfill_then_resume_applies_each_row_once(pg_version: int) -> None:
+    """Batches commit with synchronous_commit off, so a crash of the server (here an
+    immediate shutdown: shared memory, WAL buffers included, is lost) can lose the last
+    batches it reported committed. Each batch's rows and its chunk's cursor are lost
+    together, so `resume` redoes exactly those: the non-idempotent `n = n + 1` ends at 1
+    on every row."""
+    server = LocalServer(pg_version).start()
+    try:
+        dsn = server.create_database("crash")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            make_table(c, 4000, per_row_ms=0.0)
+        s = settings(batch_initial=40, batch_max=40, sleep=0.005)
+        with capture_logs() as logs:
+            run = Run(dsn, "crash", s, Backfill("r", {"n": "n + 1"}))
+            wait_until(lambda: len(batches(logs)) >= 10, timeout=60, what="10 batches")
+            server.restart("immediate")
+            run.thread.join(60)
+        assert run.error is not None  # the run died with the server
+        committed_before = len(batches(logs))
+        assert committed_before < 100  # it did not get to the end
+        with Executor(dsn, s) as ex:
+            assert ex.resume("crash").state == "completed"
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, 4000)]
+    finally:
+        server.stop()
