@@ -22,14 +22,15 @@ Signals (all read by the backfill's coordinating connection, at most every
 * ``vacuum`` (off by default): a vacuum of the table (autovacuum or manual, not the
   backfill's own) is running;
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
-  by default a one-row read of the table, which also waits behind any lock queued on the
-  table), against its own baseline measured before the first batch (median of 5). Above
+  by default a one-block read of the table, which also waits behind any lock queued on
+  the table, in a transaction that takes a transaction id, so that its commit waits for
+  a WAL flush as the application's writes do), against its own baseline measured before the first batch (median of 5). Above
   ``max_latency_ratio`` times the baseline the backfill pauses; between
   ``resume_latency_ratio`` and that it is *strained*: it runs, but rests between batches
   (``duty_cycle``); at or under ``resume_latency_ratio`` it runs at full speed. Latencies
   under ``latency_floor`` count as the floor, so noise on a sub-millisecond baseline does
-  not count. The probe runs read-only with a 1 s statement timeout (a probe that times
-  out reads as 1 s). ``pg_stat_statements`` is not used: its figures are cumulative per
+  not count. An operator's probe runs read-only; every probe has a 1 s statement
+  timeout (a probe that times out reads as 1 s). ``pg_stat_statements`` is not used: its figures are cumulative per
   statement shape and include the backfill's own statements; a probe measures now.
 
 A signal that cannot be read (no permission, no replica, replica unreachable) is reported
@@ -445,10 +446,13 @@ class AppLatency(Signal):
     def _query(self, ctx: Context, s: Limits) -> sql.SQL | sql.Composed:
         if s.latency_probe == "auto":
             # one block by its address: a constant cost however many dead rows the
-            # backfill left at the table's start, but the table's lock like any query
-            return sql.SQL("SELECT 1 FROM ONLY {} WHERE ctid = '(0,1)'::tid").format(
-                sql.Identifier(*ctx.table_name)
-            )
+            # backfill left at the table's start, but the table's lock like any query;
+            # and a transaction id, so that its commit waits for a WAL flush as the
+            # application's writes do (behind the backfill's WAL)
+            return sql.SQL(
+                "SELECT 1 FROM ONLY {} WHERE ctid = '(0,1)'::tid"
+                " UNION ALL SELECT 1 FROM pg_current_xact_id()"
+            ).format(sql.Identifier(*ctx.table_name))
         # the operator's own query: run as given, read-only, under a statement timeout
         return sql.SQL(s.latency_probe)
 
@@ -460,7 +464,8 @@ class AppLatency(Signal):
             t0 = self._clock()
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.execute("SET TRANSACTION READ ONLY")
+                    if s.latency_probe != "auto":  # the operator's query changes nothing
+                        cur.execute("SET TRANSACTION READ ONLY")
                     cur.execute(
                         "SELECT set_config('statement_timeout', %s, true),"
                         " set_config('lock_timeout', '0', true)",
