@@ -747,7 +747,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ".",
         "",
         "| mode | scenario | contestant | migration | finished | tps ratio | worst 1 s |"
-        " p50 | p99 (x base) | max | longest gap | > 1 s | errors | correct | load |",
+        " p50 | p99 (x base) | max | longest gap (baseline's) | > 1 s | errors | correct | load |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["runs"]:
@@ -757,7 +757,8 @@ def markdown(result: dict[str, Any]) -> str:
             f" {r['migration_seconds']:.2f} s | {'yes' if r['finished'] else 'no'} |"
             f" {r['throughput_ratio']:.2f} | {r.get('worst_second_ratio', 0):.2f} |"
             f" {d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms (x{r.get('p99_ratio', 0):.1f}) |"
-            f" {d['max_ms']:.0f} ms | {d['longest_gap_ms']:.0f} ms |"
+            f" {d['max_ms']:.0f} ms |"
+            f" {d['longest_gap_ms']:.0f} ms ({r['baseline'].get('longest_gap_ms', 0):.0f} ms) |"
             f" {r['slower_than_1s_total']} | {r['errors']} | {'yes' if r['correct'] else 'NO'} |"
             f" {r.get('load_average', 0):.1f} |"
         )
