@@ -425,7 +425,13 @@ class Bench:
         self.server: LocalServer | None = None
         self._made_basedir: Path | None = None
         self.pgbench = find_bindir(args.pg) / "pgbench"
-        self.workdir = Path(tempfile.mkdtemp(prefix="lock-impact-"))
+        # pgbench's per-transaction logs go to a RAM disk: written on the server's disk,
+        # they would be throttled with the server's writes (the kernel's dirty-page
+        # limits) and stall the workload's clients, not the server
+        shm = Path("/dev/shm")
+        self.workdir = Path(
+            tempfile.mkdtemp(prefix="lock-impact-", dir=shm if shm.is_dir() else None)
+        )
         self.users = args.users or max(args.rows // 20, 100)
         for name, (text, _weight) in PGBENCH_SCRIPTS.items():
             (self.workdir / f"{name}.sql").write_text(text)
@@ -443,6 +449,10 @@ class Bench:
             "synchronous_commit": "on",
             "full_page_writes": "on",
             "shared_buffers": shared,
+            # a fresh cluster has no WAL segments to recycle: each new 16 MB segment is
+            # zero-filled and synced while every commit waits (100-200 ms here, every few
+            # seconds of heavy writing); a server in steady state recycles its segments
+            "wal_init_zero": "on" if a.wal_init_zero else "off",
         }
 
     def setup(self) -> None:
@@ -730,6 +740,7 @@ def _server_mode(result: dict[str, Any]) -> str:
     st = result["server"]["settings"]
     return (
         f"fsync={st.get('fsync')}, synchronous_commit={st.get('synchronous_commit')},"
+        f" wal_init_zero={st.get('wal_init_zero')},"
         f" shared_buffers={st.get('shared_buffers')} (8kB pages),"
         f" {'RAM disk' if result['params'].get('ram') else 'on disk'}"
     )
@@ -823,6 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the old mode: a RAM disk, fsync and synchronous_commit off",
     )  # fmt: skip
     ap.add_argument(
+        "--wal-init-zero", action="store_true",
+        help="zero-fill new WAL segments (the server default; off by default here, see"
+        " benchmarks/README.md)",
+    )  # fmt: skip
+    ap.add_argument(
         "--shared-buffers", default=None, metavar="SIZE",
         help="server shared_buffers (default: a quarter of the table, e.g. 23MB at 1M rows)",
     )  # fmt: skip
@@ -859,6 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "fsync",
                             "synchronous_commit",
                             "full_page_writes",
+                            "wal_init_zero",
                             "shared_buffers",
                             "max_connections",
                             "data_directory",
@@ -889,7 +906,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": {"version": version, "settings": settings},
         "params": {
             k: getattr(args, k)
-            for k in ("rows", "clients", "threads", "baseline", "tail", "blocker", "ram", "sets")
+            for k in (
+                "rows", "clients", "threads", "baseline", "tail", "blocker", "ram", "sets",
+                "wal_init_zero",
+            )  # fmt: skip
         }
         | {"users": bench.users},
         "open_rate": rate,
