@@ -907,9 +907,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "params": {
             k: getattr(args, k)
             for k in (
-                "rows", "clients", "threads", "baseline", "tail", "blocker", "ram", "sets",
+                "rows",
+                "clients",
+                "threads",
+                "baseline",
+                "tail",
+                "blocker",
+                "ram",
+                "sets",
                 "wal_init_zero",
-            )  # fmt: skip
+            )
         }
         | {"users": bench.users},
         "open_rate": rate,
