@@ -21,6 +21,11 @@ Signals (all read by the backfill's coordinating connection, at most every
   rows the backfill leaves cannot be cleaned while they run;
 * ``vacuum`` (off by default): a vacuum of the table (autovacuum or manual, not the
   backfill's own) is running;
+* ``active_sessions``: sessions other than the backfill's running a query on the server
+  (``pg_stat_activity``), averaged over the last 5 readings; never pauses, but at or
+  above ``busy_sessions`` (1) the backfill rests between batches (``duty_cycle``): the
+  application is there and competes for CPU and WAL (gh-ost's ``max-load`` counts
+  ``Threads_running`` the same way, to pause);
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
   by default a one-block read of the table, which also waits behind any lock queued on
   the table, in a transaction that takes a transaction id, so that its commit waits for
@@ -83,6 +88,8 @@ class Limits(Protocol):
     def pause_on_vacuum(self) -> bool: ...
     @property
     def on_unreadable_signal(self) -> str: ...
+    @property
+    def busy_sessions(self) -> float: ...
     @property
     def latency_probe(self) -> str: ...
     @property
@@ -426,6 +433,44 @@ class VacuumRunning(Signal):
         return r.values.get("vacuums", 0) == 0
 
 
+class ActiveSessions(Signal):
+    """Sessions other than the backfill's running a query on the server (sampled each
+    reading, averaged over the last few): the application is there and competes with the
+    backfill. Never pauses; at or above ``busy_sessions`` the backfill is strained (it
+    rests between batches, ``duty_cycle``)."""
+
+    name = "active_sessions"
+    window = 5  #: readings averaged
+
+    def __init__(self) -> None:
+        self._samples: list[float] = []
+
+    def enabled(self, s: Limits) -> bool:
+        return s.busy_sessions > 0
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with ctx.conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*)::float8 FROM pg_stat_activity WHERE state = 'active'"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND NOT (pid = ANY(%s))",
+                (list(ctx.our_pids()),),
+            )
+            row = cur.fetchone()
+        self._samples = [*self._samples[-(self.window - 1) :], float(row[0]) if row else 0.0]
+        mean = sum(self._samples) / len(self._samples)
+        return Reading(values={"sessions": mean})
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        return True
+
+    def strained(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("sessions", 0.0) >= s.busy_sessions
+
+
 class AppLatency(Signal):
     """The application's latency as a probe query sees it, against its own baseline."""
 
@@ -530,6 +575,7 @@ def default_signals() -> list[Signal]:
         LongTransaction(),
         VacuumRunning(),
         AppLatency(),
+        ActiveSessions(),
     ]
 
 

@@ -331,3 +331,24 @@ def test_server_crash_mid_backfill_then_resume_applies_each_row_once(pg_version:
             assert c.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, 4000)]
     finally:
         server.stop()
+
+
+def test_other_active_sessions_make_the_backfill_rest(dsn: str, conn: Conn) -> None:
+    """busy_sessions (1): while another session runs a query (here a long pg_sleep, as a
+    busy application's sessions would keep the server), the backfill rests after each
+    batch (duty_cycle); before it, on the otherwise idle server, it does not."""
+    make_table(conn, 1500, per_row_ms=1.0)
+    s = settings(batch_initial=20, batch_max=20, duty_cycle=0.5, latency_probe="off")
+    with capture_logs() as logs:
+        run = Run(dsn, "busy", s)
+        wait_until(lambda: len(batches(logs)) >= 3, timeout=60, what="3 quiet batches")
+        quiet = len(batches(logs))
+        with psycopg.connect(dsn, autocommit=True) as app:
+            app.execute("SELECT pg_sleep(2)")
+        run.join()
+    bs = batches(logs)
+    assert all(e["rest"] == 0 and not e["affected"] for e in bs[:quiet]), bs[:quiet]
+    rested = [e for e in bs[quiet:] if e["affected"]]
+    assert len(rested) >= 3 and all(e["rest"] > 0 for e in rested), bs
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert done["rested_seconds"] > 0 and done["waited_batches"] == 0

@@ -15,8 +15,8 @@ Three rules, per worker, after every batch:
 * **Rest only when the application is affected.** A worker rests after a batch, so that
   batches take ``duty_cycle`` of its time, only while the application is affected: a
   session waited on one of this process's batches within the last ``signal_interval``
-  seconds, or a throttle signal reports strain (the latency probe between its resume and
-  pause thresholds). On an idle database nothing is affected and the backfill runs at the
+  seconds, or a throttle signal reports strain (other sessions are running queries:
+  ``busy_sessions``; the latency probe between its resume and pause thresholds). On an idle database nothing is affected and the backfill runs at the
   speed of the UPDATE itself. Signals over their pause threshold pause it (``throttle``).
 
 GitLab's batched background migrations size batches toward a fixed share of a long

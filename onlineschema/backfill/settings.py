@@ -79,6 +79,11 @@ class BackfillSettings:
     max_blocked_wait: float = 0.5
     #: ... for this long
     blocked_cooldown: float = 1.0
+    #: rest between batches (duty_cycle) while, on average over the signal readings,
+    #: at least this many sessions other than the backfill's run a query on the server
+    #: (pg_stat_activity, state 'active'): the application is there and competes with
+    #: the backfill for CPU and WAL; 0 = off. An idle database has none.
+    busy_sessions: float = 1.0
     #: the application's latency, as a probe query measures it against its own baseline
     #: (taken before the first batch): "auto" (a one-block read of the table, which also
     #: waits behind any lock queued on the table, committed with a transaction id, so
