@@ -12,29 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import changes as _changes
 from .backfill import BackfillSettings
-from .changes import (
-    AddCheck,
-    AddColumn,
-    AddForeignKey,
-    AddIndex,
-    AddUnique,
-    AlterColumnType,
-    Backfill,
-    Change,
-    DropColumn,
-    DropConstraint,
-    DropDefault,
-    DropIndex,
-    DropNotNull,
-    DropTable,
-    RenameColumn,
-    RunSQL,
-    SetDefault,
-    SetNotNull,
-    ValidateConstraint,
-    change_from_dict,
-)
+from .changes import *  # noqa: F403 (every change kind, as changes.__all__ lists them)
+from .changes import Change
 from .errors import (
     AlreadyRunning,
     ConnectionFailed,
@@ -52,23 +33,9 @@ from .locks import RetryPolicy
 from .plan import Plan, Step
 
 __all__ = [
-    "AddCheck",
-    "AddColumn",
-    "AddForeignKey",
-    "AddIndex",
-    "AddUnique",
     "AlreadyRunning",
-    "AlterColumnType",
-    "Backfill",
     "BackfillSettings",
-    "Change",
     "ConnectionFailed",
-    "DropColumn",
-    "DropConstraint",
-    "DropDefault",
-    "DropIndex",
-    "DropNotNull",
-    "DropTable",
     "Executor",
     "LockBudgetExhausted",
     "OnlineSchemaError",
@@ -76,23 +43,18 @@ __all__ = [
     "Plan",
     "PreflightError",
     "Refused",
-    "RenameColumn",
     "Result",
     "RetryPolicy",
-    "RunSQL",
-    "SetDefault",
-    "SetNotNull",
     "Settings",
     "Step",
     "StepFailed",
     "UnknownMigration",
     "UnsupportedStatement",
-    "ValidateConstraint",
     "apply",
     "backfill",
-    "change_from_dict",
     "plan",
 ]
+__all__ += _changes.__all__
 
 
 def plan(target: Any, changes: Sequence[Change], settings: Settings | None = None) -> Plan:

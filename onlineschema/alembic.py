@@ -2,7 +2,8 @@
 
 The code lives in :mod:`onlineschema.integrations.alembic`; this module re-exports it so
 ``import onlineschema.alembic`` (which also registers the ``online_migrate`` operation)
-keeps working.
+keeps working. ``configure()`` (from :mod:`onlineschema.integrations.alembic.native`)
+replaces ``context.configure()`` in env.py so that ordinary revision files run online.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .integrations.alembic import (
     render_offline,
     run,
 )
+from .integrations.alembic.native import configure, migration_name
 
 __all__ = [
     "DEFAULT_OFFLINE_SERVER_VERSION",
@@ -28,9 +30,11 @@ __all__ = [
     "abort",
     "assumed_catalog",
     "check_environment",
+    "configure",
     "contract",
     "expand",
     "hold_contract",
+    "migration_name",
     "render_offline",
     "run",
 ]

@@ -7,14 +7,15 @@ changes; nothing here is consulted again while a plan runs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from .sql import ddl
+from .sql import checks
+from .sql import views as view_sql
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
@@ -45,6 +46,8 @@ class IndexInfo:
     partial: bool
     definition: str
     constraint: str | None  # the constraint this index backs, if any
+    #: the partitioned index this one (of a partition) is attached to, if any
+    parent_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class ConstraintInfo:
     ref_table: tuple[str, str] | None  # (schema, name) of the referenced table (FK)
     index: str | None
     ref_columns: tuple[str, ...] = ()  # the referenced columns (FK)
+    #: inherited from a partitioned parent (or a parent table): dropped only there
+    inherited: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,29 @@ class TableInfo:
     #: replacing it would break: (column or '' for the table, catalog, description),
     #: e.g. ('total', 'pg_rewrite', 'rule _RETURN on view order_totals')
     dependents: tuple[tuple[str, str, str], ...] = ()
+    #: whether the table had a row when the catalog was read (``SELECT EXISTS``), for
+    #: the tables asked for in ``read_catalog(probe_rows=...)``; None: not looked at
+    has_rows: bool | None = None
+    #: plain views over a column, views on them included, recreated by a change of the
+    #: column: (column, view schema, view name, depth: 1 = selects the column itself)
+    views: tuple[tuple[str, str, str, int], ...] = ()
+    #: what uses a column through a view or rule and cannot be recreated with it
+    #: (materialized views, rules, triggers on those views, functions using them):
+    #: (column, description)
+    view_blockers: tuple[tuple[str, str], ...] = ()
+    #: declarative partitioning (relkind 'p'): 'r' range, 'l' list, 'h' hash
+    partition_strategy: str = ""
+    #: the partition key's columns (None for an expression element)
+    partition_key: tuple[str | None, ...] = ()
+    #: the direct partitions (schema, name), in name order; each is read too
+    partitions: tuple[tuple[str, str], ...] = ()
+    #: the partitioned table this one is a partition of, and its bound
+    parent: tuple[str, str] | None = None
+    partition_bound: str = ""
 
     @property
-    def qualname(self) -> str:
-        return f"{self.schema}.{self.name}"
+    def partitioned(self) -> bool:
+        return self.relkind == "p"
 
 
 @dataclass
@@ -107,6 +131,10 @@ class Catalog:
     binary_casts: set[tuple[int, int]] = field(default_factory=set)
     #: the session's TimeZone setting when the catalog was read
     timezone: str = ""
+    #: (schema, name) of relations and of constraints whose names start with one of the
+    #: ``name_prefixes`` read: what PostgreSQL's own naming of new objects must avoid
+    relation_names: set[tuple[str, str]] = field(default_factory=set)
+    constraint_names: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def major(self) -> int:
@@ -122,17 +150,86 @@ class Catalog:
                 return s
         return self.search_path[0] if self.search_path else "public"
 
-    def table(self, schema: str | None, name: str) -> TableInfo | None:
-        return self.tables.get((self.resolve_schema(schema, name), name))
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The snapshot as JSON-ready data (``Catalog.from_dict`` reads it back)."""
+        return {
+            "server_version": self.server_version,
+            "search_path": list(self.search_path),
+            "tables": [dataclasses.asdict(t) for _, t in sorted(self.tables.items())],
+            "index_owner": sorted([*k, *v] for k, v in self.index_owner.items()),
+            "volatility": dict(sorted(self.volatility.items())),
+            "types": dict(sorted(self.types.items())),
+            "other_relations": sorted(list(r) for r in self.other_relations),
+            "role_is_superuser": self.role_is_superuser,
+            "index_methods": sorted(self.index_methods),
+            "type_mods": dict(sorted(self.type_mods.items())),
+            "binary_casts": sorted(list(c) for c in self.binary_casts),
+            "timezone": self.timezone,
+            "relation_names": sorted(list(r) for r in self.relation_names),
+            "constraint_names": sorted(list(r) for r in self.constraint_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
+        """Rebuild a snapshot from ``to_dict()`` output (after a JSON round trip): for
+        planning without a server (golden plans, offline rendering)."""
+        tables = {}
+        for t in data["tables"]:
+            info = TableInfo(
+                **{
+                    **_tuples(t),
+                    "columns": {k: ColumnInfo(**_tuples(v)) for k, v in t["columns"].items()},
+                    "indexes": {k: IndexInfo(**_tuples(v)) for k, v in t["indexes"].items()},
+                    "constraints": {
+                        k: ConstraintInfo(**_tuples(v)) for k, v in t["constraints"].items()
+                    },
+                }
+            )
+            tables[(info.schema, info.name)] = info
+        return cls(
+            server_version=data["server_version"],
+            search_path=tuple(data["search_path"]),
+            tables=tables,
+            index_owner={(s, i): (ts, tn) for s, i, ts, tn in data["index_owner"]},
+            volatility=dict(data["volatility"]),
+            types={k: None if v is None else _tuple(v) for k, v in data["types"].items()},
+            other_relations={(s, n) for s, n in data["other_relations"]},
+            role_is_superuser=data["role_is_superuser"],
+            index_methods=frozenset(data["index_methods"]),
+            type_mods={k: _tuple(v) for k, v in data["type_mods"].items()},
+            binary_casts={(s, t) for s, t in data["binary_casts"]},
+            timezone=data["timezone"],
+            relation_names={(s, n) for s, n in data.get("relation_names", ())},
+            constraint_names={(s, n) for s, n in data.get("constraint_names", ())},
+        )
+
+
+def _tuple(value: Any) -> Any:
+    """JSON lists back to the tuples the snapshot holds."""
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _tuple(v) for k, v in fields.items()}
 
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8 AS reltuples,
-       c.relpages AS pages
+       c.relpages AS pages, coalesce(pg_get_expr(c.relpartbound, c.oid), '') AS bound,
+       pt.partstrat::text AS strategy,
+       ARRAY(SELECT a.attname FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY k(attnum, ord)
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             ORDER BY k.ord) AS partkey,
+       (SELECT ARRAY[pn.nspname, p.relname] FROM pg_inherits i
+          JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         WHERE i.inhrelid = c.oid AND c.relispartition) AS parent,
+       ARRAY(SELECT ARRAY[kn.nspname, k.relname] FROM pg_inherits i
+               JOIN pg_class k ON k.oid = i.inhrelid
+               JOIN pg_namespace kn ON kn.oid = k.relnamespace
+              WHERE i.inhparent = c.oid AND k.relispartition
+              ORDER BY kn.nspname, k.relname) AS partitions
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
 """
 
@@ -158,7 +255,9 @@ SELECT i.indrelid AS oid, ic.relname AS name, i.indisvalid, i.indisready, i.indi
              LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
              ORDER BY k.ord) AS columns,
        (SELECT conname FROM pg_constraint WHERE conindid = i.indexrelid
-          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint
+          AND contype IN ('p', 'u', 'x') LIMIT 1) AS constraint,
+       (SELECT p.relname FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent
+         WHERE h.inhrelid = i.indexrelid) AS parent_index
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 WHERE i.indrelid = ANY(%(oids)s)
 """
@@ -172,7 +271,8 @@ SELECT c.conrelid AS oid, c.conname, c.contype::text AS contype, c.convalidated,
        rn.nspname AS ref_schema, r.relname AS ref_name, ic.relname AS index_name,
        ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
-             ORDER BY k.ord) AS ref_columns
+             ORDER BY k.ord) AS ref_columns,
+       (c.coninhcount > 0 OR c.conparentid <> 0) AS inherited
 FROM pg_constraint c
 LEFT JOIN pg_class r ON r.oid = c.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
@@ -245,10 +345,14 @@ def read_catalog(
     index_names: Iterable[tuple[str | None, str]] = (),
     functions: Iterable[str] = (),
     types: Iterable[str] = (),
+    probe_rows: Iterable[tuple[str | None, str]] = (),
+    name_prefixes: Iterable[tuple[str | None, str]] = (),
 ) -> Catalog:
     """Read what the planner needs about ``tables`` (``(schema or None, name)`` pairs).
 
-    Runs a handful of catalog queries in one read-only transaction; takes no table locks.
+    Runs a handful of catalog queries in one read-only transaction; takes no table locks,
+    except that ``probe_rows`` tables are looked into (``SELECT EXISTS (SELECT 1 FROM t)``,
+    ACCESS SHARE, given up after a short lock_timeout) to tell an empty table.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -288,6 +392,13 @@ def read_catalog(
             # read the owning tables too, so the planner sees the index in full
             _read_tables(cur, cat, owners - set(cat.tables))
 
+        # the partition trees of the partitioned tables read, down to the leaves
+        while True:
+            below = {p for info in cat.tables.values() for p in info.partitions} - set(cat.tables)
+            if not below:
+                break
+            _read_tables(cur, cat, below)
+
         cur.execute("SELECT current_setting('TimeZone') AS tz")
         tz = cur.fetchone()
         cat.timezone = tz["tz"] if tz else ""
@@ -325,7 +436,56 @@ def read_catalog(
                 " WHERE castmethod = 'b'"
             )
             cat.binary_casts = {(r["s"], r["t"]) for r in cur.fetchall()}
+        _read_names(cur, cat, name_prefixes)
+        _probe_rows(cur, cat, probe_rows)  # last: it sets a lock_timeout
     return cat
+
+
+_NAMES_SQL = """
+SELECT n.nspname, c.relname AS name, 'r' AS kind
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN unnest(%(schemas)s::text[], %(prefixes)s::text[]) w(s, p)
+  ON n.nspname = w.s AND starts_with(c.relname, w.p)
+UNION ALL
+SELECT n.nspname, k.conname, 'c'
+FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+JOIN unnest(%(schemas)s::text[], %(prefixes)s::text[]) w(s, p)
+  ON n.nspname = w.s AND starts_with(k.conname, w.p)
+"""
+
+
+def _read_names(
+    cur: psycopg.Cursor[Any], cat: Catalog, prefixes: Iterable[tuple[str | None, str]]
+) -> None:
+    """Names in use that start with ``prefixes`` (``(schema or None, prefix)``)."""
+    wanted = {(s, p) for schema, p in prefixes for s in ([schema] if schema else cat.search_path)}
+    if not wanted:
+        return
+    cur.execute(_NAMES_SQL, {"schemas": [s for s, _ in wanted], "prefixes": [p for _, p in wanted]})
+    for r in cur.fetchall():
+        target = cat.relation_names if r["kind"] == "r" else cat.constraint_names
+        target.add((r["nspname"], r["name"]))
+
+
+def _probe_rows(
+    cur: psycopg.Cursor[Any], cat: Catalog, tables: Iterable[tuple[str | None, str]]
+) -> None:
+    """Read ``TableInfo.has_rows``: one cheap ``SELECT EXISTS`` per table. A table that
+    cannot be read at once (a lock held) stays unknown (None), as if it had rows."""
+    wanted = sorted({(cat.resolve_schema(s, n), n) for s, n in tables} & set(cat.tables))
+    if not wanted:
+        return
+    cur.execute("SELECT set_config('lock_timeout', '200ms', true)")
+    for key in wanted:
+        try:
+            with cur.connection.transaction():
+                cur.execute(checks.q_has_rows(*key))
+                row = cur.fetchone()
+        except psycopg.errors.LockNotAvailable:
+            continue
+        if row is not None:
+            has_rows = bool(next(iter(row.values())))
+            cat.tables[key] = dataclasses.replace(cat.tables[key], has_rows=has_rows)
 
 
 def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | None:
@@ -334,7 +494,7 @@ def _type_mod(cur: psycopg.Cursor[Any], text: str) -> tuple[int, int, str] | Non
     have no function that parses one (``to_regtypemod`` is 17+)."""
     try:
         with cur.connection.transaction():
-            cur.execute(ddl.q_type_probe(text))
+            cur.execute(checks.q_type_probe(text))
             res = cur.pgresult
             assert res is not None
             oid, mod = int(res.ftype(0)), int(res.fmod(0))
@@ -386,6 +546,14 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
     cur.execute(_DEPENDENTS_SQL, params)
     for r in cur.fetchall():
         dependents[r["oid"]].append((r["attname"], r["catalog"], r["what"]))
+    views: dict[int, list[tuple[str, str, str, int]]] = {o: [] for o in oids}
+    cur.execute(view_sql.PLAN_VIEWS, params)
+    for r in cur.fetchall():
+        views[r["oid"]].append((r["col"], r["nspname"], r["relname"], r["depth"]))
+    view_blockers: dict[int, list[tuple[str, str]]] = {o: [] for o in oids}
+    cur.execute(view_sql.PLAN_BLOCKERS, params)
+    for r in cur.fetchall():
+        view_blockers[r["tbl"]].append((r["col"], r["what"]))
     indexes: dict[int, dict[str, IndexInfo]] = {o: {} for o in oids}
     cur.execute(_INDEXES_SQL, params)
     for r in cur.fetchall():
@@ -399,6 +567,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             partial=r["partial"],
             definition=r["def"],
             constraint=r["constraint"],
+            parent_index=r["parent_index"],
         )
     constraints: dict[int, dict[str, ConstraintInfo]] = {o: {} for o in oids}
     cur.execute(_CONSTRAINTS_SQL, params)
@@ -412,6 +581,7 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             ref_table=(r["ref_schema"], r["ref_name"]) if r["ref_name"] else None,
             index=r["index_name"],
             ref_columns=tuple(r["ref_columns"]),
+            inherited=r["inherited"],
         )
     triggers: dict[int, list[str]] = {o: [] for o in oids}
     cur.execute(_TRIGGERS_SQL, params)
@@ -441,6 +611,13 @@ def _read_tables(cur: psycopg.Cursor[Any], cat: Catalog, wanted: set[tuple[str, 
             primary_key=pk,
             referenced_by=tuple(sorted(refs[oid])),
             dependents=tuple(sorted(set(dependents[oid]))),
+            views=tuple(sorted(set(views[oid]))),
+            view_blockers=tuple(sorted(set(view_blockers[oid]))),
+            partition_strategy=r["strategy"] or "",
+            partition_key=tuple(r["partkey"]) if r["strategy"] else (),
+            partitions=tuple((s, n) for s, n in r["partitions"]),
+            parent=(r["parent"][0], r["parent"][1]) if r["parent"] else None,
+            partition_bound=r["bound"],
         )
         cat.tables[(info.schema, info.name)] = info
         for idx in info.indexes:

@@ -23,10 +23,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+__all__ = [
+    "AddCheck",
+    "AddColumn",
+    "AddForeignKey",
+    "AddIdentity",
+    "AddIndex",
+    "AddUnique",
+    "AlterColumnType",
+    "Backfill",
+    "Change",
+    "DropColumn",
+    "DropConstraint",
+    "DropDefault",
+    "DropIndex",
+    "DropNotNull",
+    "DropTable",
+    "Reindex",
+    "RenameColumn",
+    "RenameConstraint",
+    "RenameIndex",
+    "RunSQL",
+    "SetDefault",
+    "SetNotNull",
+    "ValidateConstraint",
+    "change_from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -48,8 +76,24 @@ class Change:
         out: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("omit_if_default") and value == f.default:
+                continue  # a later option: left out so older requests keep their hash
             out[f.name] = _jsonable(value)
         return out
+
+
+CHANGE_TYPES: dict[str, type[Change]] = {}
+C = typing.TypeVar("C", bound="type[Change]")
+
+
+def register_change(cls: C) -> C:
+    """Class decorator: register a change class under its ``kind`` so
+    ``change_from_dict`` can rebuild it (its recipe registers with ``recipe_for``)."""
+    old = CHANGE_TYPES.get(cls.kind)
+    if old is not None and old is not cls:
+        raise ValueError(f"change kind {cls.kind!r} is already {old.__name__}")
+    CHANGE_TYPES[cls.kind] = cls
+    return cls
 
 
 def _jsonable(value: Any) -> Any:
@@ -62,6 +106,7 @@ def _q(schema: str | None, name: str) -> str:
     return f"{schema}.{name}" if schema else name
 
 
+@register_change
 @dataclass(frozen=True)
 class AddColumn(Change):
     """Add a column. ``default`` applies to new rows and, unless ``backfill`` is given,
@@ -88,6 +133,7 @@ class AddColumn(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class SetNotNull(Change):
     kind: ClassVar[str] = "set_not_null"
@@ -99,6 +145,7 @@ class SetNotNull(Change):
         return f"set NOT NULL on {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropNotNull(Change):
     kind: ClassVar[str] = "drop_not_null"
@@ -110,6 +157,7 @@ class DropNotNull(Change):
         return f"drop NOT NULL on {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class SetDefault(Change):
     kind: ClassVar[str] = "set_default"
@@ -122,6 +170,7 @@ class SetDefault(Change):
         return f"set default of {_q(self.schema, self.table)}.{self.column} to {self.default}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropDefault(Change):
     kind: ClassVar[str] = "drop_default"
@@ -133,6 +182,7 @@ class DropDefault(Change):
         return f"drop default of {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class AddIndex(Change):
     """An index built ``CONCURRENTLY``. ``columns`` are column names; ``expressions``
@@ -161,6 +211,7 @@ class AddIndex(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class DropIndex(Change):
     kind: ClassVar[str] = "drop_index"
@@ -172,6 +223,21 @@ class DropIndex(Change):
         return f"drop index {_q(self.schema, self.name)}"
 
 
+@register_change
+@dataclass(frozen=True)
+class Reindex(Change):
+    """Rebuild an existing index with ``REINDEX INDEX CONCURRENTLY`` (e.g. after a large
+    backfill left it bloated): reads and writes go on."""
+
+    kind: ClassVar[str] = "reindex"
+    name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"reindex {_q(self.schema, self.name)} concurrently"
+
+
+@register_change
 @dataclass(frozen=True)
 class AddForeignKey(Change):
     kind: ClassVar[str] = "add_foreign_key"
@@ -206,6 +272,7 @@ class AddForeignKey(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class AddCheck(Change):
     kind: ClassVar[str] = "add_check"
@@ -221,9 +288,11 @@ class AddCheck(Change):
         )
 
 
+@register_change
 @dataclass(frozen=True)
 class AddUnique(Change):
-    """A UNIQUE (or PRIMARY KEY) constraint built from a concurrently built unique index."""
+    """A UNIQUE (or PRIMARY KEY) constraint built from a concurrently built unique index,
+    ``DEFERRABLE [INITIALLY DEFERRED]`` when asked."""
 
     kind: ClassVar[str] = "add_unique"
     table: str
@@ -231,6 +300,8 @@ class AddUnique(Change):
     name: str | None = None
     primary_key: bool = False
     schema: str | None = None
+    deferrable: bool = field(default=False, metadata={"omit_if_default": True})
+    initially_deferred: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         what = "primary key" if self.primary_key else "unique constraint"
@@ -240,6 +311,7 @@ class AddUnique(Change):
         )
 
 
+@register_change
 @dataclass(frozen=True)
 class ValidateConstraint(Change):
     kind: ClassVar[str] = "validate_constraint"
@@ -251,6 +323,7 @@ class ValidateConstraint(Change):
         return f"validate constraint {self.name} on {_q(self.schema, self.table)}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropConstraint(Change):
     kind: ClassVar[str] = "drop_constraint"
@@ -263,6 +336,7 @@ class DropConstraint(Change):
         return f"drop constraint {self.name} on {_q(self.schema, self.table)}"
 
 
+@register_change
 @dataclass(frozen=True)
 class Backfill(Change):
     """``UPDATE table SET col = expr, ... [WHERE ...]`` run in batches.
@@ -301,6 +375,7 @@ class Backfill(Change):
         return text
 
 
+@register_change
 @dataclass(frozen=True)
 class RunSQL(Change):
     """A statement run as written, as one lock-guarded step.
@@ -319,6 +394,9 @@ class RunSQL(Change):
     #: Relations the statement creates (``schema.name`` or ``name``): later changes in
     #: the same migration may use them, and the planner knows they are new and empty.
     creates: tuple[str, ...] = ()
+    #: A framework's record of the migration (``alembic_version``, ``django_migrations``,
+    #: ``_prisma_migrations``): run last, once everything else is done.
+    bookkeeping: bool = field(default=False, metadata={"omit_if_default": True})
 
     def tables(self) -> tuple[str, ...]:
         return self.touches
@@ -327,9 +405,11 @@ class RunSQL(Change):
         text = " ".join(self.sql.split())
         if len(text) > 80:
             text = text[:77] + "..."
-        return f"{'raw SQL' if self.raw else 'create'}: {text}"
+        what = "raw SQL" if self.raw else "bookkeeping" if self.bookkeeping else "create"
+        return f"{what}: {text}"
 
 
+@register_change
 @dataclass(frozen=True)
 class AlterColumnType(Change):
     """Change a column's type; ``using`` converts existing values (``USING`` clause).
@@ -356,6 +436,7 @@ class AlterColumnType(Change):
         return text + (f" (back: {self.reverse_using})" if self.reverse_using else "")
 
 
+@register_change
 @dataclass(frozen=True)
 class RenameColumn(Change):
     """Rename a column. ``instant=True`` renames in place (breaks running code that uses
@@ -373,61 +454,94 @@ class RenameColumn(Change):
         return f"rename column {_q(self.schema, self.table)}.{self.column} to {self.new_name}"
 
 
+@register_change
+@dataclass(frozen=True)
+class AddIdentity(Change):
+    """Make a NOT NULL column an identity column (``ALTER COLUMN c ADD GENERATED
+    {ALWAYS | BY DEFAULT} AS IDENTITY [(options)]``): catalog only, a brief ACCESS
+    EXCLUSIVE lock. ``options`` are sequence options as SQL (``"START WITH 100"``)."""
+
+    kind: ClassVar[str] = "add_identity"
+    table: str
+    column: str
+    always: bool = False
+    options: str | None = None
+    schema: str | None = None
+
+    def describe(self) -> str:
+        how = "ALWAYS" if self.always else "BY DEFAULT"
+        text = f"make {_q(self.schema, self.table)}.{self.column} GENERATED {how} AS IDENTITY"
+        return text + (f" ({self.options})" if self.options else "")
+
+
+@register_change
+@dataclass(frozen=True)
+class RenameIndex(Change):
+    """``ALTER INDEX name RENAME TO new_name``: catalog only; running queries do not name
+    indexes (SHARE UPDATE EXCLUSIVE on the index, PostgreSQL 12+)."""
+
+    kind: ClassVar[str] = "rename_index"
+    name: str
+    new_name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"rename index {_q(self.schema, self.name)} to {self.new_name}"
+
+
+@register_change
+@dataclass(frozen=True)
+class RenameConstraint(Change):
+    """``ALTER TABLE t RENAME CONSTRAINT name TO new_name``: catalog only, a brief ACCESS
+    EXCLUSIVE lock (the index of a unique or primary key constraint is renamed with it)."""
+
+    kind: ClassVar[str] = "rename_constraint"
+    table: str
+    name: str
+    new_name: str
+    schema: str | None = None
+
+    def describe(self) -> str:
+        return f"rename constraint {self.name} on {_q(self.schema, self.table)} to {self.new_name}"
+
+
+@register_change
 @dataclass(frozen=True)
 class DropColumn(Change):
+    """Drop a column. ``cascade`` (SQL ``DROP COLUMN ... CASCADE``, which Django writes on
+    every RemoveField) is accepted when it takes nothing beyond the column's own indexes
+    and constraints; anything else it would drop (views, other tables' foreign keys) is
+    refused, named."""
+
     kind: ClassVar[str] = "drop_column"
     breaking: ClassVar[bool] = True
     table: str
     column: str
     if_exists: bool = False
     schema: str | None = None
+    cascade: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         return f"drop column {_q(self.schema, self.table)}.{self.column}"
 
 
+@register_change
 @dataclass(frozen=True)
 class DropTable(Change):
+    """Drop a table. ``cascade`` (SQL ``DROP TABLE ... CASCADE``, which Django writes on
+    every DeleteModel) is accepted when it takes nothing beyond the table's own indexes,
+    constraints and sequences; foreign keys of other tables that reference it are
+    refused, named (views over it are refused for every drop)."""
+
     kind: ClassVar[str] = "drop_table"
     breaking: ClassVar[bool] = True
     table: str
     if_exists: bool = False
     schema: str | None = None
+    cascade: bool = field(default=False, metadata={"omit_if_default": True})
 
     def describe(self) -> str:
         return f"drop table {_q(self.schema, self.table)}"
-
-
-CHANGE_TYPES: dict[str, type[Change]] = {}
-
-
-def register_change(cls: type[Change]) -> type[Change]:
-    """Register a change class so ``change_from_dict`` can rebuild it."""
-    CHANGE_TYPES[cls.kind] = cls
-    return cls
-
-
-for _cls in (
-    AddColumn,
-    SetNotNull,
-    DropNotNull,
-    SetDefault,
-    DropDefault,
-    AddIndex,
-    DropIndex,
-    AddForeignKey,
-    AddCheck,
-    AddUnique,
-    ValidateConstraint,
-    DropConstraint,
-    Backfill,
-    RunSQL,
-    AlterColumnType,
-    RenameColumn,
-    DropColumn,
-    DropTable,
-):
-    register_change(_cls)
 
 
 def change_from_dict(data: Mapping[str, Any]) -> Change:
@@ -438,19 +552,27 @@ def change_from_dict(data: Mapping[str, Any]) -> Change:
     if cls is None:
         raise ValueError(f"unknown change kind {kind!r}; known: {', '.join(sorted(CHANGE_TYPES))}")
     hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if isinstance(value, list):
-            hint = str(hints.get(f.name))
-            if "tuple[tuple" in hint:
-                value = tuple(tuple(v) for v in value)
-            else:
-                value = tuple(value)
-        kwargs[f.name] = value
+    kwargs = {
+        f.name: _from_json(hints[f.name], data[f.name])
+        for f in dataclasses.fields(cls)
+        if f.name in data
+    }
     return cls(**kwargs)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """A JSON value as the field's type: lists back to (nested) tuples."""
+    if not isinstance(value, list):
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        tuples = [a for a in args if typing.get_origin(a) is tuple]
+        return _from_json(tuples[0], value) if tuples else value
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+    return tuple(value)
 
 
 def changes_to_json(changes: typing.Sequence[Change]) -> str:

@@ -19,8 +19,14 @@ APPLICATION_NAME = "onlineschema"
 
 def open_dsn(dsn: str, *, application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
     try:
+        # no server-side prepared statements: through a transaction pooler each
+        # statement may run on another server connection (onlineschema.pooler)
         return psycopg.connect(
-            dsn, autocommit=True, application_name=application_name, connect_timeout=10
+            dsn,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=10,
+            prepare_threshold=None,
         )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -97,10 +103,12 @@ def _borrowed(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]
             " its own and run CREATE INDEX CONCURRENTLY outside any transaction",
             "commit first, or in Alembic run inside op.get_context().autocommit_block()",
         )
-    was = conn.autocommit
+    was, prepare = conn.autocommit, conn.prepare_threshold
     conn.autocommit = True
+    conn.prepare_threshold = None  # see open_dsn
     try:
         yield conn
     finally:
+        conn.prepare_threshold = prepare
         if conn.info.transaction_status == pq.TransactionStatus.IDLE and not conn.closed:
             conn.autocommit = was

@@ -3,7 +3,8 @@
 Each error carries the CLI exit code it maps to, so the CLI never has to guess:
 
 * 2: refused before any DDL ran (bad input, unsupported, already running);
-* 3: stopped with the migration resumable (the lock-wait budget was spent);
+* 3: stopped with the migration resumable (the lock-wait budget was spent, the
+  connection was lost for longer than the reconnect budget, a pause or a signal);
 * 1: any other failure.
 """
 
@@ -82,6 +83,13 @@ class LockBudgetExhausted(OnlineSchemaError):
 
 class Paused(OnlineSchemaError):
     """The migration was paused from outside (`onlineschema pause`); it is resumable."""
+
+    exit_code = 3
+
+
+class ConnectionLost(OnlineSchemaError):
+    """The connection to the database was lost and could not be made again within the
+    reconnect budget; nothing is lost and the migration is resumable."""
 
     exit_code = 3
 

@@ -10,14 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
-import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
-
-from pglast import keywords
-from psycopg import sql
 
 PHASES = ("expand", "backfill", "validate", "contract")
 Phase = Literal["expand", "backfill", "validate", "contract"]
@@ -110,6 +106,99 @@ class Action:
     scans: bool = False
 
 
+class StepKind(StrEnum):
+    """How a step runs; the executor and the script renderer dispatch on it
+    (``onlineschema.executor.steps.STEP_HANDLERS``), never on ``Step.action``."""
+
+    #: BEGIN; SET LOCAL timeouts; statements; record done; COMMIT
+    TRANSACTION = "transaction"
+    #: outside a transaction (``DROP INDEX CONCURRENTLY``...): session timeouts, reconciled
+    #: by the postcondition
+    AUTOCOMMIT = "autocommit"
+    #: ``CREATE INDEX CONCURRENTLY`` as a state machine (payload: :class:`IndexBuild`)
+    INDEX_BUILD = "index_build"
+    #: a batched, resumable UPDATE (payload: :class:`BackfillSpec`)
+    BACKFILL = "backfill"
+    #: no SQL: a point the migration stops at (Alembic's contract marker)
+    MARKER = "marker"
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """The index a concurrent build creates (``details["index"]`` in stored plans)."""
+
+    schema: str
+    name: str
+    table: str
+
+    @classmethod
+    def from_details(cls, d: Mapping[str, Any]) -> IndexBuild:
+        return cls(schema=d["schema"], name=d["name"], table=d.get("table", ""))
+
+
+@dataclass(frozen=True)
+class BackfillSpec:
+    """What a backfill step updates, and how it keeps its place (the backfill keys of
+    ``details`` in stored plans)."""
+
+    schema: str
+    table: str
+    set: tuple[tuple[str, str], ...]
+    where: str | None = None
+    #: only rows where this column is still NULL (idempotent fills)
+    only_null: str | None = None
+    key: tuple[str, ...] = ()
+    key_types: tuple[str, ...] = ()
+    strategy: str = "keyset"
+    #: the ``onlineschema backfill`` command line that runs it on its own (scripts)
+    command: str | None = None
+
+    @classmethod
+    def from_details(cls, d: Mapping[str, Any]) -> BackfillSpec:
+        return cls(
+            schema=d["schema"],
+            table=d["table"],
+            set=tuple((str(c), str(e)) for c, e in d.get("set", ())),
+            where=d.get("where"),
+            only_null=d.get("only_null"),
+            key=tuple(d.get("key", ())),
+            key_types=tuple(d.get("key_types", ())),
+            strategy=d.get("strategy", "keyset"),
+            command=d.get("command"),
+        )
+
+
+@dataclass(frozen=True)
+class LintWaiver:
+    """A third-party linter's rule (squawk) waived for one step, with the reason
+    (``details["squawk_ignore"]`` in stored plans)."""
+
+    rule: str
+    why: str
+
+
+#: contract steps that only remove the migration's own helpers: abort may find them done
+#: and still undo the rest (labels as every release wrote them)
+_HELPER_CLEANUP = frozenset({"drop_helper_check", "drop_trigger"})
+#: steps whose undo restores what the live catalog said (a previous default): an offline
+#: script, which has no catalog, cannot render it
+_UNDO_NEEDS_CATALOG = frozenset({"set_default", "drop_default"})
+
+
+def step_kind(
+    transactional: bool, details: Mapping[str, Any], statements: Sequence[str]
+) -> StepKind:
+    """The kind of a step as every release stored it: derived from its payload and its
+    transaction flag (plans store no kind)."""
+    if "index" in details:
+        return StepKind.INDEX_BUILD
+    if "strategy" in details and "set" in details:
+        return StepKind.BACKFILL
+    if not statements:
+        return StepKind.MARKER
+    return StepKind.TRANSACTION if transactional else StepKind.AUTOCOMMIT
+
+
 @dataclass(frozen=True)
 class Step:
     """One unit of work, executed and recorded as a whole.
@@ -139,6 +228,60 @@ class Step:
     #: statement_timeout for the step's statements in seconds; None = the executor's
     #: default for brief DDL, 0 = no limit (scans that run under a weak lock)
     statement_timeout: float | None = None
+    #: how the step runs; derived from the payload and ``transactional`` when not given
+    #: (stored plans carry no kind: see :func:`step_kind`)
+    kind: StepKind = field(default=None, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            derived = step_kind(self.transactional, self.details, self.statements)
+            object.__setattr__(self, "kind", derived)
+        elif not isinstance(self.kind, StepKind):
+            object.__setattr__(self, "kind", StepKind(self.kind))
+
+    @property
+    def index_build(self) -> IndexBuild | None:
+        """The index an INDEX_BUILD step creates."""
+        d = self.details.get("index")
+        return IndexBuild.from_details(d) if d else None
+
+    @property
+    def waits_for_snapshots(self) -> bool:
+        """The step waits, as ``CREATE INDEX CONCURRENTLY`` does, for every transaction
+        of the database holding an older snapshot (an index build, a ``REINDEX
+        CONCURRENTLY``: ``details["waits_for_snapshots"]``). Those waits block no one, so
+        it runs under ``index_lock_timeout``, and the lock guard waits old snapshots out
+        before it starts rather than leave the step half done behind them."""
+        return self.kind is StepKind.INDEX_BUILD or bool(self.details.get("waits_for_snapshots"))
+
+    @property
+    def lock_waits_block_no_one(self) -> bool:
+        """Its lock waits block no one (a step that waits for old snapshots, an abort's
+        undo that runs outside a transaction: ``details["index_lock_timeout"]``), so it
+        runs under ``index_lock_timeout`` instead of the application's lock_timeout."""
+        return self.waits_for_snapshots or bool(self.details.get("index_lock_timeout"))
+
+    @property
+    def backfill_spec(self) -> BackfillSpec | None:
+        """What a BACKFILL step updates."""
+        return BackfillSpec.from_details(self.details) if self.kind is StepKind.BACKFILL else None
+
+    @property
+    def lint(self) -> tuple[LintWaiver, ...]:
+        """Linter rules waived for this step's statements."""
+        return tuple(
+            LintWaiver(w["rule"], w["why"]) for w in self.details.get("squawk_ignore", ())
+        )
+
+    @property
+    def cleans_up_helpers(self) -> bool:
+        """A contract step that only removes the migration's own helpers."""
+        return self.action in _HELPER_CLEANUP
+
+    @property
+    def undo_offline_ok(self) -> bool:
+        """Can an offline script render this step's undo (no live catalog needed)?"""
+        return self.action not in _UNDO_NEEDS_CATALOG
 
     @property
     def lock_text(self) -> str:
@@ -149,12 +292,15 @@ class Step:
         return blocks_application(self.lock)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (unchanged since 0.1: the kind is derived again on reading)."""
         d = dataclasses.asdict(self)
+        del d["kind"]
         d["undo"] = [dataclasses.asdict(a) for a in self.undo]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Step:
+        """Read a stored step, of this release or an earlier one."""
         d = dict(d)
         d["statements"] = tuple(d.get("statements", ()))
         d["tables"] = tuple(d.get("tables", ()))
@@ -252,104 +398,3 @@ class Plan:
                     for i, line in enumerate(stmt.splitlines()):
                         lines.append(("      > " if i == 0 else "        ") + line)
         return "\n".join(lines)
-
-
-def render_sql_script(
-    steps: Sequence[Step],
-    *,
-    lock_timeout: str,
-    statement_timeout: str,
-    index_lock_timeout: str | None = None,
-    backfill_command: str = "onlineschema backfill",
-) -> str:
-    """The plan as a script a DBA can run with psql.
-
-    Each transactional step is its own ``BEGIN``/``COMMIT`` with ``SET LOCAL`` timeouts;
-    ``CONCURRENTLY`` steps run outside a transaction with session timeouts set before and
-    reset after (an index build under ``index_lock_timeout``, as the executor runs it:
-    its waits do not block the application; default: ``lock_timeout``). A batched
-    backfill cannot be a single statement: it is rendered as the command that runs it,
-    commented out so the script never silently skips it.
-    """
-    out = [
-        "-- Generated by onlineschema: the plan as a SQL script.",
-        "-- Every step that can block the application runs under a short lock_timeout",
-        f"-- ({lock_timeout}); if a step fails with 'canceling statement due to lock timeout',",
-        "-- run it again.",
-        "",
-    ]
-    for s in steps:
-        out.append(f"-- step {s.id} [{s.phase}]: {s.description}")
-        lock = s.lock_text + (" on " + ", ".join(s.tables) if s.tables else "")
-        scan = ", scans" if s.scans else ""
-        out.append(f"-- lock: {lock}{scan}")
-        # squawk reads an ignore comment only on the line right above the statement, and
-        # only one: several rules go on that one line, comma-separated
-        rules = [sup["rule"] for sup in s.details.get("squawk_ignore", ())]
-        ignores = [f"-- squawk-ignore {', '.join(rules)}"] if rules else []
-        for sup in s.details.get("squawk_ignore", ()):
-            out.append(f"-- (squawk {sup['rule']} ignored: {sup['why']})")
-        if s.action == "backfill":
-            s = with_backfill_command(s)
-            out.append("-- This step updates existing rows in batches; run it with:")
-            out.append(f"--   {s.details.get('command', backfill_command)}")
-            out.append("")
-            continue
-        stmt_timeout = (
-            statement_timeout
-            if s.statement_timeout is None
-            else (f"{int(s.statement_timeout * 1000)}ms" if s.statement_timeout else "0")
-        )
-        if s.transactional:
-            out.append("BEGIN;")
-            out.append(f"SET LOCAL lock_timeout = '{lock_timeout}';")
-            out.append(f"SET LOCAL statement_timeout = '{stmt_timeout}';")
-            out.extend(_terminated(s.statements, ignores))
-            out.append("COMMIT;")
-        else:
-            lt = index_lock_timeout if s.action == "create_index" and index_lock_timeout else None
-            out.append(f"SET lock_timeout = '{lt or lock_timeout}';")
-            out.append(f"SET statement_timeout = '{stmt_timeout}';")
-            out.extend(_terminated(s.statements, ignores))
-            out.append("RESET lock_timeout;")
-            out.append("RESET statement_timeout;")
-        out.append("")
-    return "\n".join(out)
-
-
-def with_backfill_command(step: Step) -> Step:
-    """Give a backfill step the ``onlineschema backfill`` command line that does its work
-    on its own, for the SQL script rendering."""
-    d = step.details
-    if step.action != "backfill" or "command" in d or "table" not in d:
-        return step
-    table = f"{_ident(d['schema'])}.{_ident(d['table'])}"
-    parts = ["onlineschema", "backfill", "--table", table]
-    for column, expr in d.get("set", ()):
-        parts += ["--set", f"{_ident(column)} = {expr}"]
-    conds = []
-    if d.get("only_null"):
-        conds.append(f"{_ident(d['only_null'])} IS NULL")
-    if d.get("where"):
-        conds.append(f"({d['where']})" if d.get("only_null") else d["where"])
-    if conds:
-        parts += ["--where", " AND ".join(conds)]
-    command = " ".join(shlex.quote(p) for p in parts)
-    return dataclasses.replace(step, details={**d, "command": command})
-
-
-def _ident(name: str) -> str:
-    """An identifier as a person would write it: bare when that reads back the same."""
-    if re.fullmatch(r"[a-z_][a-z0-9_]*", name) and name not in (
-        keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
-    ):
-        return name
-    return sql.Identifier(name).as_string(None)
-
-
-def _terminated(stmts: Sequence[str], before: Sequence[str] = ()) -> list[str]:
-    out: list[str] = []
-    for s in stmts:
-        out.extend(before)
-        out.append(s if s.rstrip().endswith(";") else s + ";")
-    return out

@@ -27,10 +27,13 @@ What is understood and dropped, on purpose:
   the script's string literals read) and ``SET ROLE`` / ``SET SESSION AUTHORIZATION``
   (they would change who owns the new objects: connect as that role instead).
 * Comments.
-* Alembic's bookkeeping: ``CREATE TABLE alembic_version``, ``INSERT INTO
-  alembic_version``, ``UPDATE alembic_version``, ``DELETE FROM alembic_version`` and
-  ``DROP TABLE alembic_version`` (in any schema). Alembic's ``--sql`` output records the
-  revision in that table; whoever runs the migration records it their own way.
+
+Framework bookkeeping is kept, and run last: ``CREATE TABLE``, ``INSERT``, ``UPDATE``,
+``DELETE`` and ``DROP TABLE`` of ``alembic_version``, ``django_migrations`` and
+``_prisma_migrations`` (in any schema) become ``RunSQL(bookkeeping=True)``, which the
+planner runs as written as the migration's last steps, in one transaction each, once
+everything else is done (after ``onlineschema contract`` when the migration has a
+contract phase): the framework then knows the revision ran, and only once it really did.
 
 Accepted and ignored because the change objects have no field for them (the result is
 stricter, never looser, than PostgreSQL): ``ALTER TABLE IF EXISTS`` and ``ONLY``,
@@ -40,8 +43,10 @@ CONCURRENTLY``, the name of a ``CONSTRAINT n NOT NULL``.
 
 Statements that only create new objects (``CREATE TABLE``, ``CREATE SEQUENCE``, ``CREATE
 TYPE``, ``CREATE DOMAIN``, ``CREATE FUNCTION`` / ``PROCEDURE``, ``CREATE EXTENSION``,
-``CREATE SCHEMA``, ``CREATE VIEW``, ``COMMENT ON``) become ``RunSQL`` with the statement's
-original text; ``touches`` names the existing tables they lock (a ``CREATE TABLE`` with
+``CREATE SCHEMA``, ``CREATE VIEW``, ``COMMENT ON``), and seed data for a table created
+earlier in the same script (``INSERT`` / ``UPDATE`` / ``DELETE`` naming it exactly as its
+``CREATE`` did, writing nowhere else), become ``RunSQL`` with the statement's original
+text; ``touches`` names the existing tables they lock or read (a ``CREATE TABLE`` with
 ``REFERENCES u`` takes SHARE ROW EXCLUSIVE on ``u``). ``ALTER TABLE t ADD CONSTRAINT n
 UNIQUE|PRIMARY KEY USING INDEX i`` is understood when ``i`` is a plain unique index made
 by an earlier ``CREATE UNIQUE INDEX`` of the same script: the pair becomes one
@@ -73,6 +78,7 @@ from pglast.enums import (
     ConstrType,
     DropBehavior,
     ObjectType,
+    ReindexObjectType,
     SortByDir,
     SortByNulls,
     TransactionStmtKind,
@@ -83,6 +89,7 @@ from onlineschema.changes import (
     AddCheck,
     AddColumn,
     AddForeignKey,
+    AddIdentity,
     AddIndex,
     AddUnique,
     AlterColumnType,
@@ -94,7 +101,10 @@ from onlineschema.changes import (
     DropIndex,
     DropNotNull,
     DropTable,
+    Reindex,
     RenameColumn,
+    RenameConstraint,
+    RenameIndex,
     RunSQL,
     SetDefault,
     SetNotNull,
@@ -103,7 +113,7 @@ from onlineschema.changes import (
 from onlineschema.errors import Refused, UnsupportedStatement
 from onlineschema.expressions import deparse, walk
 
-__all__ = ["SUPPORTED_TEXT", "parse_sql"]
+__all__ = ["SUPPORTED_TEXT", "parse_sql", "update_targets"]
 
 SUPPORTED_TEXT = """\
 Supported statements (t may be schema-qualified):
@@ -111,20 +121,26 @@ Supported statements (t may be schema-qualified):
       [PRIMARY KEY] [REFERENCES u [(col)] [ON DELETE/UPDATE action] [DEFERRABLE ...]]
   ALTER TABLE t ALTER [COLUMN] c SET NOT NULL | DROP NOT NULL | SET DEFAULT e
       | DROP DEFAULT | [SET DATA] TYPE type [USING e]
+      | ADD GENERATED {ALWAYS | BY DEFAULT} AS IDENTITY [(sequence options)]
   ALTER TABLE t ADD [CONSTRAINT n] FOREIGN KEY (cols) REFERENCES u [(cols)]
       [ON DELETE/UPDATE action] [DEFERRABLE [INITIALLY DEFERRED]] [NOT VALID]
   ALTER TABLE t ADD [CONSTRAINT n] CHECK (condition) [NOT VALID]
   ALTER TABLE t ADD [CONSTRAINT n] UNIQUE (cols) | PRIMARY KEY (cols)
+      [DEFERRABLE [INITIALLY DEFERRED]]
   ALTER TABLE t VALIDATE CONSTRAINT n | DROP CONSTRAINT [IF EXISTS] n
-      | DROP [COLUMN] [IF EXISTS] c        (several subcommands per ALTER TABLE are fine)
-  ALTER TABLE t RENAME [COLUMN] a TO b
-  DROP TABLE [IF EXISTS] t [, ...]
+      | DROP [COLUMN] [IF EXISTS] c [CASCADE]  (several subcommands per ALTER TABLE are fine)
+  ALTER TABLE t RENAME [COLUMN] a TO b | RENAME CONSTRAINT a TO b
+  ALTER INDEX i RENAME TO j
+  DROP TABLE [IF EXISTS] t [, ...] [CASCADE]
   CREATE [UNIQUE] INDEX [CONCURRENTLY] [name] ON t [USING method] (columns or expressions)
       [INCLUDE (cols)] [WHERE condition]
   DROP INDEX [CONCURRENTLY] [IF EXISTS] name [, ...]
+  REINDEX INDEX [CONCURRENTLY] name                 (always rebuilt concurrently)
   UPDATE t SET c = e [, ...] [WHERE condition]     (run in batches)
   CREATE TABLE | SEQUENCE | TYPE | DOMAIN | FUNCTION | PROCEDURE | EXTENSION | SCHEMA | VIEW,
       COMMENT ON ...                                   (new objects: run as written)
+  INSERT | UPDATE | DELETE on a table created earlier in the script (seed data: as written)
+  rows of alembic_version, django_migrations, _prisma_migrations    (run last, as written)
   BEGIN, COMMIT, SET ..., SET CONSTRAINTS ..., SELECT set_config(...), comments: ignored"""
 
 _NO_ACTION = "a"
@@ -334,6 +350,8 @@ def _create_touches(node: Any) -> list[str]:
         return []
     if isinstance(node, ast.ViewStmt):
         return _referenced_relations(node.query)
+    if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)):
+        return _referenced_relations(node)  # the tables a seed statement reads
     if isinstance(node, ast.CreateSchemaStmt):
         return [t for elt in node.schemaElts or () for t in _create_touches(elt)]
     return []
@@ -400,8 +418,6 @@ def _needs_no_transaction(node: Any) -> bool:
 _STATEMENT_REASONS: dict[str, str] = {
     "ClusterStmt": "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads"
     " and writes for the whole copy",
-    "ReindexStmt": "REINDEX blocks writes (and reads that use the index) while it rebuilds;"
-    " run REINDEX ... CONCURRENTLY yourself, outside a migration",
     "LockStmt": "LOCK TABLE holds a lock for the whole transaction; onlineschema takes only"
     " short, time-limited locks itself",
     "TruncateStmt": "TRUNCATE takes an ACCESS EXCLUSIVE lock and removes every row",
@@ -507,7 +523,11 @@ def _statement_reason(node: Any) -> tuple[str, bool]:
                 " onlineschema has no expand/contract for table renames",
                 True,
             )
-        return "only ALTER TABLE ... RENAME COLUMN is supported among renames", True
+        return (
+            "only RENAME COLUMN, RENAME CONSTRAINT and ALTER INDEX ... RENAME are supported"
+            " among renames",
+            True,
+        )
     if kind in _STATEMENT_REASONS:
         return _STATEMENT_REASONS[kind], True
     return "it is not one of the statements onlineschema can run online", True
@@ -519,14 +539,30 @@ def _statement_reason(node: Any) -> tuple[str, bool]:
 class _Translator:
     def __init__(self) -> None:
         self.changes: list[Change] = []
+        #: relations created by earlier statements of the script, as written
+        self.created: set[str] = set()
+
+    def is_new(self, rel: Any) -> bool:
+        """Was ``rel`` (a RangeVar) created earlier in this script, named the same way?"""
+        return rel is not None and _rangevar_name(rel) in self.created
 
     # -- dispatch -------------------------------------------------------------------
 
     def statement(self, node: Any) -> list[Change] | None:
         """Changes for one statement; [] when it is understood and dropped; None when
         it only creates new objects (the caller emits RunSQL)."""
-        if _is_alembic_bookkeeping(node):
-            return []
+        if (
+            isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
+            and self.is_new(node.relation)
+            and not any(  # a data-changing WITH could write to existing tables
+                isinstance(sub, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt))
+                for sub in walk(node)
+                if sub is not node
+            )
+        ):
+            # seed data for a table this migration creates: nothing uses it yet, so the
+            # statement runs as written (one transactional step after the CREATE)
+            return None
         if isinstance(node, (ast.TransactionStmt,)):
             return self._transaction(node)
         if isinstance(node, ast.VariableSetStmt):
@@ -543,6 +579,8 @@ class _Translator:
             return self._drop(node)
         if isinstance(node, ast.IndexStmt):
             return self._create_index(node)
+        if isinstance(node, ast.ReindexStmt):
+            return [self._reindex(node)]
         if isinstance(node, ast.UpdateStmt):
             return [self._update(node)]
         if isinstance(node, ast.CreateStmt) and node.partbound is not None:
@@ -631,14 +669,25 @@ class _Translator:
             return [_alter_type(cmd.def_, table, column, schema)]
         if sub == AlterTableType.AT_AddConstraint:
             return self._add_constraint(cmd.def_, table, schema, consumed)
+        if sub == AlterTableType.AT_AddIdentity and column is not None:
+            return [_identity(cmd.def_, table, column, schema)]
         if sub == AlterTableType.AT_ValidateConstraint and column is not None:
             return [ValidateConstraint(table, column, schema=schema)]
         if sub == AlterTableType.AT_DropConstraint and column is not None:
             _no_cascade(cmd, f"DROP CONSTRAINT {column}")
             return [DropConstraint(table, column, if_exists=bool(cmd.missing_ok), schema=schema)]
         if sub == AlterTableType.AT_DropColumn and column is not None:
-            _no_cascade(cmd, f"DROP COLUMN {column}")
-            return [DropColumn(table, column, if_exists=bool(cmd.missing_ok), schema=schema)]
+            # CASCADE: the planner refuses it when it would take more than the column's
+            # own indexes and constraints
+            return [
+                DropColumn(
+                    table,
+                    column,
+                    if_exists=bool(cmd.missing_ok),
+                    schema=schema,
+                    cascade=cmd.behavior == DropBehavior.DROP_CASCADE,
+                )
+            ]
         raise _Unsupported(_alter_table_reason(cmd))
 
     def _add_constraint(
@@ -685,8 +734,6 @@ class _Translator:
         index_name = _str(con.indexname)
         primary = con.contype == ConstrType.CONSTR_PRIMARY
         what = "PRIMARY KEY" if primary else "UNIQUE"
-        if con.deferrable or con.initdeferred:
-            raise _Unsupported(f"a DEFERRABLE {what} constraint is not supported")
         for change in reversed(self.changes):
             if (
                 isinstance(change, AddIndex)
@@ -710,6 +757,8 @@ class _Translator:
                         name=_opt(con.conname) or index_name,
                         primary_key=primary,
                         schema=schema,
+                        deferrable=bool(con.deferrable or con.initdeferred),
+                        initially_deferred=bool(con.initdeferred),
                     )
                 break
         raise _Unsupported(
@@ -737,6 +786,18 @@ class _Translator:
                     schema=_opt(rel.schemaname),
                 )
             ]
+        rel = node.relation
+        if node.renameType == ObjectType.OBJECT_INDEX and rel is not None and not node.missing_ok:
+            return [RenameIndex(_str(rel.relname), _str(node.newname), schema=_opt(rel.schemaname))]
+        if node.renameType == ObjectType.OBJECT_TABCONSTRAINT and rel is not None:
+            return [
+                RenameConstraint(
+                    _str(rel.relname),
+                    _str(node.subname),
+                    _str(node.newname),
+                    schema=_opt(rel.schemaname),
+                )
+            ]
         reason, raw_ok = _statement_reason(node)
         raise _Unsupported(reason, raw_ok=raw_ok)
 
@@ -746,7 +807,10 @@ class _Translator:
             reason, raw_ok = _statement_reason(node)
             raise _Unsupported(reason, raw_ok=raw_ok)
         word = "TABLE" if kind == ObjectType.OBJECT_TABLE else "INDEX"
-        if node.behavior == DropBehavior.DROP_CASCADE:
+        cascade = node.behavior == DropBehavior.DROP_CASCADE
+        # DROP TABLE ... CASCADE: the planner refuses it when it would take more than the
+        # table's own objects (other tables' foreign keys; views are refused anyway)
+        if cascade and kind != ObjectType.OBJECT_TABLE:
             raise _Unsupported(
                 f"DROP {word} ... CASCADE also drops whatever depends on it (views, foreign"
                 " keys...); drop those explicitly, then drop without CASCADE"
@@ -759,10 +823,25 @@ class _Translator:
             if kind == ObjectType.OBJECT_TABLE:
                 if name == "alembic_version":
                     continue
-                out.append(DropTable(name, if_exists=bool(node.missing_ok), schema=schema))
+                out.append(
+                    DropTable(name, if_exists=bool(node.missing_ok), schema=schema, cascade=cascade)
+                )
             else:
                 out.append(DropIndex(name, if_exists=bool(node.missing_ok), schema=schema))
         return out
+
+    def _reindex(self, node: Any) -> Change:
+        if node.kind != ReindexObjectType.REINDEX_OBJECT_INDEX:
+            what = node.kind.name.removeprefix("REINDEX_OBJECT_")
+            raise _Unsupported(
+                f"REINDEX {what} rebuilds many indexes, blocking writes while it does; name"
+                " each index instead: REINDEX INDEX CONCURRENTLY name (one statement per"
+                " index), which onlineschema runs online"
+            )
+        options = {d.defname for d in node.params or ()} - {"concurrently", "verbose"}
+        if options:
+            raise _Unsupported(f"REINDEX option(s) {', '.join(sorted(options))} are not supported")
+        return Reindex(_str(node.relation.relname), schema=_opt(node.relation.schemaname))
 
     def _create_index(self, node: Any) -> list[Change]:
         problems: list[str] = []
@@ -855,14 +934,22 @@ class _Translator:
         )
 
 
-def _is_alembic_bookkeeping(node: Any) -> bool:
+#: tables in which frameworks record the migrations they ran
+BOOKKEEPING_TABLES = frozenset({"alembic_version", "django_migrations", "_prisma_migrations"})
+
+
+def _is_framework_bookkeeping(node: Any) -> bool:
     if isinstance(node, (ast.CreateStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)):
         rel = node.relation
-        return rel is not None and rel.relname == "alembic_version"
+        return (
+            rel is not None
+            and rel.relname in BOOKKEEPING_TABLES
+            and not (isinstance(node, ast.CreateStmt) and node.partbound is not None)
+        )
     if isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
         objects = node.objects or ()
         return bool(objects) and all(
-            _object_name(parts)[1] == "alembic_version" for parts in objects
+            _object_name(parts)[1] in BOOKKEEPING_TABLES for parts in objects
         )
     return False
 
@@ -920,6 +1007,19 @@ def _alter_type(coldef: Any, table: str, column: str, schema: str | None) -> Alt
         column,
         _type_name(coldef.typeName, f"ALTER COLUMN {column} TYPE"),
         using=deparse(using) if using is not None else None,
+        schema=schema,
+    )
+
+
+def _identity(con: Any, table: str, column: str, schema: str | None) -> AddIdentity:
+    text = deparse(con)
+    _, _, options = text.partition("AS IDENTITY")
+    options = options.strip()
+    return AddIdentity(
+        table,
+        column,
+        always=con.generated_when == "a",
+        options=options[1:-1].strip() if options.startswith("(") else None,
         schema=schema,
     )
 
@@ -986,7 +1086,15 @@ def _check(con: Any, table: str, schema: str | None) -> AddCheck:
     )
 
 
-def _unique(con: Any, table: str, schema: str | None, columns: tuple[str, ...]) -> AddUnique:
+def _unique(
+    con: Any,
+    table: str,
+    schema: str | None,
+    columns: tuple[str, ...],
+    *,
+    deferrable: bool | None = None,
+    initially_deferred: bool | None = None,
+) -> AddUnique:
     primary = con.contype == ConstrType.CONSTR_PRIMARY
     what = "PRIMARY KEY" if primary else "UNIQUE"
     problems = []
@@ -998,15 +1106,25 @@ def _unique(con: Any, table: str, schema: str | None, columns: tuple[str, ...]) 
         problems.append("WITH (storage parameters)")
     if con.indexspace:
         problems.append("USING INDEX TABLESPACE")
-    if con.deferrable or con.initdeferred:
-        problems.append("DEFERRABLE")
     if con.without_overlaps:
         problems.append("WITHOUT OVERLAPS")
     if problems:
         raise _Unsupported(
             f"{what} with {', '.join(problems)} is not supported (AddUnique has no such option)"
         )
-    return AddUnique(table, columns, name=_opt(con.conname), primary_key=primary, schema=schema)
+    deferrable = bool(con.deferrable) if deferrable is None else deferrable
+    initially_deferred = (
+        bool(con.initdeferred) if initially_deferred is None else initially_deferred
+    )
+    return AddUnique(
+        table,
+        columns,
+        name=_opt(con.conname),
+        primary_key=primary,
+        schema=schema,
+        deferrable=deferrable or initially_deferred,
+        initially_deferred=initially_deferred,
+    )
 
 
 _DEFERRAL_ATTRS = {
@@ -1030,6 +1148,7 @@ def _add_column(coldef: Any, table: str, schema: str | None) -> list[Change]:
         problems.append("OPTIONS")
     nullable: bool | None = None
     default: str | None = None
+    identity: AddIdentity | None = None
     # Constraints to add after the column, with deferral attributes that follow them.
     pending: list[tuple[Any, dict[str, bool]]] = []
     for con in coldef.constraints or ():
@@ -1068,11 +1187,10 @@ def _add_column(coldef: Any, table: str, schema: str | None) -> list[Change]:
         elif ct == ConstrType.CONSTR_ATTR_NOT_ENFORCED:
             problems.append("NOT ENFORCED")
         elif ct == ConstrType.CONSTR_IDENTITY:
-            problems.append(
-                "GENERATED ... AS IDENTITY (adding an identity column rewrites the table under"
-                " an ACCESS EXCLUSIVE lock; add a plain column with a sequence default, backfill"
-                " it, then attach the identity yourself)"
-            )
+            # a NOT NULL column, then the identity: the planner allows that only on an
+            # empty table (on one with rows PostgreSQL would rewrite it)
+            identity = _identity(con, table, column, schema)
+            nullable = False
         elif ct == ConstrType.CONSTR_GENERATED:
             problems.append(
                 "GENERATED ALWAYS AS (...) (adding a generated column rewrites the table under"
@@ -1097,6 +1215,8 @@ def _add_column(coldef: Any, table: str, schema: str | None) -> list[Change]:
             schema=schema,
         )
     ]
+    if identity is not None:
+        out.append(identity)
     for con, attrs in pending:
         ct = con.contype
         if ct == ConstrType.CONSTR_FOREIGN:
@@ -1114,9 +1234,35 @@ def _add_column(coldef: Any, table: str, schema: str | None) -> list[Change]:
         elif ct == ConstrType.CONSTR_CHECK:
             out.append(_check(con, table, schema))
         else:
-            if attrs.get("deferrable") or attrs.get("initially_deferred"):
-                raise _Unsupported(f"ADD COLUMN {column} with a DEFERRABLE UNIQUE/PRIMARY KEY")
-            out.append(_unique(con, table, schema, (column,)))
+            out.append(
+                _unique(
+                    con,
+                    table,
+                    schema,
+                    (column,),
+                    deferrable=attrs.get("deferrable"),
+                    initially_deferred=attrs.get("initially_deferred"),
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------- raw statements
+
+
+def update_targets(text: str) -> list[tuple[str | None, str, tuple[str, ...]]]:
+    """``(schema, table, columns)`` that the ``UPDATE`` statements of ``text`` set (for a
+    raw statement run as written: its UPDATE fills those columns); [] for anything else."""
+    try:
+        statements = pglast.parse_sql(text)
+    except ParseError:
+        return []
+    out: list[tuple[str | None, str, tuple[str, ...]]] = []
+    for raw in statements:
+        node = raw.stmt
+        if isinstance(node, ast.UpdateStmt) and node.relation is not None:
+            columns = tuple(_str(t.name) for t in node.targetList or () if t.name)
+            out.append((_opt(node.relation.schemaname), _str(node.relation.relname), columns))
     return out
 
 
@@ -1148,7 +1294,11 @@ def _unsupported_error(problems: Sequence[_Problem], allow_raw: bool) -> Unsuppo
 def parse_sql(text: str, *, allow_raw: bool = False) -> list[Change]:
     """Translate a SQL script into requested changes, statement by statement, in order.
 
-    Raises :class:`Refused` if the input is empty or cannot be parsed, and
+    A script with nothing to do on PostgreSQL (no statements, or only comments, ``SET``,
+    ``BEGIN`` / ``COMMIT``) gives ``[]``: an empty migration, planned as an empty plan
+    and recorded as done.
+
+    Raises :class:`Refused` if the input cannot be parsed, and
     :class:`UnsupportedStatement` (listing all of them) if statements have no online
     translation, unless ``allow_raw`` turns each into ``RunSQL(raw=True)``.
     """
@@ -1163,16 +1313,18 @@ def parse_sql(text: str, *, allow_raw: bool = False) -> list[Change]:
         raw_statements = pglast.parse_sql(text)
     except ParseError as exc:
         raise _parse_error(text, exc) from None
-    if not raw_statements:
-        raise Refused(
-            "the SQL input has no statements",
-            fix="give the SQL of the migration (ALTER TABLE ..., CREATE INDEX ..., UPDATE ...)",
-        )
     translator = _Translator()
     problems: list[_Problem] = []
     for raw in raw_statements:
         stmt_text, line = _statement_text(text, raw)
         node = raw.stmt
+        if _is_framework_bookkeeping(node):
+            creates = _dedupe(_creates(node))
+            touches = () if creates else _dedupe(_referenced_relations(node))
+            translator.changes.append(
+                RunSQL(sql=stmt_text, touches=touches, creates=creates, bookkeeping=True)
+            )
+            continue
         try:
             changes = translator.statement(node)
         except _Unsupported as exc:
@@ -1190,7 +1342,12 @@ def parse_sql(text: str, *, allow_raw: bool = False) -> list[Change]:
             continue
         if changes is None:
             creates = _dedupe(_creates(node))
-            touches = tuple(t for t in _dedupe(_create_touches(node)) if t not in creates)
+            translator.created.update(creates)
+            touches = tuple(
+                t
+                for t in _dedupe(_create_touches(node))
+                if t not in creates and t not in translator.created
+            )
             translator.changes.append(
                 RunSQL(sql=stmt_text, raw=False, touches=touches, creates=creates)
             )

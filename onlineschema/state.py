@@ -8,13 +8,14 @@ state never claims more than happened, nor less.
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .errors import UnknownMigration
+from .errors import Refused, UnknownMigration
 
 STATES = (
     "running",
@@ -25,6 +26,44 @@ STATES = (
     "aborting",
     "aborted",
 )
+
+#: the version of the state schema this release writes. 1: release 0.1.0, which had no
+#: version table; every later version adds to it in place (see _UPGRADES). 3: leases
+#: (one executor per migration through a transaction pooler, onlineschema.lease).
+SCHEMA_VERSION = 3
+
+#: how the schema of version n - 1 becomes version n: brief statements only (CREATE ...
+#: IF NOT EXISTS, ADD COLUMN IF NOT EXISTS without a volatile default), never a rewrite
+#: or a scan of a state table, so an upgrade never waits behind a running migration's
+#: batches for long nor makes them wait
+_UPGRADES: dict[int, list[str]] = {
+    2: [
+        """CREATE TABLE IF NOT EXISTS {s}.schema_version (
+            id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+            version int NOT NULL,
+            release text NOT NULL,
+            upgraded_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ],
+    3: [
+        """CREATE TABLE IF NOT EXISTS {s}.leases (
+            migration text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at timestamptz NOT NULL,
+            taken_at timestamptz NOT NULL DEFAULT now(),
+            renewed_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ],
+}
+
+
+def _release() -> str:
+    """This release's version, as recorded with the state schema."""
+    try:
+        return f"onlineschema {metadata.version('onlineschema')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "onlineschema (source tree)"
+
 
 _DDL = [
     "CREATE SCHEMA IF NOT EXISTS {s}",
@@ -106,6 +145,37 @@ _DDL = [
 ]
 
 
+def _stored_version(cur: psycopg.Cursor[Any], schema: str) -> int | None:
+    """The state schema's version: None when there is none, 1 without a version table."""
+    cur.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (f'"{schema}".migrations', f'"{schema}".schema_version'),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    has_state, has_version = row
+    if not has_version:
+        return 1 if has_state else None
+    cur.execute(
+        sql.SQL("SELECT max(version) FROM {}").format(sql.Identifier(schema, "schema_version"))
+    )
+    got = cur.fetchone()
+    return int(got[0]) if got and got[0] is not None else 1
+
+
+def _refuse_newer(schema: str, version: int | None) -> None:
+    """A release never works on a state schema that a newer release wrote."""
+    if version is not None and version > SCHEMA_VERSION:
+        raise Refused(
+            f"the state schema {schema!r} was written by a newer onlineschema"
+            f" (state schema version {version}; this release, {_release()}, knows"
+            f" versions up to {SCHEMA_VERSION}): it may hold migrations this release"
+            " cannot read, so it changes nothing",
+            "run the newer onlineschema that wrote it (pip install -U onlineschema),"
+            " or give this release a state schema of its own with --state-schema",
+        )
+
+
 class StateStore:
     """Reads and writes the state schema through the executor's connection."""
 
@@ -118,14 +188,42 @@ class StateStore:
         return sql.Identifier(self.schema, table)
 
     def ensure(self) -> None:
-        """Create the state schema and tables if they are missing (safe to race)."""
+        """Create the state schema and tables if they are missing, or upgrade them in
+        place to :data:`SCHEMA_VERSION` (safe to race); refuse a schema written by a
+        newer release."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             cur.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('onlineschema.state'), hashtext(%s))",
                 (self.schema,),
             )
-            for stmt in _DDL:
+            version = _stored_version(cur, self.schema)
+            _refuse_newer(self.schema, version)
+            for stmt in _DDL:  # version 1, as release 0.1.0 created it
                 cur.execute(sql.SQL(stmt).format(s=self._s))
+            current = version or 1
+            for target in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in _UPGRADES[target]:
+                    cur.execute(sql.SQL(stmt).format(s=self._s))
+            if version != SCHEMA_VERSION:
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (id, version, release) VALUES (1, %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE SET version = excluded.version,"
+                        " release = excluded.release, upgraded_at = now()"
+                    ).format(self.t("schema_version")),
+                    (SCHEMA_VERSION, _release()),
+                )
+
+    def schema_version(self) -> int | None:
+        """The version of the state schema in the database: None when there is none, 1
+        for one made by release 0.1.0 (which had no version table)."""
+        with self.conn.cursor() as cur:
+            return _stored_version(cur, self.schema)
+
+    def check_version(self) -> None:
+        """Refuse to work on a state schema written by a newer release (which may hold
+        migrations this release cannot read or would corrupt)."""
+        _refuse_newer(self.schema, self.schema_version())
 
     def exists(self) -> bool:
         with self.conn.cursor() as cur:
@@ -247,6 +345,7 @@ class StateStore:
             )
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        state = str(state)  # a MigrationState's value
         assert state in STATES
         finished = state in ("completed", "aborted")
         with self.conn.cursor() as cur:

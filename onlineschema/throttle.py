@@ -58,6 +58,8 @@ import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from .observe import publish
+
 log = structlog.stdlib.get_logger("onlineschema.throttle")
 
 HIDDEN_QUERY = "<insufficient privilege>"
@@ -693,6 +695,7 @@ class Throttle:
                 self._release(unreadable, {})
             return
         self._release(unreadable, {})
+        publish({"event": "backfill_signal_read", "signal": name, **r.values})  # metrics
         with self._lock:
             engaged = name in self._engaged
             if sig.strained(r, s):

@@ -20,6 +20,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from onlineschema.embedded.server import LocalServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/plans/ from today's planner instead of comparing",
+    )
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[tuple[str, LocalServer | None]]:
     """``(superuser dsn, LocalServer or None when ONLINESCHEMA_TEST_DSN is used)``."""

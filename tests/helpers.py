@@ -347,3 +347,74 @@ def make_orders(conn: Conn, rows: int = 2000) -> None:
         (rows,),
     )
     conn.execute("ANALYZE users, orders")
+
+
+# --- DDL recorder: what DDL ran anywhere in the database ------------------------------
+
+_DDL_RECORDER_SETUP = """
+CREATE SCHEMA ddl_recorder;
+CREATE SEQUENCE ddl_recorder.events;
+CREATE TABLE ddl_recorder.log (
+    seq bigserial PRIMARY KEY, event text, tag text, object text, query text,
+    app text DEFAULT current_setting('application_name'));
+CREATE FUNCTION ddl_recorder.on_start() RETURNS event_trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM nextval('ddl_recorder.events');
+    INSERT INTO ddl_recorder.log (event, tag, query) VALUES (tg_event, tg_tag, current_query());
+END $$;
+CREATE FUNCTION ddl_recorder.on_drop() RETURNS event_trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM nextval('ddl_recorder.events');
+    INSERT INTO ddl_recorder.log (event, tag, object, query)
+    SELECT tg_event, tg_tag, d.object_type || ' ' || d.object_identity, current_query()
+    FROM pg_event_trigger_dropped_objects() d;
+END $$;
+CREATE EVENT TRIGGER ddl_recorder_start ON ddl_command_start
+    EXECUTE FUNCTION ddl_recorder.on_start();
+CREATE EVENT TRIGGER ddl_recorder_drop ON sql_drop EXECUTE FUNCTION ddl_recorder.on_drop();
+"""
+
+_DDL_RECORDER_TEARDOWN = """
+DROP EVENT TRIGGER ddl_recorder_start;
+DROP EVENT TRIGGER ddl_recorder_drop;
+DROP SCHEMA ddl_recorder CASCADE;
+"""
+
+
+class DdlRecorder:
+    """Records every DDL command started (``ddl_command_start``: CREATE, ALTER, DROP,
+    COMMENT, GRANT, ...) and every object dropped (``sql_drop``) in the database, by any
+    session, while it is active: ``with DdlRecorder(superuser_conn) as ddl: ...`` then
+    ``ddl.seen()`` and ``ddl.count()``. Event triggers need a superuser connection
+    (autocommit). A command rolled back takes its log row with it, but not its count (a
+    sequence): ``count()`` sees DDL run in a transaction that was then rolled back."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.active = False
+
+    def __enter__(self) -> DdlRecorder:
+        self.conn.execute(_DDL_RECORDER_SETUP)
+        self.active = True
+        return self
+
+    def seen(self) -> list[tuple[Any, ...]]:
+        """(event, tag, dropped object, query, application_name) of each DDL recorded."""
+        return self.conn.execute(
+            "SELECT event, tag, object, left(query, 200), app FROM ddl_recorder.log ORDER BY seq"
+        ).fetchall()
+
+    def count(self) -> int:
+        """Event trigger firings, rolled-back ones included."""
+        row = self.conn.execute(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM ddl_recorder.events"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self.active = False
+            self.conn.execute(_DDL_RECORDER_TEARDOWN)

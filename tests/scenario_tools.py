@@ -224,6 +224,24 @@ class Blocker:
                 conn.close()
                 self.released_at = time.monotonic()
 
+    def wait_until_older_than(self, seconds: float, timeout: float = 10) -> None:
+        """Wait until the blocker's transaction is more than ``seconds`` old (a long
+        transaction to the lock guard, not one about to end by itself)."""
+        wait_until(
+            lambda: (
+                query_value(
+                    self.dsn,
+                    "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
+                    " WHERE pid = %s",
+                    (self.pid,),
+                )
+                or 0
+            )
+            > seconds,
+            timeout=timeout,
+            what=f"the blocker's transaction to be older than {seconds}s",
+        )
+
     @property
     def held_for(self) -> float:
         assert self.started_at is not None and self.released_at is not None
@@ -426,3 +444,105 @@ def invalid_index(dsn: str, index: str) -> bool:
             (index,),
         )
     )
+
+
+# --- who blocks whom: sampled from the server --------------------------------------------
+
+_BLOCKERS_SQL = """
+SELECT b.pid, b.application_name,
+       EXISTS (SELECT FROM pg_locks w WHERE w.pid = b.pid AND NOT w.granted) AS waiting
+FROM unnest(pg_blocking_pids(%(victim)s)) AS p(pid)
+JOIN pg_stat_activity b ON b.pid = p.pid
+"""
+
+#: the longest current wait for a lock of an executor session (any process), and of the
+#: victim, seconds
+_WAITS_SQL = """
+SELECT coalesce(max(extract(epoch FROM clock_timestamp() - l.waitstart)), 0)::float8
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE NOT l.granted AND a.datname = current_database()
+  AND (a.application_name = %(app)s OR starts_with(a.application_name, %(app)s || '-'))
+UNION ALL
+SELECT coalesce(max(extract(epoch FROM clock_timestamp() - l.waitstart)), 0)::float8
+FROM pg_locks l WHERE NOT l.granted AND l.pid = %(victim)s
+"""
+
+
+@dataclass
+class BlockSample:
+    at: float  # time.monotonic() when sampled
+    #: (pid, application_name, itself waiting for a lock) of each session blocking the victim
+    blockers: list[tuple[int, str, bool]]
+    #: how long an executor session has been waiting for a lock at this moment (0: none)
+    executor_wait: float
+    #: how long the victim has been waiting for a lock at this moment (0: not waiting)
+    victim_wait: float
+
+    def executor_blocks(self, *, waiting: bool | None = None) -> bool:
+        """Is an executor session (application_name onlineschema...) among the blockers
+        (with ``waiting``: one that itself waits for a lock / holds it)?"""
+        return any(
+            app == EXECUTOR_APP or app.startswith(EXECUTOR_APP + "-")
+            for _, app, w in self.blockers
+            if waiting is None or w == waiting
+        )
+
+
+class BlockSampler(threading.Thread):
+    """Every ``interval`` seconds, asks the server which sessions block ``victim_pid``
+    (``pg_blocking_pids``: holders of a conflicting lock, and sessions queued ahead of it
+    for one) and how long an executor session, and the victim, have been waiting for a
+    lock (``pg_locks.waitstart``). Server-side facts, not client latencies: they hold on a
+    loaded machine. ``with BlockSampler(dsn, pid) as s: ...`` then ``s.samples``."""
+
+    def __init__(self, dsn: str, victim_pid: int, *, interval: float = 0.02) -> None:
+        super().__init__(name="block-sampler", daemon=True)
+        self.dsn = dsn
+        self.victim_pid = victim_pid
+        self.interval = interval
+        self.samples: list[BlockSample] = []
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(
+                self.dsn, autocommit=True, application_name="scenario-sampler"
+            ) as conn:
+                while not self._halt.is_set():
+                    now = time.monotonic()
+                    rows = conn.execute(_BLOCKERS_SQL, {"victim": self.victim_pid}).fetchall()
+                    waits = conn.execute(
+                        _WAITS_SQL, {"app": EXECUTOR_APP, "victim": self.victim_pid}
+                    ).fetchall()
+                    sample = BlockSample(
+                        now,
+                        [(r[0], r[1] or "", r[2]) for r in rows],
+                        float(waits[0][0]),
+                        float(waits[1][0]),
+                    )
+                    with self._lock:
+                        self.samples.append(sample)
+                    self._halt.wait(self.interval)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def between(self, start: float, end: float) -> list[BlockSample]:
+        with self._lock:
+            return [s for s in self.samples if start <= s.at <= end]
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+        if self.is_alive():
+            raise AssertionError("the block sampler did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the block sampler failed: {self.error!r}") from self.error
+
+    def __enter__(self) -> BlockSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -248,6 +248,10 @@ def test_upgrade_head_runs_every_revision_online(
     for name in ("orders_status", "orders_user_fk", "orders_n_plus_one", "orders_note"):
         assert f"migration={name}" in out.stdout
     assert "migration_awaiting_contract" in out.stdout  # 0004 stopped before the contract
+    # online, not only the end state: the index was built concurrently and the foreign key
+    # and check were added NOT VALID and validated apart (a naive run logs none of these)
+    for action in ("create_index", "add_foreign_key_not_valid", "validate_constraint"):
+        assert f"action={action}" in out.stdout, f"no {action} step in the log"
 
 
 def test_long_transaction_upgrade_waits_and_writer_is_not_blocked(
@@ -334,37 +338,69 @@ def test_lock_budget_spent_then_upgrade_again_resumes(
     assert state_rows(db) == []
 
 
+#: the alembic process's session inside a backfill batch of orders: in its UPDATE, with
+#: RowExclusiveLock on orders and a transaction id (rows written, not committed); with
+#: the rows the backfill's chunks say are committed (same snapshot)
+ALEMBIC_IN_BATCH = """
+SELECT a.pid, a.backend_xid::text, left(a.query, 80),
+       (SELECT sum(rows_done)::int FROM onlineschema.chunks
+        WHERE migration = 'orders_n_plus_one') AS committed
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.application_name = %s AND a.state = 'active'
+  AND starts_with(a.query, 'UPDATE "public"."orders"') AND a.backend_xid IS NOT NULL
+  AND EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation'
+              AND l.granted AND l.relation = 'orders'::regclass
+              AND l.mode = 'RowExclusiveLock')
+"""
+
+
 def test_sigkill_mid_backfill_then_upgrade_again_finishes_exactly_once(
     project: Project, db: psycopg.Connection[Any], dsn: str
 ) -> None:
+    """SIGKILL of ``alembic upgrade`` while a backfill batch is open (its UPDATE of
+    orders running, slowed down by a trigger, after some batches committed): the batch
+    rolls back, the state's count matches the rows changed, and ``upgrade`` again
+    finishes with every row updated exactly once."""
     project.run("upgrade", "0002")
     seed(db)
+    db.execute(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS"
+        " 'BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END';"
+        "CREATE TRIGGER slow_row BEFORE UPDATE ON orders FOR EACH ROW"
+        " EXECUTE FUNCTION slow_row()"
+    )
     slow = {"OSC_BATCH": "40", "OSC_BATCH_SLEEP": "20ms"}
     proc = project.start("upgrade", "0003", env=slow)
     try:
 
-        def some_rows_done() -> bool:
-            if db.execute("SELECT to_regclass('onlineschema.backfills')").fetchone() == (None,):
-                return False
-            row = db.execute(
-                "SELECT rows_done FROM onlineschema.backfills WHERE migration = 'orders_n_plus_one'"
-            ).fetchone()
-            return bool(row and row[0] >= 200)
+        def in_batch() -> tuple[Any, ...] | None:
+            if db.execute("SELECT to_regclass('onlineschema.chunks')").fetchone() == (None,):
+                return None
+            row = db.execute(ALEMBIC_IN_BATCH, (APP_NAME,)).fetchone()
+            return row if row is not None and (row[3] or 0) >= 200 else None
 
-        wait_until(some_rows_done, timeout=60, what="the backfill to update some rows")
+        seen = wait_until(in_batch, timeout=60, what="a backfill batch open, 200 rows done")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    print(f"killed inside a batch: {seen}")
     assert proc.returncode == -signal.SIGKILL
     alembic_sessions_gone(dsn)
     done = count(db, "SELECT count(*) FROM orders WHERE n = id %% 7 + 1")
     assert 0 < done < ORDERS, f"the kill should land mid-backfill ({done} of {ORDERS} rows done)"
     assert count(db, "SELECT count(*) FROM orders WHERE n NOT IN (id %% 7, id %% 7 + 1)") == 0
+    chunks = count(
+        db,
+        "SELECT sum(rows_done)::int FROM onlineschema.chunks WHERE migration = 'orders_n_plus_one'",
+    )
+    assert done == chunks, f"{done} rows changed, the chunks say {chunks} (killed at {seen})"
+    assert done == seen[3], f"the open batch was not rolled back: {done} rows, killed at {seen}"
     assert project.version() == "0002", "alembic_version must not claim the unfinished revision"
     assert dict(state_rows(db)) == {"orders_n_plus_one": "running"}
+    db.execute("DROP TRIGGER slow_row ON orders")  # the rest may go fast
 
     out = project.run("upgrade", "head")
     ours = [x for x in out.stdout.splitlines() if "migration=orders_n_plus_one" in x]
@@ -683,6 +719,10 @@ def test_render_offline_every_kind_and_versions() -> None:
     assert "DROP INDEX CONCURRENTLY" in contract and "ADD COLUMN" not in contract
     undo = render_offline("all", ALL_KINDS, phase="abort", server_version=180000)
     assert 'DROP COLUMN IF EXISTS "status"' in undo
+    # the undo of an index build under index_lock_timeout, as the online abort runs it
+    lines = undo.splitlines()
+    drop = lines.index('DROP INDEX CONCURRENTLY IF EXISTS "public"."orders_amount_idx";')
+    assert lines[drop - 2 : drop] == ["SET lock_timeout = '60000ms';", "SET statement_timeout = '0';"]
     assert "the previous default is not known without the database" in undo
     no_changes = render_offline("all", [], phase="contract")
     assert "onlineschema contract all" in no_changes and "ACTION REQUIRED" in no_changes

@@ -19,7 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from scenario_tools import Blocker, Writer, migration_state, query_value, wait_until
+from scenario_tools import (
+    Blocker,
+    BlockSampler,
+    Writer,
+    migration_state,
+    query_value,
+    wait_until,
+)
 from structlog.testing import capture_logs
 
 import onlineschema
@@ -91,6 +98,16 @@ def blocker_events(
     ]
 
 
+def xact_age(dsn: str, pid: int | None) -> float:
+    age = query_value(
+        dsn,
+        "SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8"
+        " FROM pg_stat_activity WHERE pid = %s",
+        (pid,),
+    )
+    return float(age or 0.0)
+
+
 @pytest.fixture
 def tables(owner_dsn: str) -> str:
     make_tables(owner_dsn)
@@ -103,9 +120,17 @@ def test_apply_waits_for_long_transaction_without_blocking_writers(tables: str) 
     try:
         writer.wait_for_samples(20)
 
-        # 1. guarded: the migration waits for the holder, the writer goes on
+        # 1. guarded: the migration waits for the holder outside the lock queue, the
+        #    writer goes on. The holder is already a long transaction (older than
+        #    long_transaction, here lock_timeout) when the migration starts.
         blocker = Blocker(dsn, "SELECT 1 FROM orders LIMIT 1").start(hold_for=HOLD)
-        with blocker, capture_logs() as logs:
+        assert writer.pid is not None
+        with blocker, capture_logs() as logs, BlockSampler(dsn, writer.pid) as sampler:
+            wait_until(
+                lambda: xact_age(dsn, blocker.pid) > 2 * LOCK_TIMEOUT,
+                timeout=HOLD,
+                what="the holder's transaction to be a long one",
+            )
             t0 = time.monotonic()
             result = onlineschema.apply(
                 dsn,
@@ -118,9 +143,21 @@ def test_apply_waits_for_long_transaction_without_blocking_writers(tables: str) 
         assert blocker.released_at is not None and blocker.released_at <= t1, (
             "the ALTER cannot have run while the holder kept its ACCESS SHARE lock"
         )
+        # the application never queued behind the migration: while the holder was
+        # there, no executor session was among the writer's blockers
+        held = sampler.between(t0, blocker.released_at)
+        assert len(held) > 20, f"only {len(held)} samples while the holder was there"
+        in_front = [s for s in held if s.executor_blocks()]
+        assert not in_front, (
+            f"the writer was blocked by the migration {len(in_front)} times out of"
+            f" {len(held)} samples while the holder was there, e.g. {in_front[0]}"
+        )
+        assert all(s.executor_wait == 0 for s in held), "the migration queued for a lock"
         waits = blocker_events(logs, blocker.pid)
         assert waits, f"no waiting_for_blockers/lock_retry event names pid {blocker.pid}: {logs}"
-        assert len(waits) >= 2, "the holder was there for seconds: expected several retries"
+        # ... because it waited outside the queue: no attempt queued for the lock while
+        # the holder was there (an attempt that timed out behind it would be a lock_retry naming it)
+        assert {e["event"] for e in waits} == {"waiting_for_blockers"}, waits
         writer.wait_for_samples(10)
         guarded_max = writer.max_latency(t0, t1)
         assert guarded_max < LOCK_TIMEOUT + MARGIN, (
@@ -175,6 +212,51 @@ def test_apply_waits_for_long_transaction_without_blocking_writers(tables: str) 
         assert naive_max > 3 * guarded_max
     finally:
         writer.stop()
+
+
+def test_attempts_that_queue_wait_at_most_lock_timeout(tables: str) -> None:
+    """With the wait outside the queue turned off (long_transaction larger than the
+    holder's age), each attempt queues for ACCESS EXCLUSIVE, in front of the writer, and
+    gives up after lock_timeout: the server's own clock (pg_locks.waitstart) shows
+    neither the migration's wait nor the writer's time blocked by it last much longer
+    than lock_timeout, while showing both happen (the sampler sees the queueing)."""
+    dsn = tables
+    settings = replace(fast_retry(), long_transaction=60.0)
+    writer = Writer(dsn, INSERT, UPDATE, pause=0.001).start_writing()
+    try:
+        writer.wait_for_samples(20)
+        assert writer.pid is not None
+        blocker = Blocker(dsn, "SELECT 1 FROM orders LIMIT 1").start(hold_for=1.5)
+        with blocker, capture_logs() as logs, BlockSampler(dsn, writer.pid) as sampler:
+            t0 = time.monotonic()
+            result = onlineschema.apply(
+                dsn, [SetDefault("orders", "amount", "7")], name="queued", settings=settings
+            )
+        assert result.state == "completed"
+        assert blocker.released_at is not None
+        held = sampler.between(t0, blocker.released_at)
+    finally:
+        writer.stop()
+    retries = [e for e in logs if e["event"] == "lock_retry"]
+    waits = [s.executor_wait for s in held]
+    longest = max(waits)
+    # the sampler saw the queued attempts (the control for both bounds) ...
+    assert longest > LOCK_TIMEOUT / 2, f"no queued attempt seen: longest wait {longest:.3f}s"
+    assert any(s.executor_blocks(waiting=True) for s in held), (
+        "the queued migration never showed among the writer's blockers"
+    )
+    # ... and none lasted past lock_timeout (plus one sampling interval and some slack)
+    assert longest < 1.5 * LOCK_TIMEOUT, (
+        f"an attempt waited {longest:.3f}s in the lock queue, lock_timeout is {LOCK_TIMEOUT}s"
+    )
+    # the writer's longest wait for a lock while the queued migration blocked it
+    blocked = max((s.victim_wait for s in held if s.executor_blocks(waiting=True)), default=0)
+    print(f"queued attempts: {len(retries)}, longest {longest:.3f}s; writer blocked {blocked:.3f}s")
+    assert blocked < 1.5 * LOCK_TIMEOUT, (
+        f"the writer waited {blocked:.3f}s behind the queued migration, lock_timeout is"
+        f" {LOCK_TIMEOUT}s"
+    )
+    assert len(retries) >= 3, f"expected several queued attempts, got {len(retries)}"
 
 
 def test_lock_budget_exhausted_names_blocker_then_resume(tables: str) -> None:
@@ -279,20 +361,7 @@ def test_index_build_waiting_for_an_old_snapshot_names_that_session(tables: str)
     with Blocker(dsn, "SELECT count(*) FROM audit", isolation="repeatable read") as blocker:
         blocker.start()
         # old enough to count as a long transaction (not one about to end by itself)
-        wait_until(
-            lambda: (
-                query_value(
-                    dsn,
-                    "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
-                    " WHERE pid = %s",
-                    (blocker.pid,),
-                )
-                or 0
-            )
-            > 2 * LOCK_TIMEOUT,
-            timeout=10,
-            what="the blocker's transaction to be old",
-        )
+        blocker.wait_until_older_than(2 * LOCK_TIMEOUT)
         with pytest.raises(LockBudgetExhausted) as caught, capture_logs() as logs:
             onlineschema.apply(
                 dsn, [AddIndex("orders", columns=("amount",))], name=name, settings=settings
@@ -324,13 +393,52 @@ ALTER TABLE orders ADD FOREIGN KEY (user_id) REFERENCES users(id);
 """
 
 
+#: the example's UPDATE, naively: one transaction, then rolled back (the control)
+NAIVE_EXAMPLE = [
+    "ALTER TABLE orders ADD COLUMN status text",
+    "UPDATE orders SET status = CASE WHEN amount > 100 THEN 'big' ELSE 'small' END",
+    "ALTER TABLE orders ALTER COLUMN status SET NOT NULL, ALTER COLUMN status SET DEFAULT 'small'",
+    "CREATE INDEX ON orders(status)",
+    "ALTER TABLE orders ADD FOREIGN KEY (user_id) REFERENCES users(id)",
+]
+
+#: makes every third row's fill of ``status`` cost 1 ms (naive or online alike), so that
+#: the whole-table UPDATE takes about a second; the writer's own updates (user_id) are
+#: not slowed. to_jsonb: the column does not exist yet when the trigger is created.
+SLOW_STATUS_FILL = """
+CREATE FUNCTION slow_status_fill() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF mod(NEW.id, 3) = 0 AND to_jsonb(NEW) -> 'status' IS DISTINCT FROM to_jsonb(OLD) -> 'status'
+    THEN
+        PERFORM pg_sleep(0.001);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_status_fill BEFORE UPDATE ON orders
+    FOR EACH ROW EXECUTE FUNCTION slow_status_fill();
+"""
+
+
 def test_example_script_as_owner_while_application_writes(tables: str, pg_version: int) -> None:
     """The issue's example script, applied by the owner role under a write load: it ends
-    with the schema and data the script describes, and no write waits long."""
+    with the schema and data the script describes, and no write waits long: not for
+    lock_timeout, and far less than behind the same script run naively (the control, run
+    first and rolled back, on the same table, where the UPDATE takes about a second)."""
     dsn = tables
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SLOW_STATUS_FILL)
     writer = Writer(dsn, INSERT, UPDATE_USER).start_writing()
     try:
         writer.wait_for_samples(20)
+        # the control: naive DDL blocks the writer for the whole transaction
+        t2 = time.monotonic()
+        with psycopg.connect(dsn, application_name="naive-ddl") as naive:
+            for statement in NAIVE_EXAMPLE:
+                naive.execute(statement)
+            naive.rollback()
+        t3 = time.monotonic()
+        writer.wait_for_samples(10)
+        naive_max = writer.max_latency(t2, t3)
         with capture_logs() as logs:
             t0 = time.monotonic()
             result = onlineschema.apply(
@@ -342,6 +450,10 @@ def test_example_script_as_owner_while_application_writes(tables: str, pg_versio
     finally:
         writer.stop()
     assert result.state == "completed", logs
+    print(f"longest write: online {worst:.3f}s, naive {naive_max:.3f}s")
+    assert naive_max > 3 * worst, (
+        f"the naive script blocked a write {naive_max:.2f}s, the online one {worst:.2f}s"
+    )
     assert worst < LOCK_TIMEOUT + MARGIN, f"a write waited {worst:.2f}s during the migration"
     with psycopg.connect(dsn) as conn:
         wrong = conn.execute(

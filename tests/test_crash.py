@@ -12,6 +12,7 @@ Everything runs as the tables' owner, an ordinary role (as on managed PostgreSQL
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -34,9 +35,11 @@ from onlineschema.state import StateStore
 
 ROWS = 3000
 
-#: Where the kill lands inside a backfill batch's transaction (BEGIN; UPDATE t ...;
-#: UPDATE the stored cursor; COMMIT): a trigger makes that statement slow, and the kill
-#: comes while the executor runs it. (table the trigger is on, trigger, statement prefix)
+#: Where the kill lands inside a backfill batch's transaction (BEGIN; SELECT the chunk FOR
+#: UPDATE; UPDATE t ...; UPDATE the stored cursor; COMMIT): a trigger makes that statement
+#: slow, and the kill comes while the executor runs it, with the batch's rows of t
+#: uncommitted in that transaction (see ``batch_in_flight``).
+#: (table the trigger is on, trigger, seconds per row, statement prefix)
 KILL_POINTS = {
     # in the UPDATE of t (1 ms per row): that batch must roll back, and its cursor too
     "update": (
@@ -45,12 +48,15 @@ KILL_POINTS = {
         "0.001",
         'UPDATE "public"."t"',
     ),
-    # in the UPDATE of the chunk's stored cursor: the batch's rows must roll back with it
+    # in the UPDATE of the chunk's stored cursor, after the batch's UPDATE of t: the
+    # batch's rows must roll back with it. The trigger fires only for an UPDATE that
+    # sets ``cursor`` (not the chunk claim, which sets claimed_by), and the prefix names
+    # the SET too.
     "cursor": (
         "onlineschema.chunks",
-        "BEFORE UPDATE ON onlineschema.chunks FOR EACH ROW",
+        "BEFORE UPDATE OF cursor ON onlineschema.chunks FOR EACH ROW",
         "0.3",
-        'UPDATE "onlineschema"."chunks"',
+        'UPDATE "onlineschema"."chunks" SET cursor',
     ),
     # in the COMMIT (a deferred trigger, 1 ms per row): the killed client's session
     # finishes the commit, so the batch and its cursor must both be committed
@@ -61,6 +67,11 @@ KILL_POINTS = {
         "COMMIT",
     ),
 }
+
+#: batches of at most this many rows (set live once the migration exists), below the
+#: ~188 rows of each of the 16 chunks: a chunk takes several batches, so the kill can
+#: land in a chunk that is partly done
+BATCH_MAX = 50
 
 
 def slow_down(dsn: str, where: str) -> None:
@@ -128,42 +139,99 @@ def assert_ok(done: Finished) -> None:
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
 
 
-def batch_in_flight(dsn: str, migration: str, where: str) -> bool:
-    """Some batches are committed, not all, and the executor is inside a batch right now
-    (in the statement ``where`` names; its transaction holds uncommitted rows)."""
-    committed = backfill_progress(dsn, migration)
-    if committed is None or not 0 < committed < ROWS:
-        return False
-    return bool(
-        query_value(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND starts_with(application_name, %s) AND state = 'active'"
-            " AND starts_with(query, %s)",
-            (EXECUTOR_APP, KILL_POINTS[where][3]),
-        )
+#: the executor session in the statement a kill point names, in a chunk that is partly
+#: done (it takes several batches), and what shows that the batch's rows of t are in
+#: flight: RowExclusiveLock on t (taken by the batch's UPDATE of t, held to the end of
+#: its transaction) and a transaction id; plus the rows committed (same snapshot)
+IN_BATCH_SQL = """
+SELECT a.pid, a.backend_xid::text AS xid,
+       EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation'
+               AND l.granted AND l.relation = 'public.t'::regclass
+               AND l.mode = 'RowExclusiveLock') AS holds_t,
+       left(a.query, 90) AS query, c.chunk, c.rows_done AS chunk_rows_done,
+       (SELECT sum(rows_done)::int FROM onlineschema.chunks WHERE migration = %(migration)s)
+       AS committed_rows
+FROM pg_stat_activity a
+JOIN onlineschema.chunks c ON c.claimed_by = a.pid AND c.migration = %(migration)s
+     AND NOT c.done AND c.rows_done > 0
+WHERE a.datname = current_database() AND a.application_name = %(app)s
+  AND a.state = 'active' AND starts_with(a.query, %(prefix)s)
+"""
+KEYS = ("pid", "xid", "holds_t", "query", "chunk", "chunk_rows_done", "committed_rows")
+
+
+def batch_in_flight(dsn: str, migration: str, where: str) -> dict[str, Any] | None:
+    """Some batches are committed, not all, and the executor is in the statement
+    ``where`` names, in a partly done chunk; returns what it saw then (IN_BATCH_SQL), or
+    None. ``rows_in_flight`` checks, after the kill, that the batch's rows were
+    uncommitted in that statement's transaction."""
+    if backfill_progress(dsn, migration) is None:
+        return None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            IN_BATCH_SQL,
+            {"migration": migration, "app": EXECUTOR_APP, "prefix": KILL_POINTS[where][3]},
+        ).fetchone()
+    if row is None or not 0 < row[-1] < ROWS:
+        return None
+    return dict(zip(KEYS, row, strict=True))
+
+
+def rows_in_flight(seen: dict[str, Any]) -> None:
+    assert seen["holds_t"] and seen["xid"] is not None, (
+        f"the kill did not land inside a batch's transaction with its rows of t: {seen}"
     )
+
+
+def migration_recorded(dsn: str, migration: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('onlineschema.control')").fetchone() == (None,):
+            return False
+        row = conn.execute(
+            "SELECT count(*) FROM onlineschema.control WHERE migration = %s", (migration,)
+        ).fetchone()
+    return row == (1,)
+
+
+def limit_batches(dsn: str, migration: str) -> None:
+    """Once the migration exists, lower its batch_max live (picked up within the
+    backfill's control_interval), as ``onlineschema set NAME batch_max=50`` does."""
+    wait_until(
+        lambda: migration_recorded(dsn, migration), timeout=60, what="the migration's record"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        StateStore(conn).update_settings(migration, {"batch_max": BATCH_MAX})
 
 
 def kill_mid_backfill(dsn: str, name: str, where: str = "update") -> int:
     """Apply BACKFILL_AND_CHECK through the CLI, SIGKILL it inside a backfill batch (in
-    the statement ``where`` names), wait for its orphaned session to end; returns the
-    committed rows_done."""
+    the statement ``where`` names, rows in flight), wait for its orphaned session to end;
+    returns the committed rows_done."""
     slow_down(dsn, where)
     proc = apply_cli(dsn, BACKFILL_AND_CHECK, name)
-    proc.kill_when(
+    limit_batches(dsn, name)
+    seen = proc.kill_when(
         lambda: batch_in_flight(dsn, name, where),
         timeout=90,
         what=f"a backfill batch in flight ({where})",
     )
+    print(f"killed at {where}: {seen}")
     # the killed client's session finishes its statement, then finds the client gone and
     # rolls the open batch back
     wait_backends_gone(dsn, executor_backends(dsn))
     rows_done = backfill_progress(dsn, name)
-    assert rows_done is not None and 0 < rows_done < ROWS
+    assert rows_done is not None and 0 < rows_done < ROWS, (rows_done, seen)
     # the state never claims more or less than what is committed
-    assert query_value(dsn, "SELECT count(*) FROM t WHERE n = 1") == rows_done
+    applied = query_value(dsn, "SELECT count(*) FROM t WHERE n = 1")
+    assert applied == rows_done, (
+        f"{applied} rows of t are updated, the chunks say {rows_done}; killed at {seen}"
+    )
     assert query_value(dsn, "SELECT count(*) FROM t WHERE n NOT IN (0, 1)") == 0
+    if where == "commit":  # the orphaned session finished the COMMIT of the batch
+        assert rows_done > seen["committed_rows"], (rows_done, seen)
+    else:  # the batch in flight was rolled back: nothing beyond what was committed
+        assert rows_done == seen["committed_rows"], (rows_done, seen)
+    rows_in_flight(seen)
     assert migration_state(dsn, name) == "running"  # the process died: nobody recorded it
     speed_up(dsn, where)  # the rest may go fast
     return rows_done

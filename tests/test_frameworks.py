@@ -197,6 +197,13 @@ def test_django_sqlmigrate_output(tmp_path: Path, dsn: str, db: psycopg.Connecti
     assert fk_index is not None, "Django's index on the foreign key column should exist"
     index_must_exist(db, fk_index[0], valid=True)
     assert dict(state_rows(db)) == {"django_shop_0002": "completed"}
+    ran_online(
+        db,
+        "django_shop_0002",
+        "CREATE INDEX CONCURRENTLY",
+        "NOT VALID",
+        "VALIDATE CONSTRAINT",
+    )
 
     # Django records the migration without running it, and sees its models in the table
     _manage(project, "migrate", "shop", "0002", "--fake")
@@ -208,8 +215,18 @@ def test_django_sqlmigrate_output(tmp_path: Path, dsn: str, db: psycopg.Connecti
     must_not_insert(
         db,
         "INSERT INTO shop_order (amount, status, customer_id) VALUES (5, 'paid', 99999)",
-        error=psycopg.Error,
+        error=psycopg.errors.ForeignKeyViolation,
     )
+
+
+def ran_online(db: psycopg.Connection[Any], name: str, *fragments: str) -> None:
+    """The migration's stored plan ran each fragment (the final catalog alone is the same
+    for a naive run: this shows the online path was taken)."""
+    row = db.execute("SELECT plan FROM onlineschema.migrations WHERE name = %s", [name]).fetchone()
+    assert row is not None, f"no migration {name!r}"
+    statements = "\n".join(s for step in row[0]["steps"] for s in step["statements"])
+    for fragment in fragments:
+        assert fragment in statements, f"{name} did not run {fragment!r}:\n{statements}"
 
 
 # --- Prisma ----------------------------------------------------------------------------
@@ -313,11 +330,23 @@ def test_prisma_migration_sql(tmp_path: Path, dsn: str, db: psycopg.Connection[A
     )
     db.execute("""INSERT INTO "Coupon" (code) VALUES ('TEN')""")
     db.execute("""UPDATE "Order" SET "couponId" = 1 WHERE id = 1""")
-    must_not_insert(db, """UPDATE "Order" SET "couponId" = 42 WHERE id = 2""", error=psycopg.Error)
+    must_not_insert(
+        db,
+        """UPDATE "Order" SET "couponId" = 42 WHERE id = 2""",
+        error=psycopg.errors.ForeignKeyViolation,
+    )
     assert dict(state_rows(db)) == {
         "20240101000000_init": "completed",
         "20240201000000_order_status_coupon": "completed",
     }
+    ran_online(
+        db,
+        "20240201000000_order_status_coupon",
+        'CREATE INDEX CONCURRENTLY "Order_status_idx"',
+        'CREATE UNIQUE INDEX CONCURRENTLY "Coupon_code_key"',
+        "NOT VALID",
+        'VALIDATE CONSTRAINT "Order_couponId_fkey"',
+    )
 
 
 # --- Alembic --sql of plain operations -------------------------------------------------
@@ -379,8 +408,14 @@ def test_alembic_sql_output_of_plain_operations(
     constraint_must_exist(db, "orders", "fk_orders_user_id", validated=True, type="f")
     constraint_must_exist(db, "orders", "ck_orders_amount", validated=True, type="c")
     assert column_default(db, "orders", "n") is None
-    # onlineschema does not write alembic_version (parse_sql drops that bookkeeping):
-    # `alembic stamp` records the revision
-    assert project.version() == "0001"
-    project.run("stamp", "0002")
+    # the script's own UPDATE alembic_version ran, as the migration's last step
     assert project.version() == "0002"
+    assert "0002 (head)" in project.run("current").stdout
+    ran_online(
+        db,
+        "alembic_0002",
+        'CREATE INDEX CONCURRENTLY "ix_orders_user_id"',
+        'CREATE UNIQUE INDEX CONCURRENTLY "ix_users_email"',
+        'FOREIGN KEY ("user_id") REFERENCES "public"."users" ("id") NOT VALID',
+        'VALIDATE CONSTRAINT "fk_orders_user_id"',
+    )

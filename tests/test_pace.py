@@ -309,8 +309,8 @@ def test_server_crash_mid_backfill_then_resume_applies_each_row_once(pg_version:
     """Batches commit with synchronous_commit off, so a crash of the server (here an
     immediate shutdown: shared memory, WAL buffers included, is lost) can lose the last
     batches it reported committed. Each batch's rows and its chunk's cursor are lost
-    together, so `resume` redoes exactly those: the non-idempotent `n = n + 1` ends at 1
-    on every row."""
+    together, so the run that carries on (or `resume`) redoes exactly those: the
+    non-idempotent `n = n + 1` ends at 1 on every row."""
     server = LocalServer(pg_version).start()
     try:
         dsn = server.create_database("crash")
@@ -322,11 +322,12 @@ def test_server_crash_mid_backfill_then_resume_applies_each_row_once(pg_version:
             wait_until(lambda: len(batches(logs)) >= 10, timeout=60, what="10 batches")
             server.restart("immediate")
             run.thread.join(60)
-        assert run.error is not None  # the run died with the server
-        committed_before = len(batches(logs))
-        assert committed_before < 100  # it did not get to the end
+        assert not run.thread.is_alive()
+        # the run died with the server, or (reconnecting) carried on past the crash from
+        # the stored cursors; either way resume (or nothing) finishes it
         with Executor(dsn, s) as ex:
-            assert ex.resume("crash").state == "completed"
+            state = ex.resume("crash").state if run.error is not None else "completed"
+            assert state == "completed"
         with psycopg.connect(dsn) as c:
             assert c.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, 4000)]
     finally:

@@ -12,6 +12,7 @@ from onlineschema.changes import (
     AddCheck,
     AddColumn,
     AddForeignKey,
+    AddIdentity,
     AddIndex,
     AddUnique,
     AlterColumnType,
@@ -24,6 +25,8 @@ from onlineschema.changes import (
     DropNotNull,
     DropTable,
     RenameColumn,
+    RenameConstraint,
+    RenameIndex,
     RunSQL,
     SetDefault,
     SetNotNull,
@@ -39,7 +42,7 @@ from onlineschema.expressions import (
     function_names,
     is_constant,
 )
-from onlineschema.sqlinput import SUPPORTED_TEXT, parse_sql
+from onlineschema.sqlinput import SUPPORTED_TEXT, parse_sql, update_targets
 
 # parses, type-checks or renders text only: run once (PostgreSQL 18), see .ci/run
 pytestmark = pytest.mark.server_independent
@@ -357,13 +360,11 @@ class TestAddColumn:
     @pytest.mark.parametrize(
         ("sql_text", "needle"),
         [
-            ("ALTER TABLE t ADD c int GENERATED ALWAYS AS IDENTITY", "IDENTITY"),
             ("ALTER TABLE t ADD c int GENERATED ALWAYS AS (a * 2) STORED", "GENERATED"),
             ('ALTER TABLE t ADD c text COLLATE "C"', "COLLATE"),
             ("ALTER TABLE t ADD c text COMPRESSION lz4", "COMPRESSION"),
             ("ALTER TABLE t ADD c int REFERENCES u MATCH FULL", "MATCH FULL"),
             ("ALTER TABLE t ADD c int REFERENCES u NOT ENFORCED", "NOT ENFORCED"),
-            ("ALTER TABLE t ADD c int UNIQUE DEFERRABLE", "DEFERRABLE"),
             ("ALTER TABLE t ADD c int UNIQUE NULLS NOT DISTINCT", "NULLS NOT DISTINCT"),
             ("ALTER TABLE t ADD c int CHECK (c > 0) NO INHERIT", "NO INHERIT"),
             ("ALTER TABLE t ADD c int NULL NOT NULL", "conflicting"),
@@ -470,7 +471,6 @@ class TestConstraints:
             "UNIQUE (a) INCLUDE (b)",
             "UNIQUE (a) WITH (fillfactor = 70)",
             "UNIQUE (a) USING INDEX TABLESPACE fast",
-            "UNIQUE (a) DEFERRABLE",
             "EXCLUDE USING gist (a WITH =)",
         ],
     )
@@ -512,10 +512,22 @@ class TestConstraints:
             DropColumn("t", "y"),
         ]
 
+    def test_drop_column_cascade_is_marked_for_the_planner(self) -> None:
+        change = one("ALTER TABLE t DROP COLUMN c CASCADE")
+        assert change == DropColumn("t", "c", cascade=True)
+        assert change.to_dict()["cascade"] is True
+        assert "cascade" not in DropColumn("t", "c").to_dict()  # older requests keep their hash
+        assert change_from_dict(change.to_dict()) == change
+
+    def test_drop_table_cascade_is_marked_for_the_planner(self) -> None:
+        assert parse_sql("DROP TABLE t, s.u CASCADE") == [
+            DropTable("t", cascade=True),
+            DropTable("u", schema="s", cascade=True),
+        ]
+        assert "cascade" not in DropTable("t").to_dict()  # older requests keep their hash
+
     def test_cascade_refused(self) -> None:
         assert "CASCADE" in unsupported("ALTER TABLE t DROP CONSTRAINT c CASCADE").problem
-        assert "CASCADE" in unsupported("ALTER TABLE t DROP COLUMN c CASCADE").problem
-        assert "CASCADE" in unsupported("DROP TABLE t CASCADE").problem
         assert "CASCADE" in unsupported("DROP INDEX i CASCADE").problem
 
     def test_named_not_null_constraint(self) -> None:
@@ -754,12 +766,12 @@ class TestIgnored:
 
 
 class TestEmptyAndErrors:
-    @pytest.mark.parametrize("text", ["", "   \n", "-- just a comment\n", "/* c */", ";;"])
-    def test_empty(self, text: str) -> None:
-        with pytest.raises(Refused, match="the SQL input has no statements") as info:
-            parse_sql(text)
-        assert not isinstance(info.value, UnsupportedStatement)
-        assert info.value.fix
+    @pytest.mark.parametrize(
+        "text",
+        ["", "   \n", "-- just a comment\n", "/* c */", ";;", "BEGIN; SET x.y = 1; COMMIT;"],
+    )
+    def test_nothing_to_do_is_an_empty_migration(self, text: str) -> None:
+        assert parse_sql(text) == []
 
     def test_parse_error_has_line_and_message(self) -> None:
         with pytest.raises(Refused) as info:
@@ -866,7 +878,6 @@ ALTER TABLE parent ATTACH PARTITION child FOR VALUES IN (1);
             "ALTER TYPE mood ADD VALUE 'happy'",
             "CREATE TRIGGER trg BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
             "DO $$ BEGIN PERFORM 1; END $$",
-            "ALTER INDEX i RENAME TO j",
             "ALTER SEQUENCE s RESTART",
             "CREATE MATERIALIZED VIEW mv AS SELECT 1",
             "SELECT 1",
@@ -953,13 +964,10 @@ COMMIT;
 """
 
 
-def test_django_drop_column_cascade_is_refused_with_the_reason() -> None:
-    err = unsupported(DJANGO_MORE)
-    assert "DROP COLUMN legacy_code CASCADE" in err.problem
-    assert "this statement cannot be run online" in err.problem
-    fixed = DJANGO_MORE.replace(' "legacy_code" CASCADE', ' "legacy_code"')
-    changes = parse_sql(fixed)
+def test_django_drop_column_cascade_goes_through_to_the_planner() -> None:
+    changes = parse_sql(DJANGO_MORE)
     assert [type(c) for c in changes] == [RunSQL, DropColumn, AddCheck, AddForeignKey, AddIndex]
+    assert changes[1] == DropColumn("shop_order", "legacy_code", cascade=True)
     assert changes[2] == AddCheck("shop_order", "total >= 0", name="positive_total")
 
 
@@ -1075,16 +1083,34 @@ def test_alembic_offline_sql() -> None:
     changes = parse_sql(ALEMBIC)
     assert changes == [
         RunSQL(
+            "CREATE TABLE alembic_version (\n    version_num VARCHAR(32) NOT NULL, \n"
+            "    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)",
+            creates=("alembic_version",),
+            bookkeeping=True,
+        ),
+        RunSQL(
             "CREATE TABLE account (\n    id SERIAL NOT NULL, \n    name VARCHAR(50) NOT NULL, \n"
             "    PRIMARY KEY (id)\n)",
             creates=("account",),
         ),
+        RunSQL(
+            "INSERT INTO alembic_version (version_num) VALUES ('abc123')"
+            " RETURNING alembic_version.version_num",
+            touches=("alembic_version",),
+            bookkeeping=True,
+        ),
         AddColumn("account", "last_login", "timestamp"),
         AddIndex("account", columns=("last_login",), name="ix_account_last_login"),
+        RunSQL(
+            "UPDATE alembic_version SET version_num='def456'"
+            " WHERE alembic_version.version_num = 'abc123'",
+            touches=("alembic_version",),
+            bookkeeping=True,
+        ),
     ]
 
 
-def test_alembic_downgrade_bookkeeping_dropped() -> None:
+def test_alembic_downgrade_bookkeeping_kept() -> None:
     script = """BEGIN;
 -- Running downgrade abc123 -> base
 DROP INDEX ix_account_last_login;
@@ -1092,7 +1118,34 @@ DELETE FROM alembic_version WHERE alembic_version.version_num = 'abc123';
 DROP TABLE alembic_version;
 COMMIT;
 """
-    assert parse_sql(script) == [DropIndex("ix_account_last_login")]
+    assert parse_sql(script) == [
+        DropIndex("ix_account_last_login"),
+        RunSQL(
+            "DELETE FROM alembic_version WHERE alembic_version.version_num = 'abc123'",
+            touches=("alembic_version",),
+            bookkeeping=True,
+        ),
+        RunSQL("DROP TABLE alembic_version", touches=("alembic_version",), bookkeeping=True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "table"),
+    [
+        (
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('shop', '0002_x', now())",
+            "django_migrations",
+        ),
+        (
+            'INSERT INTO "_prisma_migrations" (id, checksum, migration_name)'
+            " VALUES ('1', 'c', 'm')",
+            "_prisma_migrations",
+        ),
+        ("UPDATE app.alembic_version SET version_num = 'b'", "app.alembic_version"),
+    ],
+)
+def test_framework_bookkeeping_is_kept_as_written(text: str, table: str) -> None:
+    assert parse_sql(text) == [RunSQL(text, touches=(table,), bookkeeping=True)]
 
 
 PG_DUMP_PREAMBLE = """--
@@ -1172,3 +1225,98 @@ def test_qualified_identifiers_round_trip_in_create_index(
     changes = parse_sql(text, allow_raw=True)
     assert changes[0] == AddIndex(table, columns=(column,), schema=schema)
     assert changes[1] == RunSQL("SELECT 1", raw=True)
+
+
+def test_update_targets_of_a_raw_statement() -> None:
+    assert update_targets("UPDATE app.t x SET a = 1, b = y.c FROM y WHERE y.id = x.id") == [
+        ("app", "t", ("a", "b"))
+    ]
+    assert update_targets("DELETE FROM t") == []
+    assert update_targets("not sql") == []
+
+
+def test_seed_data_for_a_table_created_in_the_script_runs_as_written() -> None:
+    changes = parse_sql(
+        "CREATE TABLE app.kinds (id int PRIMARY KEY, label text);"
+        " INSERT INTO app.kinds SELECT id, name FROM app.legacy_kinds;"
+        " INSERT INTO app.kinds VALUES (0, 'none') ON CONFLICT DO NOTHING;"
+        " UPDATE app.kinds SET label = upper(label);"
+        " DELETE FROM app.kinds WHERE id < 0;"
+    )
+    assert [type(c) for c in changes] == [RunSQL] * 5
+    seed = changes[1]
+    assert isinstance(seed, RunSQL)
+    assert (seed.raw, seed.touches, seed.creates) == (False, ("app.legacy_kinds",), ())
+    assert all(isinstance(c, RunSQL) and c.touches == () for c in changes[2:])
+
+
+def test_seed_statement_that_also_writes_elsewhere_is_refused() -> None:
+    assert (
+        "INSERT changes data"
+        in unsupported(
+            "CREATE TABLE kinds (id int);"
+            " WITH gone AS (DELETE FROM users RETURNING id) INSERT INTO kinds SELECT id FROM gone"
+        ).problem
+    )
+
+
+def test_insert_into_an_existing_table_is_still_refused() -> None:
+    assert (
+        "INSERT changes data"
+        in unsupported("CREATE TABLE kinds (id int); INSERT INTO app.kinds VALUES (1)").problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "deferrable", "initially_deferred"),
+    [
+        ("ALTER TABLE t ADD CONSTRAINT c UNIQUE (a) DEFERRABLE", True, False),
+        ("ALTER TABLE t ADD CONSTRAINT c UNIQUE (a) DEFERRABLE INITIALLY DEFERRED", True, True),
+        ("ALTER TABLE t ADD CONSTRAINT c UNIQUE (a) INITIALLY DEFERRED", True, True),
+        ("ALTER TABLE t ADD CONSTRAINT c UNIQUE (a) NOT DEFERRABLE", False, False),
+        ("ALTER TABLE t ADD a int CONSTRAINT c UNIQUE DEFERRABLE INITIALLY DEFERRED", True, True),
+        (
+            "CREATE UNIQUE INDEX i ON t (a);"
+            " ALTER TABLE t ADD CONSTRAINT c UNIQUE USING INDEX i DEFERRABLE",
+            True,
+            False,
+        ),
+    ],
+)
+def test_deferrable_unique(text: str, deferrable: bool, initially_deferred: bool) -> None:
+    [unique] = [c for c in parse_sql(text) if isinstance(c, AddUnique)]
+    assert (unique.name, unique.columns) == ("c", ("a",))
+    assert (unique.deferrable, unique.initially_deferred) == (deferrable, initially_deferred)
+
+
+def test_identity() -> None:
+    assert parse_sql(
+        "ALTER TABLE app.t ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY"
+        " (START WITH 10 INCREMENT BY 2)"
+    ) == [AddIdentity("t", "id", always=True, options="START WITH 10 INCREMENT BY 2", schema="app")]
+    assert parse_sql("ALTER TABLE t ADD COLUMN id bigint GENERATED BY DEFAULT AS IDENTITY") == [
+        AddColumn("t", "id", "bigint", nullable=False),
+        AddIdentity("t", "id"),
+    ]
+
+
+def test_make_object_name_shortens_like_postgresql() -> None:
+    from onlineschema.planner.naming import index_column_names, make_object_name, name_addition
+
+    assert make_object_name("t", "a_b", "idx") == "t_a_b_idx"
+    long = make_object_name("t" * 40, "c" * 40, "fkey")
+    assert (len(long), long) == (63, "t" * 29 + "_" + "c" * 28 + "_fkey")
+    assert make_object_name("é" * 40, None, "pkey") == "é" * 29 + "_pkey"  # 58 + 5 bytes
+    assert index_column_names(["a"], ["(a::text)", "lower(b)", "(a || b)"], ["a"]) == [
+        "a",
+        "a1",
+        "lower",
+        "expr",
+        "a2",
+    ]
+    assert name_addition(["x" * 60, "y" * 10]) == "x" * 60 + "_" + "y" * 10
+
+
+def test_index_and_constraint_renames() -> None:
+    assert parse_sql('ALTER INDEX app."a" RENAME TO "B"') == [RenameIndex("a", "B", schema="app")]
+    assert parse_sql("ALTER TABLE t RENAME CONSTRAINT c TO d") == [RenameConstraint("t", "c", "d")]

@@ -20,9 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import DdlRecorder
 
 from onlineschema import Executor, Settings
-from onlineschema.plan import render_sql_script
+from onlineschema.executor.script import render_sql_script
 from onlineschema.sqlinput import parse_sql
 
 EXAMPLE = (
@@ -115,16 +116,7 @@ def rendered_example(dsn: str) -> tuple[str, Settings]:
     settings = Settings()
     with Executor(dsn, settings) as ex:
         plan = ex.plan(parse_sql(EXAMPLE))
-
-    def ms(seconds: float) -> str:
-        return f"{round(seconds * 1000)}ms"
-
-    script = render_sql_script(
-        plan.steps,
-        lock_timeout=ms(settings.lock_timeout),
-        statement_timeout=ms(settings.statement_timeout),
-        index_lock_timeout=ms(settings.index_lock_timeout),
-    )
+    script = render_sql_script(plan.steps, settings)
     return script, settings
 
 
@@ -197,3 +189,47 @@ def test_squawk_does_flag_the_naive_script(tmp_path: Path, pg_version: int) -> N
         "adding-foreign-key-constraint",
         "adding-not-nullable-field",
     } <= rules, rules
+
+
+#: statements the event trigger sees (what ddl_command_start fires for)
+DDL_WORDS = {"ALTER", "CREATE", "DROP", "COMMENT", "GRANT", "REVOKE"}
+
+
+def _one_line(statement: str) -> str:
+    return " ".join(statement.replace(";", " ").split())
+
+
+def test_the_ddl_the_executor_runs_is_the_ddl_of_the_linted_script(
+    example_db: str, dsn: str
+) -> None:
+    """What squawk lints above is rendered from the plan's statements; here the example is
+    applied for real (as the owner) while an event trigger records every DDL command any
+    session runs: the executor's DDL is exactly the plan's DDL statements, in order, and
+    nothing else (the state schema's own tables aside)."""
+    with Executor(example_db) as ex:
+        plan = ex.plan(parse_sql(EXAMPLE))
+    expected = [
+        _one_line(stmt)
+        for step in plan.steps
+        for stmt in step.statements
+        if stmt.split(None, 1)[0].upper() in DDL_WORDS
+    ]
+    with psycopg.connect(dsn, autocommit=True) as admin, DdlRecorder(admin) as ddl:
+        with Executor(example_db) as ex:
+            assert ex.apply(parse_sql(EXAMPLE), "example").state == "completed"
+        seen = ddl.seen()
+    ran: list[str] = []
+    for _event, _tag, _object, query, app in seen:
+        statement = _one_line(query)
+        if statement.startswith('CREATE SCHEMA IF NOT EXISTS "onlineschema"') or (
+            '"onlineschema".' in statement.split("(")[0]
+        ):
+            continue  # the state schema's tables (CREATE ... IF NOT EXISTS)
+        assert app.startswith("onlineschema"), f"DDL from another session: {query}"
+        if not ran or ran[-1] != statement:  # one command may fire several events
+            ran.append(statement)
+    print(f"{len(ran)} DDL statements ran: {ran}")
+    assert len(ran) >= 5
+    assert ran == expected, "\n".join(
+        ["the executor ran:", *ran, "", "the plan (and the linted script) says:", *expected]
+    )

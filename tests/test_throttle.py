@@ -273,7 +273,8 @@ def test_long_transaction_on_the_table_pauses_the_backfill(
 
 
 def test_vacuum_of_the_table_pauses_the_backfill_when_asked(dsn: str, conn: Conn) -> None:
-    """pause_on_vacuum: while a (slowed-down) VACUUM of the table runs, no batch runs."""
+    """pause_on_vacuum: while a (slowed-down) VACUUM of the table runs, no batch runs
+    (checked every 20 ms until the VACUUM has ended), and the backfill finishes after it."""
     make_table(conn)
 
     def slow_vacuum() -> None:
@@ -298,8 +299,22 @@ def test_vacuum_of_the_table_pauses_the_backfill_when_asked(dsn: str, conn: Conn
             timeout=30,
             what="the backfill to throttle on the VACUUM",
         )
-        assert rows_done(conn, "vac") == 0  # the first poll comes before the first batch
+        # no batch runs at any moment the VACUUM is there: sampled until it has ended
+        samples = []
+        while vac.is_alive():
+            running = one(
+                conn, "SELECT count(*) FROM pg_stat_progress_vacuum WHERE relid = 'r'::regclass"
+            )
+            samples.append((running, rows_done(conn, "vac")))
+            time.sleep(0.02)
         vac.join(60)
+        during = [done for running, done in samples if running]
+        assert len(during) >= 10, f"the VACUUM was seen only {len(during)} times: make it slower"
+        moved = [done for done in during if done]
+        assert not moved, (
+            f"batches ran while the VACUUM ran: rows done went to {moved[0]} at sample"
+            f" {during.index(moved[0]) + 1} of {len(during)}"
+        )
         bg.join()
     assert events(logs, "backfill_throttled", reason="vacuum")
     assert events(logs, "backfill_unthrottled", reason="vacuum")

@@ -123,8 +123,43 @@ def test_split_helpers_cover_the_range_without_overlap() -> None:
 # --- threads in one process -------------------------------------------------------------------
 
 
+#: about one row in five costs 1 ms to update, so that a batch of 40 rows lasts ~10 ms
+SOME_SLOW_ROWS = """
+CREATE FUNCTION some_slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF random() < 0.2 THEN PERFORM pg_sleep(0.001); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER some_slow_rows BEFORE UPDATE ON r FOR EACH ROW EXECUTE FUNCTION some_slow_rows();
+"""
+
+
+class MostUpdatesAtOnce(threading.Thread):
+    """Samples pg_stat_activity every 2 ms: the most batch UPDATEs of r active at once."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True, name="updates-at-once")
+        self.dsn = dsn
+        self.most = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self.halt.is_set():
+                n = one(
+                    c,
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                    " AND starts_with(application_name, 'onlineschema')"
+                    ' AND starts_with(query, \'UPDATE "public"."r"\')',
+                )
+                self.most = max(self.most, int(n))
+                time.sleep(0.002)
+
+
 @pytest.mark.parametrize("strategy", ["range", "keyset", "ctid"])
 def test_two_workers_each_row_once(dsn: str, conn: Conn, strategy: str) -> None:
+    """Two workers fill the table together: both claim chunks, their batches run at the
+    same time (two batch UPDATEs seen active at once), and every row is updated once."""
     if strategy == "range":
         make_range(conn)
         change: Any = Backfill("r", {"n": "n + 1"})
@@ -139,8 +174,18 @@ def test_two_workers_each_row_once(dsn: str, conn: Conn, strategy: str) -> None:
         conn.execute("CREATE TABLE r (x int, n int NOT NULL DEFAULT 0)")
         conn.execute("INSERT INTO r (x) SELECT g FROM generate_series(1, %s) g", (ROWS,))
         change = AddColumn("r", "filled", "int", backfill="n + 1")
-    with Executor(dsn, settings(batch_initial=40, batch_max=40, sleep=0.002)) as ex:
-        assert ex.apply([change], "two", workers=2).state == "completed"
+    conn.execute(SOME_SLOW_ROWS)
+    sampler = MostUpdatesAtOnce(dsn)
+    sampler.start()
+    try:
+        with Executor(dsn, settings(batch_initial=40, batch_max=40, sleep=0.002)) as ex:
+            assert ex.apply([change], "two", workers=2).state == "completed"
+    finally:
+        sampler.halt.set()
+        sampler.join(10)
+    assert sampler.most == 2, (
+        f"the two workers' batches never ran at the same time ({sampler.most})"
+    )
     if strategy == "ctid":
         assert one(conn, "SELECT count(*) FROM r WHERE filled = 1") == ROWS
     else:
@@ -240,17 +285,91 @@ def test_a_dead_workers_chunk_is_finished_by_another(dsn: str, conn: Conn, worke
     assert one(conn, "SELECT step_id FROM onlineschema.chunks LIMIT 1") == step_id
 
 
+def test_a_worker_killed_inside_a_batch_leaves_its_partly_done_chunk_to_another(
+    dsn: str, conn: Conn
+) -> None:
+    """A real worker process commits some batches of a chunk and is killed with SIGKILL
+    inside the next one (its UPDATE running, rows written, not committed): the chunk keeps
+    exactly the committed batches; another process takes the chunk over from its cursor
+    and every row is updated exactly once."""
+    make_range(conn)
+    conn.execute(SLOW_ROWS)
+    name = "partly"
+    report = FORK.Queue()
+    child = fork(dsn, name, 1, report, batch_initial=50, batch_max=50, chunks=4)
+    try:
+        _, backend = report.get(timeout=30)
+
+        def in_batch_of_a_started_chunk() -> tuple[int, int] | None:
+            if one(conn, "SELECT to_regclass('onlineschema.chunks')") is None:
+                return None
+            row = conn.execute(
+                "SELECT c.chunk, c.rows_done FROM onlineschema.chunks c"
+                " WHERE c.migration = %s AND c.claimed_by = %s AND NOT c.done"
+                " AND c.rows_done > 0",
+                (name, backend),
+            ).fetchone()
+            if row is None or not one(conn, IN_BATCH, (backend,)):
+                return None
+            return int(row[0]), int(row[1])
+
+        chunk, committed = wait_until(
+            in_batch_of_a_started_chunk, timeout=30, what="the worker inside a batch of a chunk"
+        )
+        child.kill()
+        child.join(10)
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(10)
+    wait_until(
+        lambda: one(conn, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s", (backend,)),
+        timeout=30,
+        what="the killed worker's session to end",
+    )
+    lo, hi, rows, done, claims = conn.execute(
+        "SELECT lo::bigint, hi::bigint, rows_done, done, claims FROM onlineschema.chunks"
+        " WHERE migration = %s AND chunk = %s",
+        (name, chunk),
+    ).fetchone() or pytest.fail("no chunk")
+    updated = one(conn, "SELECT count(*) FROM r WHERE n = 1 AND id BETWEEN %s AND %s", (lo, hi))
+    assert (rows, done, claims) == (committed, False, 1), (rows, done, claims, committed)
+    assert updated == committed, f"{updated} rows of chunk {chunk} updated, {committed} recorded"
+    assert 0 < committed < hi - lo + 1
+    conn.execute("DROP TRIGGER slow_row ON r")
+    with Executor(dsn, settings()) as ex:
+        assert ex.resume(name).state == "completed"
+        taker = ex.conn.info.backend_pid
+    exactly_once(conn)
+    after = conn.execute(
+        "SELECT rows_done, done, claims, claimed_by FROM onlineschema.chunks"
+        " WHERE migration = %s AND chunk = %s",
+        (name, chunk),
+    ).fetchone()
+    assert after == (hi - lo + 1, True, 2, taker), after
+
+
 # --- another process joins ----------------------------------------------------------------------
 
 
-def _child(dsn: str, name: str, workers: int | None, backfill: dict[str, Any]) -> None:
-    """Body of a forked worker process: run (or resume, or join) the backfill."""
+def _child(
+    dsn: str,
+    name: str,
+    workers: int | None,
+    backfill: dict[str, Any],
+    report: Any = None,
+) -> None:
+    """Body of a forked worker process: run (or resume, or join) the backfill. With
+    ``report`` (a multiprocessing queue), first put (os pid, backend pid) on it: with one
+    worker, every batch of this process runs on that session."""
     import structlog
 
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
     code = 0
     try:
         with Executor(dsn, settings(**backfill)) as ex:
+            if report is not None:
+                report.put((os.getpid(), ex.conn.info.backend_pid))
             ex.backfill("r", {"n": "n + 1"}, name=name, workers=workers)
     except OnlineSchemaError as exc:
         code = exc.exit_code
@@ -259,8 +378,8 @@ def _child(dsn: str, name: str, workers: int | None, backfill: dict[str, Any]) -
     os._exit(code)
 
 
-def fork(dsn: str, name: str, workers: int | None, **backfill: Any) -> Any:
-    p = FORK.Process(target=_child, args=(dsn, name, workers, backfill), daemon=True)
+def fork(dsn: str, name: str, workers: int | None, report: Any = None, **backfill: Any) -> Any:
+    p = FORK.Process(target=_child, args=(dsn, name, workers, backfill, report), daemon=True)
     p.start()
     return p
 
@@ -357,42 +476,88 @@ def test_cli_workers(dsn: str, conn: Conn) -> None:
 
 FAULT_ROWS = 30_000
 
+#: the session ``pid`` is inside a batch: it wrote in its open transaction (an xid) and
+#: holds RowExclusiveLock on r (the batch's UPDATE, held until its COMMIT)
+IN_BATCH = """
+SELECT a.backend_xid IS NOT NULL AND EXISTS (
+    SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+    AND l.relation = 'r'::regclass AND l.mode = 'RowExclusiveLock')
+FROM pg_stat_activity a WHERE a.pid = %s
+"""
+
+#: 1 ms per row (20 ms per batch of 20 rows) so that batches, not the rests between
+#: them, fill most of a worker's time; dropped after the kills
+SLOW_ROWS = """
+CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+CREATE TRIGGER slow_row BEFORE UPDATE ON r FOR EACH ROW EXECUTE FUNCTION slow_row();
+"""
+
 
 @pytest.mark.slow
 def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
     """Two worker processes (each joins whichever is running the migration) on a
-    non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random, is killed
-    with SIGKILL at a random moment while rows are being updated, and a new one takes its
-    place (resuming, or joining). At the end every row was updated exactly once and the
-    chunks' counters agree."""
+    non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random among those
+    that have claimed a chunk, is killed with SIGKILL and a new one takes its place
+    (resuming, or joining). Every other kill waits for the victim to be inside a batch;
+    the others come at a random moment. Just before each kill the victim's session is
+    sampled: at least 8 kills must have landed inside an open batch (rows written, not
+    committed). At the end every row was updated exactly once and the chunks' counters
+    agree."""
     make_range(conn, FAULT_ROWS)
+    conn.execute(SLOW_ROWS)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     name = "fault"
     backfill = dict(batch_initial=20, batch_max=20, sleep=0.01, chunks=8)
+    report = FORK.Queue()
+    backends: dict[int, int] = {}  # os pid -> backend pid
     procs: list[Any] = []
-    kills = 0
+    landed: list[bool] = []  # per kill: inside an open batch?
     t0 = time.monotonic()
+
+    def claimed(p: Any) -> bool:
+        while not report.empty():
+            os_pid, backend = report.get_nowait()
+            backends[os_pid] = backend
+        backend = backends.get(p.pid)
+        return backend is not None and backend in claimers(conn, name)
+
+    def in_batch(p: Any) -> bool:
+        return bool(one(conn, IN_BATCH, (backends[p.pid],)))
+
     try:
-        while kills < 20:
+        while len(landed) < 20:
             procs = [p for p in procs if p.is_alive()]
             while len(procs) < 2:
-                procs.append(fork(dsn, name, 1, **backfill))
+                procs.append(fork(dsn, name, 1, report, **backfill))
+            kill = len(landed) + 1
             before = rows_done(conn, name)
             wait_until(
                 lambda b=before: rows_done(conn, name) > b,  # type: ignore[misc]
                 timeout=30,
-                what=f"progress before kill {kills + 1} (seed {seed})",
+                what=f"progress before kill {kill} (seed {seed})",
             )
-            time.sleep(rng.uniform(0.0, 0.2))
-            victim = rng.choice([p for p in procs if p.is_alive()] or procs)
+            candidates = wait_until(
+                lambda live=procs: [p for p in live if p.is_alive() and claimed(p)],  # type: ignore[misc]
+                timeout=30,
+                what=f"a worker that has claimed a chunk, before kill {kill} (seed {seed})",
+            )
+            victim = rng.choice(candidates)
+            if kill % 2:  # at a random moment
+                time.sleep(rng.uniform(0.0, 0.2))
+            else:  # while it is in a batch (or, if it never is within 5 s, anyway)
+                deadline = time.monotonic() + 5
+                while not in_batch(victim) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            landed.append(in_batch(victim))
             victim.kill()
             victim.join(10)
             procs.remove(victim)
-            kills += 1
             assert migration_state(conn, name) != "completed", (
-                f"the backfill finished after {kills} kills: make it longer (seed {seed})"
+                f"the backfill finished after {kill} kills: make it longer (seed {seed})"
             )
+        conn.execute("DROP TRIGGER slow_row ON r")  # the rest may go fast
         for p in procs:
             p.join(120)
             assert p.exitcode in (0, 2), p.exitcode  # done, or refused while starting
@@ -401,7 +566,12 @@ def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
             if p.is_alive():
                 p.kill()
                 p.join(10)
-    print(f"20 kills in {time.monotonic() - t0:.1f}s (seed {seed})")
+    hits = sum(landed)
+    print(
+        f"20 kills in {time.monotonic() - t0:.1f}s, {hits} inside an open batch"
+        f" (random moments: {sum(landed[0::2])}/10) (seed {seed})"
+    )
+    assert hits >= 8, f"only {hits} of 20 kills landed inside an open batch: {landed}"
     with Executor(dsn, settings()) as ex:
         if migration_state(conn, name) != "completed":
             ex.resume(name)

@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from ..errors import Refused
+from ..pooler import is_pooled
 from ..sql import batches
 from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
@@ -134,7 +135,12 @@ def clone_connection(
         params["password"] = conn.info.password
     params["application_name"] = application_name
     try:
-        return psycopg.connect(make_conninfo("", **params), autocommit=True, connect_timeout=10)
+        return psycopg.connect(
+            make_conninfo("", **params),
+            autocommit=True,
+            connect_timeout=10,
+            prepare_threshold=None,  # a transaction pooler may be in between
+        )
     except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise Refused(
@@ -146,9 +152,13 @@ def clone_connection(
 # --- claims ----------------------------------------------------------------------------
 
 
+#: through a transaction pooler, how long a chunk's claim keeps other workers off it
+POOLED_CLAIM_TTL = 10.0
+
+
 class Claims:
     """Claims chunks of one backfill for one worker connection. Each claim's transaction
-    starts with ``timeouts`` (the runner's ``backfill_timeouts``)."""
+    starts with ``timeouts`` (``onlineschema.session.claim_settings``)."""
 
     def __init__(
         self,
@@ -168,9 +178,14 @@ class Claims:
         self.lock_text = f"onlineschema-chunk:{store.schema}:{migration}:{step_id}"
         #: chunks this session holds (advisory locks are re-entrant within a session)
         self.held: set[int] = set()
+        #: through a transaction pooler a session advisory lock would stay with a pooled
+        #: server connection: a claim is then the chunk row's claim time instead
+        self.pooled = is_pooled(conn)
 
     def claim(self) -> Chunk | None:
         """The next chunk nobody else holds (now held by this session), or None."""
+        if self.pooled:
+            return self._claim_row()
         after = -1
         with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self.timeouts)
@@ -189,9 +204,43 @@ class Claims:
                     self.held.add(row["chunk"])
                     return Chunk.from_row(row)
 
+    def _claim_row(self) -> Chunk | None:
+        """Through a pooler: the next chunk not done whose claim is free (released, or
+        older than POOLED_CLAIM_TTL: its worker died or is slow, and working it twice at
+        once is safe, since every batch locks the chunk's row and reads its cursor)."""
+        t = self.records.t("chunks")
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(self.timeouts)
+            cur.execute(
+                sql.SQL(
+                    "SELECT chunk, lo, hi, cursor, est_rows, done, rows_done, scanned"
+                    " FROM {} WHERE migration = %s AND step_id = %s AND NOT done"
+                    " AND NOT (chunk = ANY(%s)) AND (claimed_at IS NULL"
+                    " OR claimed_at < now() - make_interval(secs => %s))"
+                    " ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ).format(t),
+                (self.migration, self.step_id, sorted(self.held), POOLED_CLAIM_TTL),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            self.records.mark_claimed(cur, row["chunk"])
+        self.held.add(row["chunk"])
+        return Chunk.from_row(row)
+
     def release(self, chunk: int) -> None:
         self.held.discard(chunk)
         if self.conn.closed or self.conn.broken:
+            return
+        if self.pooled:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL(
+                        "UPDATE {} SET claimed_at = NULL WHERE migration = %s AND step_id = %s"
+                        " AND chunk = %s"
+                    ).format(self.records.t("chunks")),
+                    (self.migration, self.step_id, chunk),
+                )
             return
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", (self.lock_text, chunk))

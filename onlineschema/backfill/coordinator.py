@@ -241,7 +241,7 @@ class Coordinator:
             progress=round(fraction, 6),
             workers=self.workers,
         )
-        if self.workers > 1:
+        if self.workers > 1 or self.throttle.engaged:  # throttled: no batch notifies
             self.notify(rows_done)
 
     def notify(self, rows_done: int) -> None:

@@ -10,7 +10,8 @@ retried with backoff. The batch size and the rest after each batch are decided b
 ``Coordinator`` does the rest (control, signals, progress, VACUUM).
 
 The timeouts every backfill transaction starts with (a batch, a claim, the cut at start)
-are set by one function, ``backfill_timeouts``.
+are decided by the one execution policy (``onlineschema.session``: ``batch_settings``,
+``claim_settings``, ``cut_settings``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from psycopg import sql
 from ..errors import LockBudgetExhausted, OnlineSchemaError, StepFailed
 from ..locks import RetryPolicy
 from ..plan import Step
+from ..session import CLAIM_LOCK_TIMEOUT as CLAIM_LOCK_TIMEOUT
+from ..session import backfill_timeouts as backfill_timeouts
+from ..session import batch_settings, claim_settings, cut_settings
 from ..sql import batches
 from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
@@ -40,34 +44,6 @@ from .pace import Pace
 from .settings import BackfillSettings
 
 log = structlog.stdlib.get_logger("onlineschema.backfill")
-
-#: how long a worker's claim may wait for a lock on a chunk's row in the state table
-CLAIM_LOCK_TIMEOUT = "2s"
-
-
-def backfill_timeouts(
-    *,
-    lock_timeout: str | None = None,
-    statement_timeout: str | None = None,
-    seqscan: bool = True,
-    synchronous_commit: bool = True,
-) -> sql.Composed:
-    """The ONE place a backfill sets its timeouts: the ``SELECT set_config(..., true)``
-    its transactions start with (a batch, a chunk claim, the cut at start), local to the
-    transaction. Values are PostgreSQL durations (``'500ms'``, ``'2s'``, ``'0'`` for
-    none); ``seqscan=False`` also turns sequential scans off, so that a batch reads its
-    slice through the key's index; ``synchronous_commit=False`` lets the commit return
-    (and the locks go) before the WAL is flushed (see BackfillSettings)."""
-    values: dict[str, str] = {}
-    if lock_timeout is not None:
-        values["lock_timeout"] = lock_timeout
-    if statement_timeout is not None:
-        values["statement_timeout"] = statement_timeout
-    if not seqscan:
-        values["enable_seqscan"] = "off"
-    if not synchronous_commit:
-        values["synchronous_commit"] = "off"
-    return batches.set_locals(values)
 
 
 @dataclass
@@ -179,12 +155,11 @@ class Batcher:
 
     def locals(self) -> sql.Composed:
         """The transaction-local settings every batch runs under."""
-        return backfill_timeouts(
-            lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
-            statement_timeout=f"{max(int(self.settings.batch_statement_timeout * 1000), 1)}ms",
-            seqscan=False,
-            synchronous_commit=self.settings.synchronous_commit,
-        )
+        base = batch_settings(self.lock_timeout, self.settings.batch_statement_timeout)
+        if self.settings.synchronous_commit:
+            return base
+        # the commit returns (and the locks go) before the WAL flush (BackfillSettings)
+        return sql.SQL("{}, set_config('synchronous_commit', 'off', true)").format(base)
 
     def statement(self, chunk: Chunk, size: int, conn: psycopg.Connection[Any]) -> Batch | None:
         """The next batch of ``size`` rows of ``chunk`` (see ``next_batch``)."""
@@ -421,7 +396,7 @@ class BackfillRunner:
     def _cut(self) -> None:
         n = self.settings.chunks or max(16, 4 * self.workers)
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(backfill_timeouts(statement_timeout="0"))
+            cur.execute(cut_settings())
             end, estimate, pieces = cut(cur, self.spec, n)
             self.records.create(
                 cur,
@@ -611,7 +586,7 @@ class BackfillRunner:
             self.store,
             self.migration,
             self.step_id,
-            timeouts=backfill_timeouts(lock_timeout=CLAIM_LOCK_TIMEOUT),
+            timeouts=claim_settings(),
         )
 
     def _run_inline(self) -> None:

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import Refused
+from ..session import no_statement_timeout
 from ..sql import batches
 from ..sql.batches import Spec
 from .chunks import clone_connection
@@ -41,7 +42,7 @@ class VacuumThread:
     def _run(self) -> None:
         try:
             with self.conn.cursor() as cur:
-                cur.execute("SET statement_timeout = 0")
+                no_statement_timeout(cur)
                 cur.execute(self._statement)
         except BaseException as exc:
             self.error = exc

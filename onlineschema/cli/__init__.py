@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
-import re
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 import psycopg
@@ -33,10 +32,22 @@ import structlog
 
 from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
-from ..errors import ConnectionFailed, OnlineSchemaError, Refused
-from ..executor import Executor, Result, Settings, changes_hash, parse_duration
+from ..errors import OnlineSchemaError, Refused
+from ..executor import (
+    Executor,
+    Result,
+    Settings,
+    changes_hash,
+    default_name,
+)
+from ..executor.lifecycle import Command, MigrationState, Outcome, decide
+from ..executor.script import render_sql_script
 from ..locks import RetryPolicy
-from ..plan import Plan, render_sql_script
+from ..plan import Plan
+from .common import DURATION, open_executor, require_dsn
+from .common import normalize_dsn as normalize_dsn  # public: tests and integrations use it
+from .ops import register as register_ops
+from .ops import run_options, watch_option
 from .settings import parse_pairs, start_settings_options, with_start_settings
 from .settings import setting_value as setting_value  # kept importable here
 
@@ -60,56 +71,17 @@ class Options:
     log_format: str = "console"
     log_level: str = "info"
     state_schema: str = "onlineschema"
+    reconnect_budget: float = Settings.reconnect_budget
 
     def settings(
         self, lock_timeout: float | None = None, max_lock_wait: float | None = None
     ) -> Settings:
-        s = Settings(state_schema=self.state_schema)
+        s = Settings(state_schema=self.state_schema, reconnect_budget=self.reconnect_budget)
         if lock_timeout is not None:
             s = replace(s, lock_timeout=lock_timeout)
         if max_lock_wait is not None:
             s = replace(s, retry=replace(s.retry, max_wait=max_lock_wait))
         return with_start_settings(s)  # --set/--settings-file/ONLINESCHEMA_SET, if any
-
-
-# --- parameter types ----------------------------------------------------------------
-
-
-if TYPE_CHECKING:
-    _FloatParam = click.ParamType[float]
-else:  # click < 8.4 has no generic ParamType
-    _FloatParam = click.ParamType
-
-
-class Duration(_FloatParam):
-    """``500ms``, ``2s``, ``1min`` or a number of seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-
-
-def normalize_dsn(dsn: str) -> str:
-    """Accept SQLAlchemy URLs: ``postgresql+psycopg://...`` -> ``postgresql://...``."""
-    return re.sub(r"^(postgres(?:ql)?)\+[A-Za-z0-9_]+://", r"\1://", dsn.strip())
-
-
-def require_dsn(dsn: str | None) -> str:
-    if not dsn or not dsn.strip():
-        raise Refused(
-            "no database to connect to",
-            "pass --dsn 'postgresql://user@host/db', or set ONLINESCHEMA_DSN or DATABASE_URL",
-        )
-    return normalize_dsn(dsn)
 
 
 def _stdin_is_terminal() -> bool:
@@ -190,28 +162,32 @@ def read_changes(sql_text: str | None, file: IO[str] | None, allow_raw: bool) ->
     return parse_sql(text, allow_raw=allow_raw)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stop as for Ctrl-C (psycopg cancels the running statement, the
+    backfill workers stop after their batch), leaving the migration resumable."""
+
+
 @contextlib.contextmanager
-def open_executor(dsn: str | None, settings: Settings) -> Iterator[Executor]:
-    """An Executor on ``dsn``; any failure to connect is exit 2 with one line."""
-    target = require_dsn(dsn)
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (a service manager, ``kubectl delete pod``) stops it
+    as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
     try:
-        ex = Executor(target, settings)
-    except ConnectionFailed:
-        raise
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConnectionFailed(
-            f"could not connect to the database: {first}\n"
-            "  fix: check --dsn (or ONLINESCHEMA_DSN / DATABASE_URL)"
-        ) from None
-    try:
-        yield ex
+        yield
     finally:
-        ex.close()
+        signal.signal(signal.SIGTERM, before)
 
 
 def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bool = False) -> T:
-    """Run ``work`` with progress bars on a terminal; say how to go on when it stops."""
+    """Run ``work`` with progress bars on a terminal; say how to go on when it stops
+    (Ctrl-C and SIGTERM stop it resumably: exit 3, the migration paused)."""
     from .progress import progress_observer
 
     go_on = (
@@ -222,12 +198,14 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
     with progress_observer() as display:
         ex.observer = display
         try:
-            return work()
-        except KeyboardInterrupt:
+            with sigterm_as_interrupt():
+                return work()
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
             if not undoing:
-                _mark_interrupted(ex, name)
+                _mark_interrupted(ex, name, f"interrupted ({how})")
             raise Stopped(
-                f"interrupted; migration {name} stopped part-way\n  fix: {go_on}"
+                f"interrupted ({how}); migration {name} stopped part-way\n  fix: {go_on}"
             ) from None
         except OnlineSchemaError as exc:
             if exc.exit_code == 3 and (undoing or f"resume {name}" not in str(exc)):
@@ -240,15 +218,13 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
             ex.observer = None
 
 
-def _mark_interrupted(ex: Executor, name: str) -> None:
+def _mark_interrupted(ex: Executor, name: str, reason: str) -> None:
     """Record that nothing runs the migration any more (best effort: psycopg cancelled the
     running statement, the connection may be gone)."""
     if ex.conn.closed or ex.conn.broken or ex.joining:  # a guest: not ours to mark
         return
     with contextlib.suppress(psycopg.Error):
-        row = ex.store.get(name)
-        if row is not None and row["state"] == "running":
-            ex.store.set_state(name, "paused", "interrupted (Ctrl-C)")
+        ex.mark_interrupted(name, reason)
 
 
 def _with_hint(exc: OnlineSchemaError, hint: str) -> OnlineSchemaError:
@@ -320,9 +296,24 @@ def confirm_or_refuse(question: str, yes: bool) -> None:
     metavar="SCHEMA",
     help="Schema holding the migrations' state.",
 )
+@click.option(
+    "--reconnect-budget",
+    type=DURATION,
+    default=f"{Settings.reconnect_budget:g}s",
+    show_default=True,
+    envvar="ONLINESCHEMA_RECONNECT_BUDGET",
+    help="How long to keep connecting again when the connection to the database is lost"
+    " (a restart, a failover, a network blip); past it: exit 3, resumable.",
+)
 @click.version_option(package_name="onlineschema", prog_name="onlineschema")
 @click.pass_context
-def cli(ctx: click.Context, log_format: str, log_level: str, state_schema: str) -> None:
+def cli(
+    ctx: click.Context,
+    log_format: str,
+    log_level: str,
+    state_schema: str,
+    reconnect_budget: float,
+) -> None:
     """Change the schema of a live PostgreSQL database without blocking the application.
 
     The database comes from --dsn, else ONLINESCHEMA_DSN, else DATABASE_URL.
@@ -334,6 +325,7 @@ def cli(ctx: click.Context, log_format: str, log_level: str, state_schema: str) 
     opts.log_format = log_format.lower()
     opts.log_level = log_level.lower()
     opts.state_schema = state_schema
+    opts.reconnect_budget = reconnect_budget
     configure(opts.log_format, opts.log_level)
 
 
@@ -365,22 +357,22 @@ def plan(
     settings = opts.settings(lock_timeout)
     with open_executor(dsn, settings) as ex:
         the_plan = ex.plan(changes)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(the_plan.to_json())
     elif fmt == "sql":
         click.echo(
-            render_sql_script(
-                the_plan.steps,
-                lock_timeout=_ms(settings.lock_timeout),
-                statement_timeout=_ms(settings.statement_timeout),
-            )
+            render_sql_script(the_plan.steps, settings)
         )
     else:
         click.echo(the_plan.render_text())
+        if pooler is not None:
+            click.echo(f"\nConnection: {pooler.describe()}")
     return 0
 
 
 @cli.command()
+@run_options
 @dsn_option
 @input_options
 @click.option("--name", metavar="NAME", help="Migration name (default: from the changes' hash).")
@@ -421,11 +413,11 @@ def _apply(
     yes: bool,
     workers: int | None = None,
 ) -> int:
-    name = name or f"migration_{changes_hash(changes)[:10]}"
-    existing = ex.store.get(name)
+    name = name or default_name(changes)
+    existing = ex.record(name)
     if existing is not None and (
         existing["changes_hash"] != changes_hash(changes)
-        or existing["state"] in ("completed", "awaiting_contract", "aborted")
+        or decide(Command.APPLY, existing["state"]) is not Outcome.RUN
     ):
         # nothing to confirm: apply() refuses, or reports it done
         result = ex.apply(changes, name)
@@ -449,6 +441,7 @@ def _apply(
 
 
 @cli.command()
+@watch_option
 @dsn_option
 @click.argument("name", required=False)
 @click.option(
@@ -459,22 +452,28 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
     """Show one migration's steps and backfill progress, or list all migrations."""
     with open_executor(dsn, opts.settings()) as ex:
         data = ex.status(name)
+        pooler = ex.pooler
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
         return 0
+    if pooler is not None:
+        click.echo(f"Connection: {pooler.describe()}")
     from rich.console import Console
 
-    console = _stdout_console(Console)
+    from .views import list_table, migration_view, stdout_console
+
+    console = stdout_console(Console)
     if name is None:
-        console.print(_list_table(data, opts.state_schema))
+        console.print(list_table(data, opts.state_schema))
     else:
         for mig in data:
-            for item in _migration_view(mig):
+            for item in migration_view(mig):
                 console.print(item)
     return 0
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -497,12 +496,12 @@ def resume(
     other process's). Without --workers, a migration that another process runs is
     refused (exit 2)."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        before = ex.store.require(name)
+        before = ex.record(name)  # None: resume refuses (unknown migration)
         result = run_migration(ex, name, lambda: ex.resume(name, workers=workers))
     if ex.joining:
         report_joined(result)
     else:
-        report(result, already=before["state"] in ("completed", "aborted"))
+        report(result, already=before is not None and MigrationState(before["state"]).finished)
     return 0
 
 
@@ -545,16 +544,9 @@ def abort(
 ) -> int:
     """Undo what an unfinished migration created, leaving the tables as they were."""
     with open_executor(dsn, opts.settings(lock_timeout, max_lock_wait)) as ex:
-        row = ex.store.require(name)
+        state, todo = ex.undo_preview(name)
         if not yes and _stdin_is_terminal():
-            plan_ = Plan.from_dict(row["plan"])
-            states = ex.store.steps(name)
-            todo = [
-                s
-                for s in reversed(plan_.steps)
-                if s.undo and states.get(s.id, {}).get("state") not in (None, "pending", "undone")
-            ]
-            click.echo(f"migration {name} is {row['state']}; abort undoes:")
+            click.echo(f"migration {name} is {state}; abort undoes:")
             for s in todo:
                 click.echo(f"  - {s.description}")
             if not todo:
@@ -566,6 +558,7 @@ def abort(
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.argument("name")
 @lock_timeout_option
@@ -612,6 +605,7 @@ def set_(opts: Options, dsn: str | None, name: str, pairs: tuple[str, ...]) -> i
 
 
 @cli.command()
+@run_options
 @dsn_option
 @click.option(
     "--table", required=True, metavar="TABLE", help="Table to update (may be schema.table)."
@@ -748,107 +742,6 @@ def demo(
     return int(demo_module.run_demo(**options))
 
 
-# --- status rendering -----------------------------------------------------------------
-
-
-def _stdout_console(console_cls: Any) -> Any:
-    terminal = sys.stdout.isatty()
-    width = None if terminal else int(os.environ.get("COLUMNS") or 200)
-    return console_cls(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
-
-
-def _when(text: str | None) -> str:
-    if not text:
-        return ""
-    try:
-        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return text
-
-
-def _first_line(text: str | None, limit: int = 80) -> str:
-    if not text:
-        return ""
-    line = text.strip().splitlines()[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _list_table(data: list[dict[str, Any]], schema: str) -> Any:
-    from rich.table import Table
-
-    if not data:
-        return f"no migrations recorded in schema {schema}"
-    table = Table(title="migrations", title_justify="left")
-    for col in ("name", "state", "steps done", "updated", "last error"):
-        table.add_column(col)
-    for m in data:
-        done = sum(1 for s in m["steps"] if s["state"] == "done")
-        table.add_row(
-            m["name"],
-            m["state"],
-            f"{done}/{len(m['steps'])}",
-            _when(m["updated_at"]),
-            _first_line(m["last_error"]),
-        )
-    return table
-
-
-def _migration_view(m: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    from .progress import format_seconds
-
-    head = (
-        f"migration {m['name']}: {m['state']}  (created {_when(m['created_at'])},"
-        f" updated {_when(m['updated_at'])}, plan {m['plan_hash']})"
-    )
-    out: list[Any] = [head]
-    if m["last_error"]:
-        out.append(f"last error: {m['last_error']}")
-    table = Table()
-    for col, justify in (
-        ("#", "right"),
-        ("step", "left"),
-        ("phase", "left"),
-        ("state", "left"),
-        ("attempts", "right"),
-        ("rows done / total", "right"),
-        ("rows/s", "right"),
-        ("ETA", "right"),
-        ("throttle", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for i, s in enumerate(m["steps"], 1):
-        b = s.get("backfill")
-        rows = rate = eta = throttle = ""
-        if b:
-            total = f"{b['rows_total']:,}" if b["rows_total"] is not None else "?"
-            rows = f"{b['rows_done']:,} / {total}"
-            rate = f"{b['rows_per_second']:,.0f}" if b["rows_per_second"] else ""
-            eta = format_seconds(b["eta_seconds"]) if b["eta_seconds"] is not None else ""
-            throttle = b["throttle_reason"] or ""
-        table.add_row(
-            str(i),
-            s["id"],
-            s["phase"],
-            s["state"] or "",
-            str(s["attempts"] or 0),
-            rows,
-            rate,
-            eta,
-            throttle,
-        )
-    out.append(table)
-    for s in m["steps"]:
-        if s["last_error"]:
-            out.append(f"step {s['id']}: {s['last_error']}")
-    return out
-
-
-def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
-
-
 # --- entry point ----------------------------------------------------------------------
 
 
@@ -896,3 +789,7 @@ def _error(opts: Options, message: str, code: int, exc: BaseException) -> None:
     click.echo(f"error: {message.rstrip()}", err=True)
     if debug and code == 1:
         traceback.print_exception(exc, file=sys.stderr)
+
+
+register_ops(cli)  # verify
+cli.add_command(importlib.import_module("onlineschema.integrations.prisma_cli").prisma)

@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 from structlog.typing import Processor
 
+from .. import observe
+
 FORMATS = ("console", "json")
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -72,6 +74,7 @@ def configure(fmt: str = "console", level: str = "info") -> None:
         )
     structlog.configure(
         processors=[
+            observe.tap,  # metrics and hooks see every event, debug ones included
             structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),

@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ..plan import Step
+from ..plan import Step, StepKind
 
 
 class RichProgress:
@@ -75,7 +75,7 @@ class RichProgress:
             self.progress.update(
                 self._plan, description=text, completed=index, count=f"{index}/{total} steps"
             )
-        if step.action == "backfill" and step.id not in self._fills:
+        if step.kind is StepKind.BACKFILL and step.id not in self._fills:
             self._fills[step.id] = self.progress.add_task(
                 _shorten(f"  backfill {', '.join(step.tables)}", 54),
                 total=None,

@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -570,10 +571,10 @@ class LocalServer:
         finally:
             self._cleanup()
 
-    def restart(self, mode: str = "fast") -> None:
+    def restart(self, mode: str = "fast", *, down: float = 0.0) -> None:
         """Stop the server with ``pg_ctl -m mode`` (``fast``, or ``immediate`` to simulate a
         crash: the next start runs crash recovery) and start it again on the same port,
-        keeping its data."""
+        keeping its data, ``down`` seconds after it stopped."""
         if not self._running:
             raise ServerError("the server is not running")
         self._running = False
@@ -582,6 +583,7 @@ class LocalServer:
              "stop"],
             what=f"pg_ctl stop -m {mode}",
         )  # fmt: skip
+        time.sleep(down)
         self._launch(keep_port=True)
 
     def __enter__(self) -> LocalServer:

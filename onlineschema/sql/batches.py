@@ -11,7 +11,7 @@ filter and the key type names, which the planner took from the catalog or valida
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,19 +89,6 @@ class Spec:
             sql.SQL("{}{}").format(sql.Identifier(self.schema, self.table, k), sql.SQL(direction))
             for k in self.key
         )
-
-
-# --- settings -------------------------------------------------------------------------------
-
-
-def set_locals(values: Mapping[str, str]) -> sql.Composed:
-    """``SELECT set_config(name, value, true), ...``: settings local to the transaction."""
-    return sql.SQL("SELECT {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v))
-            for k, v in values.items()
-        )
-    )
 
 
 # --- freezing and cutting the work ----------------------------------------------------------

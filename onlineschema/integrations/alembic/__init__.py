@@ -41,7 +41,7 @@ DDL with a message saying what to change (:func:`check_environment`).
 against an *assumed* catalog (the tables, columns and constraints the changes name are
 taken to exist as the changes need them; the server version comes from the dialect, the
 ``onlineschema_server_version`` option of ``context.configure()``, or defaults to 18) and
-rendered with :func:`onlineschema.plan.render_sql_script`. The script's header says that
+rendered with :func:`onlineschema.executor.script.render_sql_script`. The script's header says that
 no preflight check ran. A batched backfill cannot be a SQL statement: it is rendered as
 a marked ``onlineschema apply`` command that runs it online.
 
@@ -63,29 +63,23 @@ import structlog
 from alembic.operations import MigrateOperation, Operations
 from alembic.runtime.migration import MigrationContext
 
-from ...catalog import Catalog, ColumnInfo, ConstraintInfo, IndexInfo, TableInfo
-from ...changes import (
-    AddCheck,
-    AddColumn,
-    AddForeignKey,
-    AddIndex,
-    AddUnique,
-    Backfill,
-    Change,
-    DropConstraint,
-    DropDefault,
-    DropIndex,
-    DropNotNull,
-    RunSQL,
-    SetDefault,
-    SetNotNull,
-    ValidateConstraint,
-)
+from ... import recipes
+from ...catalog import Catalog
+from ...changes import Change
 from ...errors import OnlineSchemaError, Refused, UnknownMigration
 from ...executor import Executor, Result, Settings, changes_hash
-from ...expressions import column_refs
-from ...plan import Plan, Step, render_sql_script, with_backfill_command
-from ...planner import PlanResult, build_plan, catalog_request
+from ...executor.lifecycle import (
+    Command,
+    MigrationState,
+    Outcome,
+    decide,
+    hold_contract,
+)
+from ...executor.script import render_sql_script
+from ...executor.steps import undo_steps, with_backfill_command
+from ...plan import Plan, Step, StepKind
+from ...planner import build_plan, catalog_request
+from ...planner.assumed import AssumedSchema
 from ...sqlinput import parse_sql
 from ...state import StateStore
 
@@ -98,6 +92,7 @@ __all__ = [
     "check_environment",
     "contract",
     "expand",
+    "hold_contract",
     "render_offline",
     "run",
 ]
@@ -110,8 +105,6 @@ PHASES: tuple[Phase, ...] = ("run", "expand", "contract", "abort")
 #: PostgreSQL major version assumed by ``alembic upgrade --sql`` when nothing says otherwise
 DEFAULT_OFFLINE_SERVER_VERSION = 18
 
-#: the step an ``expand`` plan ends with: the migration waits there for ``contract``
-CONTRACT_MARKER = "finish"
 
 OpTarget = Operations | MigrationContext | ModuleType
 
@@ -351,44 +344,16 @@ def check_environment(ctx: MigrationContext) -> None:
                 " context.configure(connection=connection, ...)",
             )
         )
+    refuse_all(problems, "the Alembic environment is not safe for online migrations")
+
+
+def refuse_all(problems: list[Refused], headline: str) -> None:
+    """Refuse with every problem found (one as it is, several listed under
+    ``headline``), so that one run shows all there is to fix in env.py."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        raise Refused(
-            "the Alembic environment is not safe for online migrations:\n"
-            + "\n".join(f"- {p}" for p in problems)
-        )
-
-
-class _ExpandExecutor(Executor):
-    """Plans like the executor, then holds every contract step (and a final marker step)
-    for the contract phase, so the migration stops ``awaiting_contract``."""
-
-    def _plan(self, changes: Sequence[Change]) -> PlanResult:
-        result = super()._plan(changes)
-        return PlanResult(hold_contract(result.plan), result.probes)
-
-
-def hold_contract(plan: Plan) -> Plan:
-    """``plan`` with its contract steps held for the contract phase, ending with a marker
-    step, so an expand always stops ``awaiting_contract`` (even with nothing to drop)."""
-    steps = [
-        dataclasses.replace(s, breaking=True, details={**s.details, "held_for_contract": True})
-        if s.phase == "contract"
-        else s
-        for s in plan.steps
-    ]
-    steps.append(
-        Step(
-            id=CONTRACT_MARKER,
-            phase="contract",
-            action=CONTRACT_MARKER,
-            description="finish the migration (the application no longer needs the old shape)",
-            breaking=True,
-            details={"held_for_contract": True},
-        )
-    )
-    return dataclasses.replace(plan, steps=tuple(steps))
+        raise Refused(f"{headline}:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Settings) -> Result:
@@ -400,8 +365,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
         with ctx.autocommit_block():
             connection = ctx.connection
             assert connection is not None
-            executor_cls = _ExpandExecutor if phase == "expand" else Executor
-            with executor_cls(connection, settings) as ex:
+            with Executor(connection, settings) as ex:
                 result = _dispatch(ex, operation)
     except OnlineSchemaError as exc:
         if phase in ("run", "expand", "contract"):
@@ -413,7 +377,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
         else:
             exc.add_note("alembic: the downgrade was not recorded in alembic_version; run it again")
         raise
-    if result.state in ("completed", "aborted"):
+    if MigrationState(result.state).finished:
         _forget_with_version(ctx, settings.state_schema, name)
     bound.info("alembic_online_migrate_done", state=result.state)
     return result
@@ -421,7 +385,7 @@ def _run_online(ctx: MigrationContext, operation: OnlineMigrateOp, settings: Set
 
 def _dispatch(ex: Executor, operation: OnlineMigrateOp) -> Result:
     name, phase = operation.name, operation.phase
-    row = ex.store.get(name)
+    row = ex.record(name)
     if operation.changes and row is not None and phase in ("contract", "abort"):
         if row["changes_hash"] != changes_hash(operation.changes):
             raise Refused(
@@ -430,34 +394,38 @@ def _dispatch(ex: Executor, operation: OnlineMigrateOp) -> Result:
                 f"pass the same changes as the revision that expanded {name!r}, or none",
             )
     if phase in ("run", "expand"):
-        if row is not None and row["state"] == "aborted":
-            # aborted outside Alembic (`onlineschema abort`) or by a downgrade that did not
-            # get recorded: upgrading the revision again starts the migration afresh
-            log.info("alembic_restart_aborted", migration=name)
-            ex.store.forget(name)
-        return ex.apply(operation.changes, name)
-    if phase == "contract":
-        if row is None:
+        # an aborted migration (outside Alembic, or by a downgrade that did not get
+        # recorded) starts afresh: upgrading the revision again means running it again
+        return ex.apply(
+            operation.changes,
+            name,
+            stop_before_contract=phase == "expand",
+            restart_aborted=True,
+        )
+    if row is None:
+        if phase == "contract":
             raise UnknownMigration(
                 f"no migration named {name!r} is waiting for its contract phase",
                 "run the revision that expands it first (expand(op, name, changes)); a"
                 " migration that already finished has no contract phase left",
             )
-        if row["state"] == "completed":
-            log.info("alembic_contract_already_done", migration=name)
-            return Result(name, "completed", 0, 0, 0.0, Plan.from_dict(row["plan"]))
+        state = None
+    else:
+        state = MigrationState(row["state"])
+        # what this phase leaves behind is already there: the revision ran it before
+        done = MigrationState.COMPLETED if phase == "contract" else MigrationState.ABORTED
+        if state is done:
+            log.info(f"alembic_{phase}_already_done", migration=name)
+            return Result(name, state, 0, 0, 0.0, Plan.from_dict(row["plan"]))
+    if phase == "contract":
         return ex.contract(name)
-    # abort
-    if row is None or row["state"] == "completed":
+    if decide(Command.ABORT, state) is not Outcome.RUN:
         raise Refused(
             f"migration {name!r} is not unfinished or expanded (it "
             + ("completed" if row else "has no record: it finished, or never started")
             + "); abort undoes only a migration that has not finished",
             "undo a finished migration with a new one in downgrade(): run(op, name, [...])",
         )
-    if row["state"] == "aborted":
-        log.info("alembic_abort_already_done", migration=name)
-        return Result(name, "aborted", 0, 0, 0.0, Plan.from_dict(row["plan"]))
     return ex.abort(name)
 
 
@@ -515,45 +483,6 @@ def offline_server_version(ctx: MigrationContext) -> int:
     return value * 10000 if value < 1000 else value
 
 
-#: provolatile of built-in functions often used in defaults and backfills (PostgreSQL 15-18,
-#: the most volatile overload): ``now()`` is a fast default, ``gen_random_uuid()`` is not.
-#: Other functions are assumed volatile offline, which is safe (never a table rewrite).
-BUILTIN_VOLATILITY: dict[str, str] = {
-    **dict.fromkeys(
-        "abs array_length btrim ceil char_length decode encode floor initcap jsonb_set left"
-        " lower lpad ltrim make_interval md5 mod octet_length position power regexp_replace"
-        " replace right round rpad rtrim sha256 sign split_part sqrt string_to_array strpos"
-        " substring trunc upper".split(),
-        "i",
-    ),
-    **dict.fromkeys(
-        "age array_to_string concat concat_ws current_setting date_part date_trunc extract"
-        " format json_build_object jsonb_build_object length now statement_timestamp timezone"
-        " to_char to_date to_json to_jsonb to_number to_timestamp transaction_timestamp".split(),
-        "s",
-    ),
-    **dict.fromkeys(
-        "clock_timestamp currval gen_random_uuid nextval random random_normal timeofday"
-        " uuidv4 uuidv7".split(),
-        "v",
-    ),
-}
-
-#: the key column assumed for a table that a ``Backfill`` updates (never rendered as SQL:
-#: the backfill is rendered as a command that plans against the live table)
-_ASSUMED_KEY = "(primary key)"
-
-
-@dataclasses.dataclass
-class _AssumedTable:
-    schema: str
-    name: str
-    columns: dict[str, ColumnInfo] = dataclasses.field(default_factory=dict)
-    indexes: dict[str, IndexInfo] = dataclasses.field(default_factory=dict)
-    constraints: dict[str, ConstraintInfo] = dataclasses.field(default_factory=dict)
-    primary_key: tuple[str, ...] = ()
-
-
 def assumed_catalog(
     changes: Sequence[Change],
     server_version: int,
@@ -564,58 +493,15 @@ def assumed_catalog(
     Every table a change names exists; every column, constraint and index it uses
     exists in the state the change needs (a column made NOT NULL is nullable, a
     constraint validated is NOT VALID, ...), unless an earlier change of the list creates
-    it. Returns the catalog and the assumptions, one line each, for the script header.
+    it: each change's recipe says so (``Recipe.assume``). Returns the catalog and the
+    assumptions, one line each, for the script header.
     """
-    default_schema = search_path[0]
-    tables: dict[tuple[str, str], _AssumedTable] = {}
-    created_tables: set[tuple[str, str]] = set()
-    created_cols: set[tuple[str, str, str]] = set()
-    created_cons: set[tuple[str, str, str]] = set()
-    assumptions: list[str] = []
-    index_owner: dict[tuple[str, str], tuple[str, str]] = {}
-    pk_changes = {
-        (c.schema or default_schema, c.table)
-        for c in changes
-        if isinstance(c, AddUnique) and c.primary_key
-    }
-
+    schema = AssumedSchema(search_path[0])
     for c in changes:
-        if isinstance(c, RunSQL):
-            for rel in c.creates:
-                schema, _, rel_name = rel.rpartition(".")
-                created_tables.add((schema or default_schema, rel_name))
-
-    def table(schema: str | None, name: str) -> _AssumedTable | None:
-        key = (schema or default_schema, name)
-        if key in created_tables:
-            return None
-        t = tables.get(key)
-        if t is None:
-            t = tables[key] = _AssumedTable(key[0], name)
-            assumptions.append(f"table {key[0]}.{name} exists")
-        return t
-
-    def column(
-        t: _AssumedTable | None, name: str, *, notnull: bool = False, default: str | None = None
-    ) -> None:
-        if t is None or (t.schema, t.name, name) in created_cols or name in t.columns:
-            return
-        t.columns[name] = ColumnInfo(name, "unknown", 0, notnull, default, "", "")
-        state = " NOT NULL" if notnull else ""
-        state += " with a default" if default is not None else ""
-        assumptions.append(f"column {t.schema}.{t.name}.{name} exists{state}")
-
-    def constraint(t: _AssumedTable | None, name: str, *, validated: bool) -> None:
-        if t is None or (t.schema, t.name, name) in created_cons or name in t.constraints:
-            return
-        t.constraints[name] = ConstraintInfo(name, "c", validated, "", (), None, None)
-        assumptions.append(
-            f"constraint {name} exists on {t.schema}.{t.name}"
-            + ("" if validated else " and is NOT VALID")
-        )
-
+        recipes.lookup(c).announce(c, schema)
     for c in changes:
-        if c.breaking:
+        recipe = recipes.lookup(c)
+        if not recipe.offline_ok:
             raise Refused(
                 f"{c.describe()}: with --sql there is no database, and how a type change,"
                 " rename or drop runs depends on the live table (its types, indexes,"
@@ -623,169 +509,27 @@ def assumed_catalog(
                 "run this revision online (alembic upgrade), or render the plan against a"
                 " copy of the database with `onlineschema plan --format sql`",
             )
-        if isinstance(c, AddColumn):
-            table(c.schema, c.table)
-            created_cols.add((c.schema or default_schema, c.table, c.column))
-        elif isinstance(c, SetNotNull):
-            column(table(c.schema, c.table), c.column)
-        elif isinstance(c, DropNotNull):
-            column(table(c.schema, c.table), c.column, notnull=True)
-        elif isinstance(c, SetDefault):
-            column(table(c.schema, c.table), c.column)
-        elif isinstance(c, DropDefault):
-            column(table(c.schema, c.table), c.column, default="NULL")
-        elif isinstance(c, AddIndex):
-            t = table(c.schema, c.table)
-            for col in (*c.columns, *c.include):
-                column(t, col)
-        elif isinstance(c, DropIndex):
-            schema = c.schema or default_schema
-            if (schema, c.name) in index_owner:
-                continue
-            owner = _AssumedTable(schema, f"(table of index {c.name})")
-            owner.indexes[c.name] = IndexInfo(c.name, True, True, False, False, (), False, "", None)
-            tables[(schema, owner.name)] = owner
-            index_owner[(schema, c.name)] = (schema, owner.name)
-            assumptions.append(f"index {schema}.{c.name} exists and backs no constraint")
-        elif isinstance(c, AddForeignKey):
-            t = table(c.schema, c.table)
-            for col in c.columns:
-                column(t, col)
-            if not c.ref_columns:
-                raise Refused(
-                    f"{c.describe()}: with --sql there is no database to read the primary key"
-                    f" of {c.ref_table} from",
-                    "name the referenced columns (AddForeignKey(..., ref_columns=(...)))",
-                )
-            ref = table(c.ref_schema, c.ref_table)
-            for col in c.ref_columns:
-                column(ref, col, notnull=True)
-            if ref is not None and not any(
-                set(k.columns) == set(c.ref_columns) for k in ref.constraints.values()
-            ):
-                unique = f"{ref.name}_{'_'.join(c.ref_columns)}_key (assumed)"
-                ref.constraints[unique] = ConstraintInfo(
-                    unique, "u", True, "", tuple(c.ref_columns), None, None
-                )
-                assumptions.append(
-                    f"{ref.schema}.{ref.name} ({', '.join(c.ref_columns)}) is unique"
-                )
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, AddCheck):
-            t = table(c.schema, c.table)
-            try:
-                refs = sorted(column_refs(c.expression))
-            except Refused:
-                refs = []  # the planner reports the bad expression
-            for col in refs:
-                column(t, col)
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, AddUnique):
-            t = table(c.schema, c.table)
-            for col in c.columns:
-                column(t, col, notnull=c.primary_key)
-            if c.name:
-                created_cons.add((c.schema or default_schema, c.table, c.name))
-        elif isinstance(c, ValidateConstraint):
-            constraint(table(c.schema, c.table), c.name, validated=False)
-        elif isinstance(c, DropConstraint):
-            if not c.if_exists:
-                constraint(table(c.schema, c.table), c.name, validated=True)
-        elif isinstance(c, Backfill):
-            t = table(c.schema, c.table)
-            for col, _ in c.set:
-                column(t, col)
-            if (
-                t is not None
-                and not t.primary_key
-                and (c.schema or default_schema, c.table) not in pk_changes
-            ):
-                t.primary_key = (_ASSUMED_KEY,)
-                t.columns[_ASSUMED_KEY] = ColumnInfo(_ASSUMED_KEY, "bigint", 20, True, None, "", "")
-                t.constraints[_ASSUMED_KEY] = ConstraintInfo(
-                    _ASSUMED_KEY, "p", True, "", (_ASSUMED_KEY,), None, None
-                )
-                assumptions.append(f"table {t.schema}.{t.name} has a primary key")
-
-    catalog = Catalog(server_version=server_version, search_path=search_path)
-    catalog.volatility = dict(BUILTIN_VOLATILITY)
-    for fn in catalog_request(changes)["functions"]:
-        if fn not in BUILTIN_VOLATILITY:
-            assumptions.append(f"function {fn}() is volatile (its default or fill is batched)")
-    for i, t in enumerate(tables.values(), start=1):
-        catalog.tables[(t.schema, t.name)] = TableInfo(
-            schema=t.schema,
-            name=t.name,
-            oid=i,
-            relkind="r",
-            reltuples=-1.0,
-            pages=0,
-            columns=t.columns,
-            indexes=t.indexes,
-            constraints=t.constraints,
-            triggers=(),
-            primary_key=t.primary_key,
-            referenced_by=(),
-        )
-    catalog.index_owner = index_owner
-    return catalog, assumptions
+        recipe.assume(c, schema)
+    functions = catalog_request(changes)["functions"]
+    return schema.catalog(server_version, search_path, functions), schema.assumptions
 
 
 def _undo_steps(plan: Plan) -> tuple[list[Step], list[str]]:
-    """What ``abort`` runs for a fully expanded migration, newest first, as steps."""
+    """What ``abort`` runs for a fully expanded migration, newest first, as steps
+    (executor.steps.undo_steps, as the online abort runs them)."""
     out: list[Step] = []
     notes: list[str] = []
     for s in reversed(plan.steps):
         if s.phase == "contract":
             continue
-        if s.action in ("set_default", "drop_default"):
+        if not s.undo_offline_ok:
             notes.append(
                 f"step {s.id} ({s.description}) is not undone: the previous default is not"
                 " known without the database"
             )
             continue
-        for i, action in enumerate(s.undo):
-            out.append(
-                Step(
-                    id=f"undo.{s.id}" + (f".{i + 1}" if len(s.undo) > 1 else ""),
-                    phase=s.phase,
-                    action="undo",
-                    description=f"undo: {s.description}",
-                    statements=(action.sql,),
-                    transactional=action.transactional,
-                    lock="AccessExclusiveLock"
-                    if action.transactional
-                    else "ShareUpdateExclusiveLock",
-                    tables=s.tables,
-                    statement_timeout=None if action.transactional else 0,
-                    details={"squawk_ignore": _undo_ignores(action.sql)},
-                )
-            )
+        out += [undo for undo, _ in undo_steps(s)]
     return out, notes
-
-
-#: squawk's compatibility rules that fire when abort drops what the expand created
-_UNDO_RULES = (
-    ("DROP COLUMN", "ban-drop-column"),
-    ("DROP CONSTRAINT", "ban-drop-constraint"),
-    ("DROP FUNCTION", "ban-drop-function"),
-    ("DROP NOT NULL", "ban-drop-not-null"),
-)
-
-
-def _undo_ignores(statement: str) -> list[dict[str, str]]:
-    text = " ".join(statement.split()).upper()
-    return [
-        {"rule": rule, "why": "abort removes what this migration created; nothing else uses it"}
-        for words, rule in _UNDO_RULES
-        if words in text
-    ]
-
-
-def _duration(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
 
 
 def render_offline(
@@ -843,7 +587,7 @@ def render_offline(
     rendered: list[Step] = []
     commands = 0
     for s in steps:
-        if s.action == "backfill":
+        if s.kind is StepKind.BACKFILL:
             commands += 1
             s = with_backfill_command(s)  # its command, for the marked line
             s = dataclasses.replace(
@@ -863,10 +607,5 @@ def render_offline(
         head.append(f"-- note: {note}")
     if not rendered:
         head.append("-- (no steps)")
-    body = render_sql_script(
-        rendered,
-        lock_timeout=_duration(settings.lock_timeout),
-        statement_timeout=_duration(settings.statement_timeout),
-        index_lock_timeout=_duration(settings.index_lock_timeout),
-    )
+    body = render_sql_script(rendered, settings)
     return "\n".join(head) + "\n" + body

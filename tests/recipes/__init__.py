@@ -1,0 +1,1 @@
+"""One test file per change kind: its lifecycle on a real server and its golden plans."""
