@@ -352,7 +352,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Results (`benchmarks/results/backfill.json`, {result['when']}, command"
         f" `{result['command']}`): PostgreSQL {result['server_version']}, {result['cpus']} CPUs,"
-        f" load average at start {result['load_average']}.",
+        f" load average at start {result['load_average']}; backfills:"
+        f" {result.get('backfill_runs', 'throttle off')}; server: {result['server_settings']}.",
         "",
         "| rows | run | seconds | rows/s | ratio to UPDATE | server CPU s | client CPU s | peak RSS | table before | table after | with indexes after |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -466,6 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--basedir", type=Path, help="server base directory (default: new one in /dev/shm)"
     )
     ap.add_argument("--no-pgbench", action="store_true", help="skip the workload run")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="run the backfills at the default settings (throttle on: the idle-speed rule)"
+        " instead of with the throttle off",
+    )
+    ap.add_argument(
+        "--durable",
+        action="store_true",
+        help="server on disk (/var/tmp) with fsync, synchronous_commit, full_page_writes on",
+    )
     ap.add_argument("--clients", type=int, default=8, help="pgbench clients (default 8)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10)")
     ap.add_argument(
@@ -495,10 +507,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "server_settings": SERVER_SETTINGS,
+        "backfill_runs": "default settings" if args.defaults else "throttle off",
         "sizes": [],
     }
+    server_settings = dict(SERVER_SETTINGS)
+    basedir = args.basedir
+    if args.durable:
+        server_settings |= {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+        result["server_settings"] = server_settings
+        if basedir is None:
+            import tempfile
+
+            parent = Path(tempfile.mkdtemp(prefix="backfill-bench-", dir="/var/tmp"))
+            parent.chmod(0o755)  # the server's OS user (when we are root) must enter it
+            basedir = parent / "pg"  # a given basedir is kept by the server: removed at exit
+            import atexit
+            import shutil
+
+            atexit.register(shutil.rmtree, parent, True)
     global CPU
-    with LocalServer(args.pg, basedir=args.basedir, settings=SERVER_SETTINGS) as server:
+    with LocalServer(args.pg, basedir=basedir, settings=server_settings) as server:
         CPU = ServerCPU(server.datadir)
         dsn = server.create_database("bench")
         with psycopg.connect(dsn) as conn:
@@ -518,7 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                     )
                     runs[f"backfill_{workers}"].append(
-                        run_backfill(dsn, rows, workers, THROTTLE_OFF, f"bench_{workers}_{i}")
+                        run_backfill(
+                            dsn,
+                            rows,
+                            workers,
+                            {} if args.defaults else THROTTLE_OFF,
+                            f"bench_{workers}_{i}",
+                        )
                     )
             entry: dict[str, Any] = {"rows": rows, "repeat": args.repeat}
             for key, rs in runs.items():

@@ -20,7 +20,23 @@ Signals (all read by the backfill's coordinating connection, at most every
   vacuum horizon (``backend_xmin``/``backend_xid``) for longer than the limit: the dead
   rows the backfill leaves cannot be cleaned while they run;
 * ``vacuum`` (off by default): a vacuum of the table (autovacuum or manual, not the
-  backfill's own) is running.
+  backfill's own) is running;
+* ``active_sessions``: sessions other than the backfill's running a query on the server
+  (``pg_stat_activity``), averaged over the last 5 readings; never pauses, but at or
+  above ``busy_sessions`` (1) the backfill rests between batches (``duty_cycle``): the
+  application is there and competes for CPU and WAL (gh-ost's ``max-load`` counts
+  ``Threads_running`` the same way, to pause);
+* ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
+  by default a one-block read of the table, which also waits behind any lock queued on
+  the table, in a transaction that takes a transaction id, so that its commit waits for
+  a WAL flush as the application's writes do), against its own baseline measured before the first batch (median of 5). Above
+  ``max_latency_ratio`` times the baseline the backfill pauses; between
+  ``resume_latency_ratio`` and that it is *strained*: it runs, but rests between batches
+  (``duty_cycle``); at or under ``resume_latency_ratio`` it runs at full speed. Latencies
+  under ``latency_floor`` count as the floor, so noise on a sub-millisecond baseline does
+  not count. An operator's probe runs read-only; every probe has a 1 s statement
+  timeout (a probe that times out reads as 1 s). ``pg_stat_statements`` is not used: its figures are cumulative per
+  statement shape and include the backfill's own statements; a probe measures now.
 
 A signal that cannot be read (no permission, no replica, replica unreachable) is reported
 once (``backfill_signal_unreadable``); ``on_unreadable_signal`` decides whether the backfill
@@ -39,6 +55,7 @@ from typing import Any, Protocol
 
 import psycopg
 import structlog
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from .observe import publish
@@ -73,6 +90,16 @@ class Limits(Protocol):
     def pause_on_vacuum(self) -> bool: ...
     @property
     def on_unreadable_signal(self) -> str: ...
+    @property
+    def busy_sessions(self) -> float: ...
+    @property
+    def latency_probe(self) -> str: ...
+    @property
+    def max_latency_ratio(self) -> float: ...
+    @property
+    def resume_latency_ratio(self) -> float: ...
+    @property
+    def latency_floor(self) -> float: ...
 
 
 @dataclass
@@ -93,6 +120,8 @@ class Context:
     conn: psycopg.Connection[Any]
     table_oid: int
     our_pids: Callable[[], Sequence[int]]
+    #: (schema, table)
+    table_name: tuple[str, str] = ("", "")
 
 
 def _resume_limit(pause: float, resume: float) -> float:
@@ -119,6 +148,14 @@ class Signal(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most signals hold nothing
         """Release what the signal holds (e.g. a connection to a replica)."""
+
+    def prime(self, ctx: Context, s: Limits) -> None:  # noqa: B027 - most need no baseline
+        """Take a baseline before the first batch (signals that compare with one)."""
+
+    def strained(self, r: Reading, s: Limits) -> bool:
+        """Whether the reading, under the pause threshold, still says the application is
+        affected (the backfill then rests between batches)."""
+        return False
 
 
 class _LagMixin:
@@ -299,10 +336,12 @@ class LockWaiters(Signal):
 
 
 #: sampled inside a batch's transaction, just before COMMIT: who waits on us, how long
+#: (parameter: the backfill's own sessions, which do not count)
 LOCK_WAITERS_SQL = (
-    "SELECT count(*)::int, coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)),"
-    " 0)::float8 FROM pg_locks WHERE CASE WHEN granted OR pid = pg_backend_pid() THEN false"
-    " ELSE pg_backend_pid() = ANY(pg_blocking_pids(pid)) END"
+    "SELECT count(DISTINCT pid)::int,"
+    " coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0)::float8"
+    " FROM pg_locks WHERE CASE WHEN granted OR pid = pg_backend_pid() OR pid = ANY(%s)"
+    " THEN false ELSE pg_backend_pid() = ANY(pg_blocking_pids(pid)) END"
 )
 
 
@@ -396,12 +435,150 @@ class VacuumRunning(Signal):
         return r.values.get("vacuums", 0) == 0
 
 
+class ActiveSessions(Signal):
+    """Sessions other than the backfill's running a query on the server (sampled each
+    reading, averaged over the last few): the application is there and competes with the
+    backfill. Never pauses; at or above ``busy_sessions`` the backfill is strained (it
+    rests between batches, ``duty_cycle``)."""
+
+    name = "active_sessions"
+    window = 5  #: readings averaged
+
+    def __init__(self) -> None:
+        self._samples: list[float] = []
+
+    def enabled(self, s: Limits) -> bool:
+        return s.busy_sessions > 0
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        with ctx.conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*)::float8 FROM pg_stat_activity WHERE state = 'active'"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND NOT (pid = ANY(%s))",
+                (list(ctx.our_pids()),),
+            )
+            row = cur.fetchone()
+        self._samples = [*self._samples[-(self.window - 1) :], float(row[0]) if row else 0.0]
+        mean = sum(self._samples) / len(self._samples)
+        return Reading(values={"sessions": mean})
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        return True
+
+    def strained(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("sessions", 0.0) >= s.busy_sessions
+
+
+class AppLatency(Signal):
+    """The application's latency as a probe query sees it, against its own baseline."""
+
+    name = "app_latency"
+    #: probes per baseline, probes per reading (the median counts)
+    baseline_probes = 5
+    reading_probes = 3
+    #: the probe's statement timeout; a probe that times out reads as this
+    probe_timeout = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self.baseline: float | None = None
+
+    def enabled(self, s: Limits) -> bool:
+        return s.latency_probe not in ("off", "") and s.max_latency_ratio > 0
+
+    def _query(self, ctx: Context, s: Limits) -> sql.SQL | sql.Composed:
+        if s.latency_probe == "auto":
+            # one block by its address: a constant cost however many dead rows the
+            # backfill left at the table's start, but the table's lock like any query;
+            # and a transaction id, so that its commit waits for a WAL flush as the
+            # application's writes do (behind the backfill's WAL)
+            return sql.SQL(
+                "SELECT 1 FROM ONLY {} WHERE ctid = '(0,1)'::tid"
+                " UNION ALL SELECT 1 FROM pg_current_xact_id()"
+            ).format(sql.Identifier(*ctx.table_name))
+        # the operator's own query: run as given, read-only, under a statement timeout
+        return sql.SQL(s.latency_probe)
+
+    def _probe(self, ctx: Context, s: Limits, n: int) -> float:
+        query = self._query(ctx, s)
+        times: list[float] = []
+        conn = ctx.conn
+        for _ in range(n):
+            t0 = self._clock()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    if s.latency_probe != "auto":  # the operator's query changes nothing
+                        cur.execute("SET TRANSACTION READ ONLY")
+                    cur.execute(
+                        "SELECT set_config('statement_timeout', %s, true),"
+                        " set_config('lock_timeout', '0', true)",
+                        (f"{int(self.probe_timeout * 1000)}ms",),
+                    )
+                    cur.execute(query)
+                    cur.fetchall()
+                times.append(self._clock() - t0)
+            except psycopg.errors.QueryCanceled:
+                times.append(max(self._clock() - t0, self.probe_timeout))
+        times.sort()
+        return times[len(times) // 2]
+
+    def prime(self, ctx: Context, s: Limits) -> None:
+        if self.enabled(s) and self.baseline is None:
+            self.baseline = self._probe(ctx, s, self.baseline_probes)
+
+    def read(self, ctx: Context, s: Limits) -> Reading:
+        try:
+            if self.baseline is None:
+                self.prime(ctx, s)
+            seconds = self._probe(ctx, s, self.reading_probes)
+        except psycopg.Error as exc:
+            if ctx.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                ctx.conn.rollback()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return Reading(problem=f"the latency probe failed: {first}")
+        assert self.baseline is not None
+        floor = max(s.latency_floor, 1e-6)
+        ratio = max(seconds, floor) / max(self.baseline, floor)
+        return Reading(
+            values={"ratio": ratio, "seconds": seconds, "baseline": self.baseline},
+        )
+
+    def over(self, r: Reading, s: Limits) -> str | None:
+        ratio = r.values.get("ratio", 0.0)
+        if ratio > s.max_latency_ratio:
+            return (
+                f"the latency probe took {r.values.get('seconds', 0.0) * 1000:.1f} ms,"
+                f" {ratio:.1f}x its baseline > {s.max_latency_ratio:g}x"
+            )
+        return None
+
+    def clear(self, r: Reading, s: Limits) -> bool:
+        return r.values.get("ratio", 0.0) <= _resume_limit(
+            s.max_latency_ratio, s.resume_latency_ratio
+        )
+
+    def strained(self, r: Reading, s: Limits) -> bool:
+        return not self.clear(r, s)
+
+
 def pg_backend_pid(conn: psycopg.Connection[Any]) -> int:
     return int(conn.info.backend_pid)
 
 
 def default_signals() -> list[Signal]:
-    return [ReplicaLag(), ReplicaLagFromDsn(), LockWaiters(), LongTransaction(), VacuumRunning()]
+    return [
+        ReplicaLag(),
+        ReplicaLagFromDsn(),
+        LockWaiters(),
+        LongTransaction(),
+        VacuumRunning(),
+        AppLatency(),
+        ActiveSessions(),
+    ]
 
 
 class Throttle:
@@ -425,6 +602,9 @@ class Throttle:
         #: signal name -> (since, why) for every engaged signal
         self._engaged: dict[str, tuple[float, str]] = {}
         self._reported: set[str] = set()
+        #: signals whose last reading says the application is affected (under the pause
+        #: threshold): the backfill rests between batches while any is
+        self._strained: set[str] = set()
         self._closed_seconds = 0.0
         self._since: float | None = None
         self.changed = False
@@ -436,6 +616,11 @@ class Throttle:
         """The engaged signals' names, e.g. ``replica_lag`` (None when not throttled)."""
         with self._lock:
             return ",".join(sorted(self._engaged)) or None
+
+    @property
+    def strained(self) -> bool:
+        with self._lock:
+            return bool(self._strained)
 
     @property
     def engaged(self) -> bool:
@@ -513,6 +698,10 @@ class Throttle:
         publish({"event": "backfill_signal_read", "signal": name, **r.values})  # metrics
         with self._lock:
             engaged = name in self._engaged
+            if sig.strained(r, s):
+                self._strained.add(name)
+            else:
+                self._strained.discard(name)
         if not engaged:
             why = sig.over(r, s)
             if why is not None:
@@ -524,6 +713,8 @@ class Throttle:
         """Read every enabled signal once; release the ones that were turned off."""
         for sig in self.signals:
             if not sig.enabled(s):
+                with self._lock:
+                    self._strained.discard(sig.name)
                 self._release(sig.name, {})
                 self._release(f"{sig.name}_unreadable", {})
                 continue
@@ -532,6 +723,17 @@ class Throttle:
             except psycopg.errors.InsufficientPrivilege as exc:
                 r = Reading(problem=f"no permission: {(exc.diag.message_primary or '').strip()}")
             self.apply(sig, r, s)
+
+    def prime(self, ctx: Context, s: Limits) -> None:
+        """Let the signals take their baselines (before the first batch)."""
+        for sig in self.signals:
+            if sig.enabled(s):
+                try:
+                    sig.prime(ctx, s)
+                except psycopg.Error as exc:  # read() reports it, once
+                    if ctx.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        ctx.conn.rollback()
+                    self._log.debug("backfill_signal_prime_failed", signal=sig.name, error=str(exc))
 
     def feed_lock_wait(self, waiters: int, longest_wait: float, s: Limits) -> None:
         """A batch saw ``waiters`` sessions waiting on it, the longest for ``longest_wait``s."""

@@ -193,7 +193,8 @@ def test_runner_for_a_step_takes_the_executors_settings(dsn: str, conn: Conn) ->
         assert runner.batch_locals().as_string(ex.conn) == (
             "SELECT set_config('lock_timeout', '1250ms', true),"
             " set_config('statement_timeout', '3500ms', true),"
-            " set_config('enable_seqscan', 'off', true)"
+            " set_config('enable_seqscan', 'off', true),"
+            " set_config('synchronous_commit', 'off', true)"
         )
 
 

@@ -11,17 +11,18 @@
   ``chunks.py``), each on its own connection. Each batch commits its rows and its chunk's
   cursor in one transaction: a crash loses nothing and repeats nothing, even for a
   non-idempotent ``SET n = n + 1``.
-* Batch size follows a target time per batch; a batch that hits its statement timeout is
-  split, not retried as is. Lock timeouts, deadlocks and serialization failures are
-  retried with backoff.
-* Between batches a worker rests so that batches take ``duty_cycle`` of its wall time, and
-  waits while a throttle signal is engaged (``throttle.py``).
+* Batch size follows a lock-hold budget per batch (``batch_target``), lowered while
+  sessions wait on the batches' rows (``pace.py``); a batch that hits its statement
+  timeout is split, not retried as is. Lock timeouts, deadlocks and serialization
+  failures are retried with backoff.
+* Between batches a worker rests (``duty_cycle``) only while the application is
+  affected, and waits while a throttle signal is engaged (``throttle.py``).
 * Pause, live settings, signals, progress and a periodic plain ``VACUUM`` of the table
   (so that later batches reuse the space of the rows earlier ones replaced) are handled by
   one coordinator: between batches when there is one worker, from the main thread while
   worker threads run otherwise.
 
-Modules: ``settings`` (BackfillSettings), ``chunks`` (cutting the work, claiming chunks),
+Modules: ``settings`` (BackfillSettings), ``pace`` (batch sizes and rests), ``chunks`` (cutting the work, claiming chunks),
 ``engine`` (BackfillRunner: prepare, workers, batches), ``coordinator`` (control, signals,
 progress), ``vacuum`` (the backfill's own VACUUM); the SQL on the user's table is composed
 in ``onlineschema.sql.batches``, the state rows are written by ``state.BackfillStore``.

@@ -101,6 +101,7 @@ class Coordinator:
         self.migration = records.migration
         self.step_id = records.step_id
         self.strategy = spec.strategy
+        self.schema, self.table = spec.schema, spec.table
         self.base_settings = settings
         self.settings = settings
         self.throttle = throttle
@@ -113,6 +114,7 @@ class Coordinator:
         self.vacuum = BackfillVacuum(conn, spec, log)
         self.pids: set[int] = set()
         self.next_control = 0.0
+        self._stored: dict[str, Any] | None = None
         self._next_signal = 0.0
         self._next_progress = 0.0
         self.table_oid = 0
@@ -148,6 +150,8 @@ class Coordinator:
             self.table_oid, self.server_version
         )
         self.vacuum.rows_at = self.rows_done
+        # baselines (the latency probe's) are taken before the first batch
+        self.throttle.prime(self.context(), self.settings)
 
     def add_rows(self, n: int) -> None:
         with self.lock:
@@ -167,12 +171,16 @@ class Coordinator:
             self.control()
         if now >= self._next_signal:
             self._next_signal = now + self.settings.signal_interval
-            self.throttle.poll(Context(self.conn, self.table_oid, self.our_pids), self.settings)
+            self.throttle.poll(self.context(), self.settings)
         if not self.join and (now >= self._next_progress or self.throttle.changed):
             self._next_progress = now + max(min(self.settings.control_interval, 1.0), 0.2)
             self.throttle.changed = False
             self.write_progress()
             self.vacuum.manage(self.rows_done, self.rows_total, self.settings)
+
+    def context(self) -> Context:
+        """What the throttle's signals read with."""
+        return Context(self.conn, self.table_oid, self.our_pids, (self.schema, self.table))
 
     def control(self) -> None:
         ctl = self.store.control(self.migration)
@@ -183,7 +191,18 @@ class Coordinator:
                     f" {self.migration}` to continue"
                 )
             )
-        overrides = ctl.get("settings") or {}
+        overrides = dict(ctl.get("settings") or {})
+        if self._stored is None:  # the live settings stored before this run started
+            self._stored = dict(overrides)
+        # a setting given when this run started (apply/resume --set, a settings file, the
+        # API) is newer than a live one stored before it: the start's value wins until
+        # the live one is changed again while the run goes
+        given = self.base_settings.given()
+        overrides = {
+            k: v
+            for k, v in overrides.items()
+            if not (k in given and k in self._stored and self._stored[k] == v)
+        }
         try:
             new = self.base_settings.with_overrides(overrides)
         except ValueError as exc:

@@ -5,8 +5,8 @@
 (``chunks.Claims``) and fills it batch by batch: each batch locks its chunk's row, runs
 its UPDATE and moves the chunk's cursor in one transaction. A batch that hits its
 statement timeout is split; lock timeouts, deadlocks and serialization failures are
-retried with backoff. The batch size follows ``batch_target``; between batches a worker
-rests for its ``duty_cycle`` and waits while the throttle is engaged. The
+retried with backoff. The batch size and the rest after each batch are decided by
+``pace.Pace``; a worker waits while the throttle is engaged. The
 ``Coordinator`` does the rest (control, signals, progress, VACUUM).
 
 The timeouts every backfill transaction starts with (a batch, a claim, the cut at start)
@@ -40,6 +40,7 @@ from ..state import BackfillStore, StateStore
 from ..throttle import LOCK_WAITERS_SQL, Throttle
 from .chunks import Chunk, Claims, clone_connection, cut, density
 from .coordinator import Coordinator, Observer, Stop, Stopped
+from .pace import Pace
 from .settings import BackfillSettings
 
 log = structlog.stdlib.get_logger("onlineschema.backfill")
@@ -115,6 +116,8 @@ class _Worker:
     claims: Claims
     size: int
     inline: bool
+    target: float = 0.0  #: this worker's batch time target now (see pace.py)
+    waiters: int = 0  #: sessions that waited on its last batch
 
 
 class Batcher:
@@ -152,7 +155,11 @@ class Batcher:
 
     def locals(self) -> sql.Composed:
         """The transaction-local settings every batch runs under."""
-        return batch_settings(self.lock_timeout, self.settings.batch_statement_timeout)
+        base = batch_settings(self.lock_timeout, self.settings.batch_statement_timeout)
+        if self.settings.synchronous_commit:
+            return base
+        # the commit returns (and the locks go) before the WAL flush (BackfillSettings)
+        return sql.SQL("{}, set_config('synchronous_commit', 'off', true)").format(base)
 
     def statement(self, chunk: Chunk, size: int, conn: psycopg.Connection[Any]) -> Batch | None:
         """The next batch of ``size`` rows of ``chunk`` (see ``next_batch``)."""
@@ -176,6 +183,7 @@ class Batcher:
         chunk turned out finished. Returns (rows, seconds, chunk finished)."""
         t0 = time.monotonic()
         waiters = (0, 0.0)
+        w.waiters = 0
         with w.conn.transaction(), w.conn.cursor() as cur:
             cur.execute(self.locals())
             row = self.records.lock_chunk(cur, chunk.chunk)
@@ -189,11 +197,12 @@ class Batcher:
                 return 0, time.monotonic() - t0, True
             cur.execute(batch.statement)
             n = max(cur.rowcount, 0)
-            if self.settings.max_blocked_wait > 0:
-                cur.execute(LOCK_WAITERS_SQL)
-                wrow = cur.fetchone()
-                if wrow is not None:
-                    waiters = (int(wrow[0]), float(wrow[1]))
+            # who waits on this batch's locks (the backfill's own sessions aside): the
+            # pace shrinks for them, the throttle pauses for long waits
+            cur.execute(LOCK_WAITERS_SQL, (self.coordinator.our_pids(),))
+            wrow = cur.fetchone()
+            if wrow is not None:
+                waiters = (int(wrow[0]), float(wrow[1]))
             elapsed = time.monotonic() - t0
             self.records.advance_chunk(
                 cur,
@@ -207,6 +216,7 @@ class Batcher:
         chunk.cursor, chunk.done = batch.cursor, batch.last
         chunk.rows_done += n
         chunk.scanned += batch.scanned
+        w.waiters = waiters[0]
         if waiters[0]:
             self.throttle.feed_lock_wait(waiters[0], waiters[1], self.settings)
             if waiters[1] > self.settings.max_blocked_wait:
@@ -315,6 +325,8 @@ class BackfillRunner:
             log=self.log,
         )
         self._working = 0  # workers of this process inside _work
+        #: sizes and rests (see pace.py); strain comes from the throttle's signals
+        self.pace = Pace(strained=lambda: self.throttle.strained)
 
     @classmethod
     def for_step(
@@ -486,11 +498,15 @@ class BackfillRunner:
                 return
             n, elapsed, last = result
             self.coordinator.add_rows(n)
-            s = self.settings
-            ratio = s.batch_target / max(elapsed, 1e-3)
-            if last:  # the chunk's tail is cut short: it says nothing about a full batch
-                ratio = min(ratio, 1.0)
-            w.size = int(min(max(w.size * min(max(ratio, 0.5), 2.0), s.batch_min), s.batch_max))
+            d = self.pace.after_batch(
+                self.settings,
+                size=w.size,
+                target=w.target,
+                elapsed=elapsed,
+                last=last,
+                waiters=w.waiters,
+            )
+            w.size, w.target = d.size, d.target
             self.coordinator.batch_size = w.size
             self.log.debug(
                 "backfill_batch",
@@ -498,12 +514,15 @@ class BackfillRunner:
                 chunk=chunk.chunk,
                 rows=n,
                 seconds=round(elapsed, 4),
+                waiters=w.waiters,
+                target=round(d.target, 4),
+                rest=round(d.rest, 4),
+                affected=d.affected,
                 next_batch_size=w.size,
             )
             if w.inline:
                 self.coordinator.notify(self.coordinator.rows_done)
-            duty = min(max(s.duty_cycle, 0.01), 1.0)
-            self._rest(w, elapsed * (1 - duty) / duty + s.sleep)
+            self._rest(w, d.rest)
 
     def _thread_main(self, w: _Worker) -> None:
         try:
@@ -535,6 +554,12 @@ class BackfillRunner:
             rows_done=c.rows_done,
             workers=self.workers,
             duty_cycle=self.settings.duty_cycle,
+            batch_target=self.settings.batch_target,
+            # what differs from the defaults (given at the start or set live)
+            settings={
+                k: "(given)" if k == "replica_dsn" else getattr(self.settings, k)
+                for k in sorted(self.settings.given())
+            },
         )
         ok = False
         try:
@@ -551,6 +576,7 @@ class BackfillRunner:
                 rows_done=c.rows_done,
                 seconds=round(time.monotonic() - c.t0, 3),
                 throttled_seconds=round(self.throttle.throttled_seconds(), 3),
+                **self.pace.stats.as_dict(),
             )
         return c.rows_done
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
 _UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 
 
@@ -18,6 +21,24 @@ def _parse_bytes(v: Any) -> int:
     return int(float(num) * _UNITS[unit])
 
 
+def _parse_float(key: str, v: Any) -> float:
+    """A number; ``80%`` -> 0.8; a duration with a unit (``50ms``, ``2s``) -> seconds."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    text = str(v).strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    m = _DURATION.match(text)
+    if m and m.group(2):
+        return float(m.group(1)) * _SECONDS[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"{key}: not a number or duration: {v!r} (e.g. 50ms, 2s, 0.8, 80%)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class BackfillSettings:
     """How a backfill batches and throttles itself. Every field can be changed while it
@@ -26,13 +47,23 @@ class BackfillSettings:
     at or below ``resume_*`` (a resume threshold above its pause threshold counts as equal).
     """
 
-    batch_target: float = 0.2  #: seconds per batch the batch size aims at
+    #: the lock-hold budget: seconds per batch the batch size aims at. A batch holds the
+    #: row locks of every row it updated until it commits, so an application write to one
+    #: of them waits up to this long (plus the commit). 30 ms keeps that wait (and the
+    #: longest stretch in which a busy application completes nothing) under 50 ms, the
+    #: point where users start to notice, with room for the commit and for a batch that
+    #: runs long; the per-batch overhead (~1 ms) stays a few percent. While sessions wait
+    #: on its batches a worker aims lower (down to a quarter of this), and grows back.
+    batch_target: float = 0.03
     batch_min: int = 10
     batch_max: int = 200_000
     batch_initial: int = 1_000
     #: a batch running longer is cancelled, split in four and retried
     batch_statement_timeout: float = 10.0
-    #: share of each worker's wall time spent in batches; 1.0 = no rest between batches
+    #: share of each worker's wall time spent in batches WHILE the application is
+    #: affected (a session waited on a batch in the last ``signal_interval`` seconds, or
+    #: the latency probe reads above ``resume_latency_ratio``); with nothing affected a
+    #: worker does not rest. 1.0 = never rest.
     duty_cycle: float = 0.5
     sleep: float = 0.0  #: fixed extra rest between batches, seconds
     #: pause while a standby's replay lag exceeds this many seconds (0 = off) ...
@@ -48,6 +79,29 @@ class BackfillSettings:
     max_blocked_wait: float = 0.5
     #: ... for this long
     blocked_cooldown: float = 1.0
+    #: rest between batches (duty_cycle) while, on average over the signal readings,
+    #: at least this many sessions other than the backfill's run a query on the server
+    #: (pg_stat_activity, state 'active'): the application is there and competes with
+    #: the backfill for CPU and WAL; 0 = off. An idle database has none.
+    busy_sessions: float = 1.0
+    #: the application's latency, as a probe query measures it against its own baseline
+    #: (taken before the first batch): "auto" (a one-block read of the table, which also
+    #: waits behind any lock queued on the table, committed with a transaction id, so
+    #: that it waits for a WAL flush like the application's writes), "off", or the SQL
+    #: of a query that stands for the application's (run read-only, at most 1 s)
+    latency_probe: str = "auto"
+    #: pause while the probe takes more than this many times its baseline ...
+    max_latency_ratio: float = 4.0
+    #: ... carry on at or under this; between the two, rest at duty_cycle
+    resume_latency_ratio: float = 2.0
+    #: probe latencies are compared as at least this many seconds (ignores noise on a
+    #: sub-millisecond baseline)
+    latency_floor: float = 0.005
+    #: batches commit with synchronous_commit off: their locks go as soon as the commit
+    #: record is written, not after the WAL flush. A crash can lose the last batches, but
+    #: each batch's rows and its chunk's cursor commit together, so resume redoes exactly
+    #: those; the step's end is committed durably (which flushes every batch before it).
+    synchronous_commit: bool = False
     #: pause while a transaction holding a lock on the table has held back vacuum this long
     max_transaction_age: float = 600.0
     resume_transaction_age: float = 600.0
@@ -74,6 +128,13 @@ class BackfillSettings:
             raise ValueError("need 1 <= batch_min <= batch_max")
         if self.batch_target <= 0 or self.batch_statement_timeout <= 0:
             raise ValueError("batch_target and batch_statement_timeout must be positive")
+        if self.max_latency_ratio < 0 or self.resume_latency_ratio < 0:
+            raise ValueError("max_latency_ratio and resume_latency_ratio must be >= 0")
+
+    def given(self) -> set[str]:
+        """The settings that differ from the defaults."""
+        default = BackfillSettings()
+        return {f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
 
     def with_overrides(self, overrides: dict[str, Any]) -> BackfillSettings:
         """These settings with ``overrides`` (strings from the CLI or JSON values) applied;
@@ -91,9 +152,11 @@ class BackfillSettings:
             elif k.endswith("_bytes"):
                 clean[k] = _parse_bytes(v)
             elif isinstance(cur, int):
-                clean[k] = int(float(v))
+                clean[k] = int(_parse_float(k, v))
             elif isinstance(cur, float):
-                clean[k] = float(v)
+                clean[k] = _parse_float(k, v)
+            elif isinstance(cur, str):
+                clean[k] = str(v)
             else:
                 clean[k] = None if v in (None, "", "none") else str(v)
         return replace(self, **clean)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import re
 import signal
 import sys
 import threading
@@ -40,7 +39,6 @@ from ..executor import (
     Settings,
     changes_hash,
     default_name,
-    parse_duration,
 )
 from ..executor.lifecycle import Command, MigrationState, Outcome, decide
 from ..executor.script import render_sql_script
@@ -50,6 +48,8 @@ from .common import DURATION, open_executor, require_dsn
 from .common import normalize_dsn as normalize_dsn  # public: tests and integrations use it
 from .ops import register as register_ops
 from .ops import run_options, watch_option
+from .settings import parse_pairs, start_settings_options, with_start_settings
+from .settings import setting_value as setting_value  # kept importable here
 
 log = structlog.stdlib.get_logger("onlineschema.cli")
 
@@ -81,7 +81,7 @@ class Options:
             s = replace(s, lock_timeout=lock_timeout)
         if max_lock_wait is not None:
             s = replace(s, retry=replace(s.retry, max_wait=max_lock_wait))
-        return s
+        return with_start_settings(s)  # --set/--settings-file/ONLINESCHEMA_SET, if any
 
 
 def _stdin_is_terminal() -> bool:
@@ -380,6 +380,7 @@ def plan(
 @max_lock_wait_option
 @workers_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@start_settings_options()
 @click.pass_obj
 def apply(
     opts: Options,
@@ -478,6 +479,7 @@ def status(opts: Options, dsn: str | None, name: str | None, fmt: str) -> int:
 @lock_timeout_option
 @max_lock_wait_option
 @workers_option
+@start_settings_options()
 @click.pass_obj
 def resume(
     opts: Options,
@@ -587,12 +589,10 @@ def set_(opts: Options, dsn: str | None, name: str, pairs: tuple[str, ...]) -> i
     Keys: batch_target, batch_min, batch_max, duty_cycle, sleep, max_replica_lag, ...
     Durations take units (batch_target=300ms); duty_cycle takes a share or a percentage.
     """
-    settings: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="KEY=VALUE")
-        settings[key.strip()] = setting_value(key.strip(), value.strip())
+    try:
+        settings: dict[str, Any] = parse_pairs(pairs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from None
     with open_executor(dsn, opts.settings()) as ex:
         ex.set(name, settings)
     interval = BackfillSettings().control_interval
@@ -602,20 +602,6 @@ def set_(opts: Options, dsn: str | None, name: str, pairs: tuple[str, ...]) -> i
         f" within {interval:g}s"
     )
     return 0
-
-
-def setting_value(key: str, value: str) -> str:
-    """Turn ``300ms`` into seconds for duration settings and ``50%`` into ``0.5``."""
-    default = getattr(BackfillSettings(), key, None)
-    if not isinstance(default, float):
-        return value
-    if value.endswith("%"):
-        with contextlib.suppress(ValueError):
-            return repr(float(value[:-1]) / 100)
-    if re.search(r"[a-z]$", value):
-        with contextlib.suppress(ValueError):
-            return repr(parse_duration(value))
-    return value
 
 
 @cli.command()
@@ -637,6 +623,7 @@ def setting_value(key: str, value: str) -> str:
 @lock_timeout_option
 @max_lock_wait_option
 @workers_option
+@start_settings_options("--setting")
 @click.pass_obj
 def backfill(
     opts: Options,

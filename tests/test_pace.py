@@ -1,0 +1,355 @@
+"""The application never notices (issue 13): how a backfill paces itself.
+
+* a session waiting on the rows a batch holds makes the worker aim its batches lower
+  (smaller batches, shorter waits), and the batches grow back when nobody waits;
+* the latency probe (the application's latency against its baseline) makes the backfill
+  rest between batches when strained and pause when over its limit, and carry on after;
+* on an idle database nothing is affected: the backfill never rests (the duty cycle only
+  applies under load), by the pace's own accounting;
+* batches commit with synchronous_commit off (their locks go before the WAL flush).
+
+Every test runs real backfills on a real PostgreSQL and reads the event log.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from scenario_tools import wait_until
+from structlog.testing import capture_logs
+
+from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Settings
+from onlineschema.backfill.pace import MIN_TARGET_SHARE, Pace
+from onlineschema.embedded.server import LocalServer
+
+Conn = psycopg.Connection[Any]
+
+
+def settings(**backfill: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        max_replica_lag=0.0, control_interval=0.1, signal_interval=0.1, vacuum=False, chunks=1
+    )
+    return Settings(
+        retry=RetryPolicy(max_attempts=5, backoff_initial=0.01, backoff_max=0.05),
+        backfill=BackfillSettings(**{**base, **backfill}),
+    )
+
+
+def one(conn: Conn, query: str, params: Any = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def make_table(conn: Conn, rows: int, per_row_ms: float = 0.0) -> None:
+    conn.execute("CREATE TABLE r (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0, note text)")
+    conn.execute("INSERT INTO r (id) SELECT g FROM generate_series(1, %s) g", (rows,))
+    # each row costs per_row_ms of the batch's time: batches of a known length
+    conn.execute(
+        "CREATE FUNCTION slow_inc(n int) RETURNS int LANGUAGE sql VOLATILE AS"
+        f" $$ SELECT pg_sleep({per_row_ms / 1000!r}); SELECT n + 1 $$"
+    )
+    conn.execute("ANALYZE r")
+
+
+def batches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "backfill_batch"]
+
+
+class Run:
+    """A backfill in a thread (``join`` re-raises what it raised)."""
+
+    def __init__(self, dsn: str, name: str, s: Settings, change: Backfill | None = None) -> None:
+        self.error: BaseException | None = None
+        change = change or Backfill("r", {"n": "slow_inc(n)"})
+
+        def run() -> None:
+            try:
+                with Executor(dsn, s) as ex:
+                    ex.apply([change], name)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the backfill did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def test_waiters_on_a_batch_shrink_it_and_it_grows_back(dsn: str, conn: Conn) -> None:
+    """Batches of ~100 rows at 1 ms a row (target 100 ms). While an application session
+    keeps updating the first row of the batch in flight (so it waits on every batch), the
+    worker halves its target per batch down to a quarter, and its batches follow; it
+    rests after those batches (duty_cycle), not before. When the session stops, the
+    target grows back to batch_target and the batches with it."""
+    make_table(conn, 2400, per_row_ms=1.0)
+    s = settings(batch_target=0.1, batch_initial=100, batch_min=5, duty_cycle=0.5)
+    stop = threading.Event()
+    app_updates: list[int] = []
+
+    def app() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                # the first row after the last committed batch: the batch in flight holds it
+                cur = c.execute(
+                    "UPDATE r SET note = 'app' WHERE id ="
+                    " (SELECT coalesce(max(id), 0) + 1 FROM r WHERE n = 1)"
+                )
+                app_updates.append(cur.rowcount)
+
+    with capture_logs() as logs:
+        run = Run(dsn, "waiters", s)
+        wait_until(lambda: len(batches(logs)) >= 4, timeout=60, what="4 quiet batches")
+        t = threading.Thread(target=app, daemon=True)
+        t.start()
+        try:
+            wait_until(
+                lambda: sum(1 for e in batches(logs) if e["waiters"]) >= 4,
+                timeout=60,
+                what="4 batches the application waited on",
+            )
+        finally:
+            stop.set()
+            t.join(30)
+        run.join()
+    bs = batches(logs)
+    first = next(i for i, e in enumerate(bs) if e["waiters"])
+    last = max(i for i, e in enumerate(bs) if e["waiters"])
+    quiet = bs[:first]
+    assert all(e["target"] == pytest.approx(0.1) and e["rest"] == 0 for e in quiet), quiet
+    steady = quiet[-1]["next_batch_size"]
+    assert steady >= 20, quiet  # ~100 rows at 1 ms a row (pg_sleep takes longer)
+    waited = [e for e in bs[first : last + 1] if e["waiters"]]
+    # halved per waited-on batch, never under the floor
+    assert waited[0]["target"] == pytest.approx(0.05)
+    assert min(e["target"] for e in waited) == pytest.approx(0.1 * MIN_TARGET_SHARE)
+    assert min(e["next_batch_size"] for e in bs[first : last + 1]) <= steady * 0.5, bs
+    assert all(e["rest"] > 0 and e["affected"] for e in waited), waited
+    # nobody waits any more: the target grows back (never down) to batch_target
+    after = bs[last + 1 :]
+    targets = [e["target"] for e in after if not e["waiters"]]
+    assert targets and targets == sorted(targets) and targets[-1] == pytest.approx(0.1), after
+    full = [e for e in after if e["target"] == pytest.approx(0.1)]
+    assert full and max(e["next_batch_size"] for e in full) >= steady * 0.7, after
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert (
+        done["waited_batches"] == len(waited) + sum(1 for e in after if e["waiters"])
+        and done["rested_seconds"] > 0
+    )
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+    assert sum(app_updates) >= 1 and one(conn, "SELECT count(*) FROM r WHERE note = 'app'") >= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_idle_database_the_backfill_never_rests(dsn: str, conn: Conn, workers: int) -> None:
+    """At the default settings (duty_cycle 0.5 included) on a database nothing else uses,
+    no signal says the application is affected: no batch is followed by a rest, so the
+    backfill goes at the speed of its UPDATEs (the 0.5 duty cycle would double its
+    time). The accounting: rested_seconds 0, every batch busy."""
+    make_table(conn, 40_000)
+    defaults = BackfillSettings()
+    assert defaults.duty_cycle < 1  # the rule under test: the duty cycle is for load only
+    with capture_logs() as logs, Executor(dsn) as ex:
+        assert ex.settings.backfill == defaults
+        ex.apply([Backfill("r", {"n": "n + 1"})], "idle", workers=workers)
+    bs = batches(logs)
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert len(bs) >= 4 and done["batches"] == len(bs)
+    assert [e for e in bs if e["rest"] or e["affected"] or e["waiters"]] == []
+    assert done["rests"] == 0 and done["rested_seconds"] == 0 and done["waited_batches"] == 0
+    assert done["busy_seconds"] > 0 and done["throttled_seconds"] == 0
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+
+
+@pytest.mark.server_independent
+def test_pace_rests_at_the_duty_cycle_only_while_affected() -> None:
+    """The accounting itself: a batch of 40 ms rests 40 ms at duty_cycle 0.5 while a
+    signal reports strain or a session waited within signal_interval, and not at all
+    otherwise; the next size follows the target."""
+    now = [0.0]
+    strained = [False]
+    pace = Pace(strained=lambda: strained[0], clock=lambda: now[0])
+    s = BackfillSettings(batch_target=0.04, duty_cycle=0.5, signal_interval=1.0)
+    d = pace.after_batch(s, size=100, target=0.04, elapsed=0.04, last=False, waiters=0)
+    assert (d.size, d.rest, d.affected) == (100, 0.0, False)
+    strained[0] = True
+    d = pace.after_batch(s, size=100, target=0.04, elapsed=0.04, last=False, waiters=0)
+    assert d.rest == pytest.approx(0.04) and d.affected
+    strained[0] = False
+    d = pace.after_batch(s, size=100, target=0.04, elapsed=0.04, last=False, waiters=2)
+    assert d.target == pytest.approx(0.02) and d.size == 50 and d.rest == pytest.approx(0.04)
+    now[0] = 0.5  # within signal_interval of the waiters: still affected
+    d = pace.after_batch(s, size=50, target=d.target, elapsed=0.02, last=False, waiters=0)
+    assert d.target == pytest.approx(0.025) and d.rest == pytest.approx(0.02)
+    now[0] = 2.0
+    d = pace.after_batch(s, size=60, target=d.target, elapsed=0.025, last=False, waiters=0)
+    assert d.rest == 0 and not d.affected
+    st = pace.stats
+    assert (st.batches, st.waited_batches, st.rests) == (5, 1, 3)
+    assert st.rested_seconds == pytest.approx(0.1) and st.busy_seconds == pytest.approx(0.165)
+
+
+def test_latency_probe_rests_when_strained_pauses_when_over_and_carries_on(
+    dsn: str, conn: Conn
+) -> None:
+    """The probe query stands for the application (latency_probe: here it sleeps as long
+    as the delay table says). Baseline ~0 (counted as latency_floor 10 ms). At 40 ms
+    (4x: between resume_latency_ratio 2 and max_latency_ratio 10) the backfill rests
+    after each batch; at 300 ms (30x) it pauses (app_latency), no batch runs; back at 0
+    it carries on without resting, and finishes."""
+    make_table(conn, 1500, per_row_ms=2.0)
+    conn.execute("CREATE TABLE probe_delay (d float8 NOT NULL)")
+    conn.execute("INSERT INTO probe_delay VALUES (0)")
+    s = settings(
+        batch_target=0.04,
+        batch_initial=20,
+        batch_max=20,
+        duty_cycle=0.5,
+        latency_probe="SELECT pg_sleep(d) FROM probe_delay",
+        latency_floor=0.01,
+        max_latency_ratio=10.0,
+        resume_latency_ratio=2.0,
+    )
+
+    def delay(seconds: float) -> None:
+        conn.execute("UPDATE probe_delay SET d = %s", (seconds,))
+
+    def seen(name: str, **match: Any) -> int:
+        return sum(
+            1 for e in logs if e["event"] == name and all(e.get(k) == v for k, v in match.items())
+        )
+
+    with capture_logs() as logs:
+        run = Run(dsn, "latency", s)
+        try:
+            wait_until(lambda: len(batches(logs)) >= 3, timeout=60, what="3 batches")
+            delay(0.04)
+            wait_until(
+                lambda: sum(1 for e in batches(logs) if e["affected"]) >= 3,
+                timeout=60,
+                what="3 batches under strain",
+            )
+            delay(0.3)
+            wait_until(
+                lambda: seen("backfill_throttled", reason="app_latency"),
+                timeout=60,
+                what="the pause on app_latency",
+            )
+            n_paused = len(batches(logs))
+            wait_until(
+                lambda: one(
+                    conn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                    " AND query LIKE '%%probe_delay%%'",
+                ),
+                timeout=30,
+                what="a probe while paused",
+            )
+            assert len(batches(logs)) <= n_paused + 1
+        finally:
+            delay(0)
+        run.join()
+    order = [
+        (e["event"], e.get("reason"))
+        for e in logs
+        if e["event"] in ("backfill_throttled", "backfill_unthrottled")
+    ]
+    assert order == [
+        ("backfill_throttled", "app_latency"),
+        ("backfill_unthrottled", "app_latency"),
+    ]
+    i_on = next(i for i, e in enumerate(logs) if e["event"] == "backfill_throttled")
+    i_off = next(i for i, e in enumerate(logs) if e["event"] == "backfill_unthrottled")
+    assert logs[i_on]["ratio"] > 10
+    between = [e for e in logs[i_on:i_off] if e["event"] == "backfill_batch"]
+    assert len(between) <= 1, between  # at most the batch in flight when it engaged
+    bs = batches(logs)
+    strained = [e for e in bs if e["affected"]]
+    assert strained and all(e["rest"] > 0 for e in strained)
+    assert all(e["rest"] == 0 for e in bs[:3])  # before any delay
+    tail = [e for e in logs[i_off:] if e["event"] == "backfill_batch"]
+    assert tail and tail[-1]["rest"] == 0  # back to full speed
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert done["throttled_seconds"] > 0
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+
+
+def test_batches_commit_without_waiting_for_the_wal_flush(dsn: str, conn: Conn) -> None:
+    """With the database's synchronous_commit on, it is off inside a batch's transaction
+    (the default), and as the server says with the setting synchronous_commit=true."""
+    make_table(conn, 50)
+    dbname = one(conn, "SELECT current_database()")
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(sql.Identifier(dbname))
+    )
+    conn.execute(
+        "CREATE FUNCTION seen_sync(n int) RETURNS int LANGUAGE sql VOLATILE AS"
+        " $$ SELECT CASE current_setting('synchronous_commit') WHEN 'off' THEN n + 1"
+        " ELSE n + 100 END $$"
+    )
+    with Executor(dsn, settings()) as ex:
+        ex.apply([Backfill("r", {"n": "seen_sync(n)"})], "async")
+    assert one(conn, "SELECT count(*) FROM r WHERE n = 1") == 50
+    conn.execute("UPDATE r SET n = 0")
+    with Executor(dsn, settings(synchronous_commit=True)) as ex:
+        ex.apply([Backfill("r", {"n": "seen_sync(n)"})], "sync")
+    assert one(conn, "SELECT count(*) FROM r WHERE n = 100") == 50
+
+
+@pytest.mark.slow
+def test_server_crash_mid_backfill_then_resume_applies_each_row_once(pg_version: int) -> None:
+    """Batches commit with synchronous_commit off, so a crash of the server (here an
+    immediate shutdown: shared memory, WAL buffers included, is lost) can lose the last
+    batches it reported committed. Each batch's rows and its chunk's cursor are lost
+    together, so the run that carries on (or `resume`) redoes exactly those: the
+    non-idempotent `n = n + 1` ends at 1 on every row."""
+    server = LocalServer(pg_version).start()
+    try:
+        dsn = server.create_database("crash")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            make_table(c, 4000, per_row_ms=0.0)
+        s = settings(batch_initial=40, batch_max=40, sleep=0.005)
+        with capture_logs() as logs:
+            run = Run(dsn, "crash", s, Backfill("r", {"n": "n + 1"}))
+            wait_until(lambda: len(batches(logs)) >= 10, timeout=60, what="10 batches")
+            server.restart("immediate")
+            run.thread.join(60)
+        assert not run.thread.is_alive()
+        # the run died with the server, or (reconnecting) carried on past the crash from
+        # the stored cursors; either way resume (or nothing) finishes it
+        with Executor(dsn, s) as ex:
+            state = ex.resume("crash").state if run.error is not None else "completed"
+            assert state == "completed"
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, 4000)]
+    finally:
+        server.stop()
+
+
+def test_other_active_sessions_make_the_backfill_rest(dsn: str, conn: Conn) -> None:
+    """busy_sessions (1): while another session runs a query (here a long pg_sleep, as a
+    busy application's sessions would keep the server), the backfill rests after each
+    batch (duty_cycle); before it, on the otherwise idle server, it does not."""
+    make_table(conn, 1500, per_row_ms=1.0)
+    s = settings(batch_initial=20, batch_max=20, duty_cycle=0.5, latency_probe="off")
+    with capture_logs() as logs:
+        run = Run(dsn, "busy", s)
+        wait_until(lambda: len(batches(logs)) >= 3, timeout=60, what="3 quiet batches")
+        quiet = len(batches(logs))
+        with psycopg.connect(dsn, autocommit=True) as app:
+            app.execute("SELECT pg_sleep(2)")
+        run.join()
+    bs = batches(logs)
+    assert all(e["rest"] == 0 and not e["affected"] for e in bs[:quiet]), bs[:quiet]
+    rested = [e for e in bs[quiet:] if e["affected"]]
+    assert len(rested) >= 3 and all(e["rest"] > 0 for e in rested), bs
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert done["rested_seconds"] > 0 and done["waited_batches"] == 0
