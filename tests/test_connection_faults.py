@@ -34,6 +34,8 @@ from onlineschema.errors import ConnectionLost
 from onlineschema.executor import Result, Settings
 from onlineschema.reconnect import is_disconnect
 
+pytestmark = pytest.mark.version_independent
+
 ROWS = 2000
 ITERATIONS = 20
 

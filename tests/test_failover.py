@@ -21,6 +21,8 @@ from onlineschema.embedded.server import LocalServer, start_standby
 from onlineschema.errors import ConnectionLost
 from onlineschema.executor import Result, Settings
 
+pytestmark = pytest.mark.version_independent
+
 ROWS = 4000
 
 

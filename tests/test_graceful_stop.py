@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from scenario_tools import backfill_progress, executor_backends, wait_until
 
+pytestmark = pytest.mark.version_independent
+
 ROWS = 6000
 
 

@@ -32,6 +32,8 @@ from onlineschema import Executor
 from onlineschema.changes import AddColumn
 from onlineschema.executor import Settings
 
+pytestmark = pytest.mark.version_independent
+
 ROWS = 3000
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABELS = {"migration", "step", "reason", "state", "signal", "le"}

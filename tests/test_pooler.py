@@ -27,6 +27,8 @@ from onlineschema.changes import Backfill
 from onlineschema.errors import AlreadyRunning
 from onlineschema.executor import Settings
 
+pytestmark = pytest.mark.version_independent
+
 ROWS = 3000
 
 EXAMPLE_SQL = """\

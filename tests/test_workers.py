@@ -495,6 +495,7 @@ CREATE TRIGGER slow_row BEFORE UPDATE ON r FOR EACH ROW EXECUTE FUNCTION slow_ro
 
 
 @pytest.mark.slow
+@pytest.mark.version_independent
 def test_sigkill_at_twenty_random_moments(dsn: str, conn: Conn) -> None:
     """Two worker processes (each joins whichever is running the migration) on a
     non-idempotent ``SET n = n + 1``; 20 times, one of them, chosen at random among those
