@@ -1,8 +1,11 @@
-"""A real PgBouncer (Debian's ``/usr/sbin/pgbouncer``, installed by ``.ci/run``) in front
-of the test server, on a loopback port, in transaction mode: test-only."""
+"""A real PgBouncer (Debian's ``/usr/sbin/pgbouncer``) in front of the test server, on a
+loopback port, in transaction mode: test-only. When it is missing and the tests run as
+root on Debian, it is installed with apt-get (as ``.ci/run`` does), so the README's test
+command works on a fresh machine; otherwise the tests fail saying what to install."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,7 +18,28 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from onlineschema.embedded.server import _free_port, _server_os_user
 
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+def pgbouncer_program() -> str:
+    """The pgbouncer program, installed from Debian's package when missing (as root)."""
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "pgbouncer"],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+        subprocess.run(["service", "pgbouncer", "stop"], capture_output=True, check=False)
+        if os.access("/usr/sbin/pgbouncer", os.X_OK):
+            return "/usr/sbin/pgbouncer"
+    raise RuntimeError(
+        "pgbouncer is needed for the pooler tests: apt-get install pgbouncer"
+        " (Debian/Ubuntu), or put it on PATH"
+    )
 
 
 class PgBouncer:
@@ -61,7 +85,7 @@ class PgBouncer:
             f"pidfile = {self.dir / 'pgbouncer.pid'}\n"
             "server_login_retry = 1\n"
         )
-        argv = [PGBOUNCER, "-q"]
+        argv = [pgbouncer_program(), "-q"]
         user = _server_os_user()  # pgbouncer refuses to run as root
         if user is not None:
             argv += ["-u", user.name]
