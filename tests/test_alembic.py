@@ -159,9 +159,13 @@ class Project:
         return row[0] if row else None
 
 
-def _copy_project(tmp_path: Path, url: str) -> Path:
-    dest = tmp_path / "project"
-    shutil.copytree(PROJECT, dest, ignore=shutil.ignore_patterns("__pycache__"))
+def _copy_project(tmp_path: Path, url: str, source: Path = PROJECT, name: str = "project") -> Path:
+    """A copy of an Alembic project folder pointed at ``url``. Every project gets the
+    shared ``knobs.py`` (settings from the environment) of tests/alembic_project."""
+    dest = tmp_path / name
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if source != PROJECT:
+        shutil.copy(PROJECT / "knobs.py", dest / "knobs.py")
     ini = dest / "alembic.ini"
     text = ini.read_text()
     line = next(x for x in text.splitlines() if x.startswith("sqlalchemy.url"))
@@ -722,7 +726,10 @@ def test_render_offline_every_kind_and_versions() -> None:
     # the undo of an index build under index_lock_timeout, as the online abort runs it
     lines = undo.splitlines()
     drop = lines.index('DROP INDEX CONCURRENTLY IF EXISTS "public"."orders_amount_idx";')
-    assert lines[drop - 2 : drop] == ["SET lock_timeout = '60000ms';", "SET statement_timeout = '0';"]
+    assert lines[drop - 2 : drop] == [
+        "SET lock_timeout = '60000ms';",
+        "SET statement_timeout = '0';",
+    ]
     assert "the previous default is not known without the database" in undo
     no_changes = render_offline("all", [], phase="contract")
     assert "onlineschema contract all" in no_changes and "ACTION REQUIRED" in no_changes

@@ -44,21 +44,17 @@ from helpers import (
 )
 from scenario_tools import Blocker, Writer, wait_until
 from test_alembic import Project, _url, alembic_sessions_gone
+from test_alembic import _copy_project as copy_alembic_project
 
 PROJECT = Path(__file__).resolve().parent / "alembic_native_project"
 ORDERS = 2000
 
 
 def _copy_project(tmp_path: Path, url: str, versions: bool = True) -> Path:
-    dest = tmp_path / "native_project"
-    shutil.copytree(PROJECT, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    dest = copy_alembic_project(tmp_path, url, PROJECT, "native_project")
     if not versions:
         for f in (dest / "versions").glob("*.py"):
             f.unlink()
-    ini = dest / "alembic.ini"
-    text = ini.read_text()
-    line = next(x for x in text.splitlines() if x.startswith("sqlalchemy.url"))
-    ini.write_text(text.replace(line, "sqlalchemy.url = " + url.replace("%", "%%")))
     return dest
 
 

@@ -57,6 +57,7 @@ from scenario_tools import (
     wait_backends_gone,
     wait_until,
 )
+from test_frameworks import PRISMA_INIT
 
 from onlineschema.errors import Refused
 from onlineschema.executor import Executor
@@ -81,32 +82,8 @@ LOCK_TOML = (
 
 # --- migrations as `prisma migrate dev` writes them --------------------------------------
 
-INIT = """\
--- CreateTable
-CREATE TABLE "User" (
-    "id" SERIAL NOT NULL,
-    "email" TEXT NOT NULL,
-    "name" TEXT,
-
-    CONSTRAINT "User_pkey" PRIMARY KEY ("id")
-);
-
--- CreateTable
-CREATE TABLE "Order" (
-    "id" SERIAL NOT NULL,
-    "userId" INTEGER NOT NULL,
-    "total" DECIMAL(65,30) NOT NULL,
-    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-
-    CONSTRAINT "Order_pkey" PRIMARY KEY ("id")
-);
-
--- CreateIndex
-CREATE UNIQUE INDEX "User_email_key" ON "User"("email");
-
--- AddForeignKey
-ALTER TABLE "Order" ADD CONSTRAINT "Order_userId_fkey" FOREIGN KEY ("userId") REFERENCES "User"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
-"""
+# (the same first migration test_frameworks applies with `onlineschema apply --file`)
+INIT = PRISMA_INIT
 
 # a new table Order refers to, an enum column with a default and an index on a table
 # with rows
@@ -821,9 +798,7 @@ def test_migrations_directory_is_read_like_prisma(tmp_path: Path) -> None:
         read_migrations(tmp_path / "nowhere")
 
 
-def test_status_refuses_a_state_schema_written_by_a_newer_release(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_status_refuses_a_state_schema_written_by_a_newer_release(dsn: str, tmp_path: Path) -> None:
     """``prisma status`` reads the unfinished deploys through the executor, so a state
     schema that a newer release wrote is refused, as by every other command."""
     root = tmp_path / "migrations"
