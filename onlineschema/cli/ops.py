@@ -170,7 +170,7 @@ def run_watch(opts: Any, dsn: str | None, name: str, interval: float) -> int:
     with open_executor(dsn, opts.settings()) as ex:
         ex.require(name)
         data = watch(ex, name, interval=interval, console=Console())
-    click.echo(f"migration {name}: {data['state']}")
+    click.echo(f"migration {name}: {data['state']}" if data else "stopped watching")
     return 0
 
 

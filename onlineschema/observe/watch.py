@@ -158,16 +158,21 @@ def watch(
     interval: float = 1.0,
     console: Console | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Redraw ``name``'s view until the migration ends (or Ctrl-C); returns the last data."""
+) -> dict[str, Any] | None:
+    """Redraw ``name``'s view until the migration ends or Ctrl-C; returns the last data
+    read (None if Ctrl-C came before the first read).
+
+    Ctrl-C ends the view wherever it lands, drawing the first screen included: watching
+    changes nothing, so stopping it is never an error."""
     console = console or Console()
-    data = snapshot(ex, name)
-    with Live(render(data), console=console, auto_refresh=False, transient=False) as live:
-        try:
+    data: dict[str, Any] | None = None
+    try:
+        data = snapshot(ex, name)
+        with Live(render(data), console=console, auto_refresh=False, transient=False) as live:
             while not ended(data):
                 sleep(interval)
                 data = snapshot(ex, name)
                 live.update(render(data), refresh=True)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
     return data
