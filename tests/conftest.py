@@ -8,6 +8,7 @@ of its own, so tests can run in parallel.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +19,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from onlineschema.embedded.server import LocalServer
+
+# The CLI sizes tables it prints to a pipe by COLUMNS (200 when unset); the runner's own
+# terminal (pytest-xdist workers get COLUMNS=80) must not wrap what tests read.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
