@@ -359,6 +359,12 @@ def migrate(
             if e["event"] == "backfill_throttled":
                 throttled[e["reason"]] = throttled.get(e["reason"], 0) + 1
         times.backfill["throttled"] = throttled
+        # the Little's-law controller: (latency ratio, duty cycle) at each adjustment
+        times.backfill["duty"] = [
+            (round(e["latency_ratio"], 2), round(e["duty"], 3))
+            for e in logs
+            if e["event"] == "backfill_duty"
+        ]
     return result.state == "completed", result.state
 
 

@@ -21,11 +21,13 @@ Signals (all read by the backfill's coordinating connection, at most every
   rows the backfill leaves cannot be cleaned while they run;
 * ``vacuum`` (off by default): a vacuum of the table (autovacuum or manual, not the
   backfill's own) is running;
-* ``active_sessions``: sessions other than the backfill's running a query on the server
-  (``pg_stat_activity``), averaged over the last 5 readings; never pauses, but at or
-  above ``busy_sessions`` (1) the backfill rests between batches (``duty_cycle``): the
-  application is there and competes for CPU and WAL (gh-ost's ``max-load`` counts
-  ``Threads_running`` the same way, to pause);
+* ``active_sessions``: the application's latency by Little's law: sessions other than
+  the backfill's running a query (``pg_stat_activity``) over the database's transactions
+  per second (``pg_stat_database``), against its own baseline taken before the first
+  batch; the backfill's duty cycle follows it to keep it at or under
+  ``app_latency_target`` (1.3x). Never pauses. With no baseline (an idle database when
+  the backfill started) the backfill rests at ``duty_cycle`` while at least
+  ``busy_sessions`` sessions run queries;
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
   by default a one-block read of the table, which also waits behind any lock queued on
   the table, in a transaction that takes a transaction id, so that its commit waits for
@@ -93,6 +95,10 @@ class Limits(Protocol):
     @property
     def busy_sessions(self) -> float: ...
     @property
+    def app_latency_target(self) -> float: ...
+    @property
+    def duty_cycle(self) -> float: ...
+    @property
     def latency_probe(self) -> str: ...
     @property
     def max_latency_ratio(self) -> float: ...
@@ -122,6 +128,8 @@ class Context:
     our_pids: Callable[[], Sequence[int]]
     #: (schema, table)
     table_name: tuple[str, str] = ("", "")
+    #: transactions the backfill committed so far (its batches), not the application's
+    our_commits: Callable[[], int] = lambda: 0
 
 
 def _resume_limit(pause: float, resume: float) -> float:
@@ -436,32 +444,181 @@ class VacuumRunning(Signal):
 
 
 class ActiveSessions(Signal):
-    """Sessions other than the backfill's running a query on the server (sampled each
-    reading, averaged over the last few): the application is there and competes with the
-    backfill. Never pauses; at or above ``busy_sessions`` the backfill is strained (it
-    rests between batches, ``duty_cycle``)."""
+    """The application's load, and its latency by Little's law.
+
+    Each reading samples ``L``, this database's sessions other than the backfill's
+    running a query (``pg_stat_activity``, state ``active``, for less than
+    ``long_query``, 1 s; a few samples a reading), and ``X``, the database's transactions
+    per second (``pg_stat_database``, less the backfill's own batches, over the readings
+    of the last ``window`` seconds). By Little's law the application's mean
+    time in the server, lock waits and commit flushes included, is ``W = L / X``; no probe
+    and no extension needed, and it counts every query the application runs.
+
+    Before the first batch, if the application is there (sessions running queries), the
+    signal takes a baseline ``W0`` over ``baseline_seconds``. From then on the backfill
+    keeps ``W / W0`` near ``app_latency_target``: once a second the workers' duty
+    cycle (the share of their time spent in batches) is multiplied by ``1 + 1.5 (target
+    - ratio) / target``, by at least 0.67 and at most 1.25, between 5 % and 1 (no rest). A saturated
+    application (every session busy) then keeps about ``1 / app_latency_target`` of its
+    throughput, and one below its capacity sees its queue stay short. On an idle
+    database there is no baseline and no rest.
+
+    Without a baseline (the application came after the backfill started, or
+    ``app_latency_target`` is 0) the old rule holds: at or above ``busy_sessions``
+    sessions on average, the backfill rests at ``duty_cycle``. Never pauses (gh-ost's
+    ``max-load`` counts ``Threads_running`` the same way, to pause)."""
 
     name = "active_sessions"
-    window = 5  #: readings averaged
+    #: the rate and the mean sessions are taken over the readings of this many seconds:
+    #: backends report their transactions to pg_stat_database about once a second
+    window = 4.0
+    busy_readings = 5  #: readings the busy_sessions rule averages
+    samples = 4  #: pg_stat_activity samples per reading, ``sample_gap`` apart
+    sample_gap = 0.02
+    #: backends report their transactions about once a second each, so a rate over T
+    #: seconds is off by some 0.4 s worth of them: 4 s keeps the baseline within ~5 %
+    baseline_seconds = 4.0
+    #: below this many transactions a second, or this many sessions running a query on
+    #: average, the application is too quiet to measure (the backfill's own signal
+    #: reads are a few transactions a second)
+    min_rate = 50.0
+    min_sessions = 0.2
+    #: the lowest duty cycle the controller goes to: the migration still moves
+    min_duty = 0.05
+    #: seconds: queries running longer are not counted in L
+    long_query = 1.0
+    #: the duty cycle changes at most this often, by these factors
+    adjust_every = 1.0
+    #: each adjustment multiplies the duty cycle by 1 + gain * (target - ratio) / target,
+    #: within [cut, grow]
+    gain, cut, grow = 1.5, 0.67, 1.25
 
-    def __init__(self) -> None:
-        self._samples: list[float] = []
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        #: (time, transactions, L, sessions running any query)
+        self._samples: list[tuple[float, float, float, float]] = []
+        self._adjusted = -1e18
+        self._own = 0  #: transactions of this signal's own readings
+        self.baseline: float | None = None  #: W0, seconds
+        #: the controller's duty cycle (None without a baseline)
+        self.duty: float | None = None
 
     def enabled(self, s: Limits) -> bool:
-        return s.busy_sessions > 0
+        return s.busy_sessions > 0 or s.app_latency_target > 0
+
+    def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float]:
+        """(the database's transactions less ours, mean sessions running a short query,
+        mean sessions running any query). The samples share one transaction, so that
+        reading adds one transaction, not ``n``, to the rate it measures."""
+        ours = list(ctx.our_pids())
+        counts: list[float] = []
+        running: list[float] = []
+        xacts = 0.0
+        self._own += 1  # this reading's transaction
+        with ctx.conn.transaction(), ctx.conn.cursor() as cur:
+            for i in range(n):
+                if i:
+                    time.sleep(gap)
+                # statistics are read once a transaction unless told to read afresh
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+                # L and X over the same population: this database's client sessions.
+                # A query running for longer than long_query (a report, a batch job)
+                # and maintenance (VACUUM, ANALYZE, CREATE INDEX, CLUSTER) are not the
+                # transactional work whose latency the backfill keeps: they would read
+                # as a latency the backfill cannot lower.
+                cur.execute(
+                    "SELECT count(*) FILTER (WHERE query_start"
+                    " > clock_timestamp() - make_interval(secs => %s) AND pid NOT IN ("
+                    "SELECT pid FROM pg_stat_progress_vacuum UNION ALL"
+                    " SELECT pid FROM pg_stat_progress_analyze UNION ALL"
+                    " SELECT pid FROM pg_stat_progress_create_index UNION ALL"
+                    " SELECT pid FROM pg_stat_progress_cluster))::float8,"
+                    " count(*)::float8, (SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                    " WHERE datname = current_database())::float8"
+                    " FROM pg_stat_activity WHERE state = 'active'"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " AND datname = current_database() AND NOT (pid = ANY(%s))",
+                    (self.long_query, ours),
+                )
+                row = cur.fetchone()
+                assert row is not None
+                counts.append(float(row[0]))
+                running.append(float(row[1]))
+                xacts = float(row[2] or 0.0)
+        return xacts - ctx.our_commits() - self._own, sum(counts) / n, sum(running) / n
+
+    def prime(self, ctx: Context, s: Limits) -> None:
+        if s.app_latency_target <= 0 or self.baseline is not None:
+            return
+        x0, busy, _ = self._sample(ctx, 5, 0.05)
+        if busy < self.min_sessions:  # an idle database: nothing to compare, nothing to slow
+            return
+        # the rate counts from a second in: by then every backend has reported what it
+        # did before (ours included: the executor's own writes just now)
+        t0 = self._clock()
+        steps = max(int(self.baseline_seconds / 0.1), 20)
+        sessions: list[float] = []
+        x1 = x0
+        for i in range(steps):
+            time.sleep(0.1)
+            x1, mean, _ = self._sample(ctx, 1, 0)
+            sessions.append(mean)
+            if i == 9:
+                if sum(sessions) / len(sessions) < self.min_sessions:
+                    break  # a passing moment or long queries: nothing to measure
+                t0, x0 = self._clock(), x1
+            if i == 19 and x1 - x0 < self.min_rate * 0.5:
+                break  # hardly a transaction in a second: nothing to measure
+        rate = (x1 - x0) / max(self._clock() - t0, 1e-3)
+        mean = sum(sessions) / len(sessions)
+        if rate >= self.min_rate and mean >= self.min_sessions:
+            self.baseline = mean / rate
+            self.duty = s.duty_cycle
+        log.debug(
+            "backfill_app_baseline",
+            sessions=round(mean, 2),
+            rate=round(rate, 1),
+            seconds=round(self._clock() - t0, 2),
+            measured=self.baseline is not None,
+        )
 
     def read(self, ctx: Context, s: Limits) -> Reading:
-        with ctx.conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*)::float8 FROM pg_stat_activity WHERE state = 'active'"
-                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                " AND NOT (pid = ANY(%s))",
-                (list(ctx.our_pids()),),
+        xacts, busy, running = self._sample(ctx, self.samples, self.sample_gap)
+        now = self._clock()
+        kept = [x for x in self._samples if now - x[0] <= self.window]
+        self._samples = [*kept, (now, xacts, busy, running)]
+        k = len(self._samples)
+        sessions = sum(x[2] for x in self._samples) / k
+        # the busy_sessions rule: any query, over the last few readings (as before)
+        recent = self._samples[-self.busy_readings :]
+        values = {"sessions": sum(x[3] for x in recent) / len(recent), "short": sessions}
+        (t_first, x_first, *_), (t_last, x_last, *_) = self._samples[0], self._samples[-1]
+        if self.baseline is None or s.app_latency_target <= 0 or t_last - t_first < 0.5:
+            return Reading(values=values)
+        rate = max(x_last - x_first, 0.0) / (t_last - t_first)
+        # no transaction done while sessions run queries: they are stuck
+        latency = sessions / rate if rate > 0 else (1e3 if sessions > 0 else 0.0)
+        ratio = min(latency / self.baseline, 1e3)
+        duty = self.duty if self.duty is not None else s.duty_cycle
+        if now - self._adjusted >= self.adjust_every:
+            self._adjusted = now
+            # in proportion to the distance from the target: a bang-bang rule drifts to
+            # its floor on noise when the latency sits just under the target for
+            # reasons not the backfill's
+            error = (s.app_latency_target - ratio) / s.app_latency_target
+            factor = min(max(1.0 + self.gain * error, self.cut), self.grow)
+            duty = min(max(duty * factor, self.min_duty), 1.0)
+            log.debug(
+                "backfill_duty",
+                latency_ratio=round(ratio, 3),
+                sessions=round(sessions, 2),
+                rate=round(rate, 1),
+                baseline_ms=round(self.baseline * 1000, 4),
+                duty=round(duty, 3),
             )
-            row = cur.fetchone()
-        self._samples = [*self._samples[-(self.window - 1) :], float(row[0]) if row else 0.0]
-        mean = sum(self._samples) / len(self._samples)
-        return Reading(values={"sessions": mean})
+        self.duty = duty
+        values.update(rate=rate, latency_ratio=ratio, duty=duty)
+        return Reading(values=values)
 
     def over(self, r: Reading, s: Limits) -> str | None:
         return None
@@ -470,7 +627,9 @@ class ActiveSessions(Signal):
         return True
 
     def strained(self, r: Reading, s: Limits) -> bool:
-        return r.values.get("sessions", 0.0) >= s.busy_sessions
+        if self.duty is not None and s.app_latency_target > 0:
+            return False  # the controller's duty cycle paces the backfill instead
+        return s.busy_sessions > 0 and r.values.get("sessions", 0.0) >= s.busy_sessions
 
 
 class AppLatency(Signal):
@@ -626,6 +785,13 @@ class Throttle:
     def engaged(self) -> bool:
         with self._lock:
             return bool(self._engaged)
+
+    @property
+    def duty(self) -> float | None:
+        """The duty cycle the application's latency calls for (``active_sessions``), or
+        None when nothing measures it (no baseline: an idle database at the start)."""
+        sig = self.signal(ActiveSessions.name)
+        return sig.duty if isinstance(sig, ActiveSessions) else None
 
     def throttled_seconds(self) -> float:
         """Wall time spent throttled (by any signal) since this object was made."""

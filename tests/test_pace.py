@@ -353,3 +353,65 @@ def test_other_active_sessions_make_the_backfill_rest(dsn: str, conn: Conn) -> N
     assert len(rested) >= 3 and all(e["rest"] > 0 for e in rested), bs
     done = next(e for e in logs if e["event"] == "backfill_done")
     assert done["rested_seconds"] > 0 and done["waited_batches"] == 0
+
+
+def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> None:
+    """app_latency_target: an application already writing when the backfill starts gives
+    the baseline (Little's law: its sessions running queries over its transactions a
+    second). One of its sessions then keeps updating the row after the last committed
+    batch, which the batch in flight holds, so its latency rises far past the target:
+    the duty cycle falls below duty_cycle (0.5), which no other rule sets. When the
+    application stops, the duty cycle climbs back (a quarter a second, up to 1)."""
+    make_table(conn, 8000, per_row_ms=0.5)
+    s = settings(batch_target=0.05, batch_initial=100, duty_cycle=0.5, latency_probe="off")
+    stop = threading.Event()
+    updates = {
+        # the first row after the last committed batch: the batch in flight holds it
+        "next": "UPDATE r SET note = 'app' WHERE id ="
+        " (SELECT coalesce(max(id), 0) + 1 FROM r WHERE n = 1)",
+        "random": "UPDATE r SET note = 'app' WHERE id = (random() * 7999)::int + 1",
+    }
+
+    def app(query: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                c.execute(query)
+
+    apps = [threading.Thread(target=app, args=(q,), daemon=True) for q in updates.values()]
+    for t in apps:
+        t.start()
+    with capture_logs() as logs:
+        try:
+            run = Run(dsn, "little", s)
+            wait_until(
+                lambda: any(e["duty"] < 0.5 for e in batches(logs)),
+                timeout=60,
+                what="the duty cycle to fall under duty_cycle",
+            )
+        finally:
+            stop.set()
+            for t in apps:
+                t.join(10)
+        cut = len(batches(logs))
+        low = batches(logs)[-1]["duty"]
+        wait_until(
+            lambda: any(e["duty"] >= min(2 * low, 1.0) for e in batches(logs)[cut:]),
+            timeout=60,
+            what="the duty cycle to climb back once the application stopped",
+        )
+        run.join()
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+    assert min(e["duty"] for e in batches(logs)) >= 0.05  # min_duty: the migration moves
+    baseline = next(e for e in logs if e["event"] == "backfill_app_baseline")
+    assert baseline["measured"], baseline
+
+
+def test_an_idle_database_gives_no_baseline_and_no_rest(dsn: str, conn: Conn) -> None:
+    """No application when the backfill starts: nothing to measure against, so the
+    Little's-law controller stays off and no batch rests."""
+    make_table(conn, 600)
+    s = settings(batch_initial=50, batch_max=50, latency_probe="off")
+    with capture_logs() as logs:
+        Run(dsn, "idle", s).join()
+    bs = batches(logs)
+    assert len(bs) >= 10 and all(e["duty"] == 1.0 and e["rest"] == 0 for e in bs), bs

@@ -194,6 +194,40 @@ def test_resume_set_wins_over_a_live_setting_stored_before(
     assert one(conn, "SELECT min(n) = 1 AND max(n) = 1 FROM r")
 
 
+def test_settings_given_at_the_start_stay_with_the_migration(
+    dsn: str, conn: Conn, table: None
+) -> None:
+    """`apply` with batch_max=12, paused after its first batch: a plain `resume` (no
+    --set) runs the rest in batches of at most 12 too (the defaults would take a handful
+    of batches). (A start's setting wins over a stored one: the test above.)"""
+
+    class PauseAfterFirst:
+        def step_started(self, *args: Any) -> None:
+            pass
+
+        def step_finished(self, *args: Any) -> None:
+            pass
+
+        def backfill_progress(self, *args: Any) -> None:
+            with Executor(dsn) as other:
+                other.pause("sticky")
+
+    s = Settings(
+        backfill=BackfillSettings(batch_initial=12, batch_max=12, chunks=1, control_interval=0.01)
+    )
+    with Executor(dsn, s, observer=PauseAfterFirst()) as ex, pytest.raises(Paused):
+        ex.apply([Backfill("r", {"n": "n + 1"})], "sticky")
+    first = batches(conn, "sticky")
+    assert 1 <= first <= 2
+    stored = one(conn, "SELECT settings FROM onlineschema.control WHERE migration = 'sticky'")
+    assert stored["batch_max"] == 12 and "batch_initial" in stored
+    with Executor(dsn) as ex:  # the default settings: batch_max 200,000
+        ex.resume("sticky")
+    # every remaining row in batches of at most 12: the stored setting, not the default
+    assert batches(conn, "sticky") >= (ROWS - 12 * first) // 12
+    assert one(conn, "SELECT min(n) = 1 AND max(n) = 1 FROM r")
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [

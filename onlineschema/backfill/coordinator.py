@@ -121,6 +121,7 @@ class Coordinator:
         self.server_version = 0
         self.rows_total: int | None = None
         self.rows_done = 0  # whole backfill, as last known
+        self.commits = 0  # batches this process committed
         self._rows0 = 0
         self._fraction0 = 0.0
         self._active0 = 0.0
@@ -154,8 +155,14 @@ class Coordinator:
         self.throttle.prime(self.context(), self.settings)
 
     def add_rows(self, n: int) -> None:
+        """A batch of ``n`` rows committed."""
         with self.lock:
             self.rows_done += n
+            self.commits += 1
+
+    def our_commits(self) -> int:
+        with self.lock:
+            return self.commits
 
     def our_pids(self) -> list[int]:
         with self.lock:
@@ -180,7 +187,9 @@ class Coordinator:
 
     def context(self) -> Context:
         """What the throttle's signals read with."""
-        return Context(self.conn, self.table_oid, self.our_pids, (self.schema, self.table))
+        return Context(
+            self.conn, self.table_oid, self.our_pids, (self.schema, self.table), self.our_commits
+        )
 
     def control(self) -> None:
         ctl = self.store.control(self.migration)

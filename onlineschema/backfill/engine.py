@@ -326,7 +326,7 @@ class BackfillRunner:
         )
         self._working = 0  # workers of this process inside _work
         #: sizes and rests (see pace.py); strain comes from the throttle's signals
-        self.pace = Pace(strained=lambda: self.throttle.strained)
+        self.pace = Pace(strained=lambda: self.throttle.strained, duty=lambda: self.throttle.duty)
 
     @classmethod
     def for_step(
@@ -518,6 +518,7 @@ class BackfillRunner:
                 target=round(d.target, 4),
                 rest=round(d.rest, 4),
                 affected=d.affected,
+                duty=round(d.duty, 3),
                 next_batch_size=w.size,
             )
             if w.inline:

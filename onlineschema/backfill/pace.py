@@ -12,12 +12,18 @@ Three rules, per worker, after every batch:
   shorter; a batch nobody waited on grows it back by a quarter, up to ``batch_target``
   (multiplicative decrease, gradual increase: the target settles where the application's
   writes only now and then meet a batch).
-* **Rest only when the application is affected.** A worker rests after a batch, so that
-  batches take ``duty_cycle`` of its time, only while the application is affected: a
-  session waited on one of this process's batches within the last ``signal_interval``
-  seconds, or a throttle signal reports strain (other sessions are running queries:
-  ``busy_sessions``; the latency probe between its resume and pause thresholds). On an idle database nothing is affected and the backfill runs at the
-  speed of the UPDATE itself. Signals over their pause threshold pause it (``throttle``).
+* **Rest to keep the application's latency.** When the backfill starts on a database
+  the application is using, the ``active_sessions`` signal takes the application's
+  latency by Little's law (sessions running a query over transactions a second) as a
+  baseline, and from then on sets the duty cycle (the share of a worker's time spent in
+  batches, 5-100 %) to keep that latency at or under ``app_latency_target`` times it. A
+  worker rests after each batch so that batches take that share of its time.
+* **Rest while the application is affected**, at most ``duty_cycle``: a session waited
+  on one of this process's batches within the last ``signal_interval`` seconds, or a
+  throttle signal reports strain (the latency probe between its resume and pause
+  thresholds; with no Little's-law baseline, ``busy_sessions`` sessions running
+  queries). On an idle database nothing is affected and the backfill runs at the speed
+  of the UPDATE itself. Signals over their pause threshold pause it (``throttle``).
 
 GitLab's batched background migrations size batches toward a fixed share of a long
 interval and pause on database health indicators; gh-ost rests a fixed ``nice-ratio``
@@ -69,6 +75,7 @@ class Decision:
     target: float
     rest: float
     affected: bool
+    duty: float = 1.0  #: the share of the worker's time in batches it rested for
 
 
 class Pace:
@@ -78,8 +85,10 @@ class Pace:
         self,
         strained: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
+        duty: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._strained = strained
+        self._duty = duty
         self._clock = clock
         self._lock = threading.Lock()
         self._waited_at = -1e18
@@ -117,6 +126,10 @@ class Pace:
         new = int(min(max(size * min(max(ratio, 0.5), 2.0), s.batch_min), s.batch_max))
         affected = self.affected(s)
         duty = min(max(s.duty_cycle, 0.01), 1.0) if affected else 1.0
+        measured = self._duty()
+        if measured is not None:  # the application's latency sets it, waiters still cap it
+            duty = min(duty, measured)
+            affected = affected or measured < 1.0
         rest = elapsed * (1 - duty) / duty + s.sleep
         with self._lock:
             st = self.stats
@@ -125,4 +138,4 @@ class Pace:
             st.busy_seconds += elapsed
             st.rested_seconds += rest
             st.rests += 1 if rest > 0 else 0
-        return Decision(new, target, rest, affected)
+        return Decision(new, target, rest, affected, duty)

@@ -79,10 +79,15 @@ class BackfillSettings:
     max_blocked_wait: float = 0.5
     #: ... for this long
     blocked_cooldown: float = 1.0
-    #: rest between batches (duty_cycle) while, on average over the signal readings,
-    #: at least this many sessions other than the backfill's run a query on the server
-    #: (pg_stat_activity, state 'active'): the application is there and competes with
-    #: the backfill for CPU and WAL; 0 = off. An idle database has none.
+    #: keep the application's latency, as Little's law gives it (sessions running a
+    #: query over transactions a second), at or under this multiple of its own before
+    #: the backfill, by adapting the duty cycle between 5 % and 100 %; 0 = off. A
+    #: saturated application keeps about 1 / this of its throughput. An idle database
+    #: at the start has no baseline: then busy_sessions below applies.
+    app_latency_target: float = 1.3
+    #: without that baseline: rest between batches (duty_cycle) while, on average over
+    #: the signal readings, at least this many sessions other than the backfill's run a
+    #: query on the server (pg_stat_activity, state 'active'); 0 = off.
     busy_sessions: float = 1.0
     #: the application's latency, as a probe query measures it against its own baseline
     #: (taken before the first batch): "auto" (a one-block read of the table, which also
@@ -128,6 +133,8 @@ class BackfillSettings:
             raise ValueError("need 1 <= batch_min <= batch_max")
         if self.batch_target <= 0 or self.batch_statement_timeout <= 0:
             raise ValueError("batch_target and batch_statement_timeout must be positive")
+        if self.app_latency_target < 0 or 0 < self.app_latency_target <= 1:
+            raise ValueError("app_latency_target must be 0 (off) or above 1, e.g. 1.3")
         if self.max_latency_ratio < 0 or self.resume_latency_ratio < 0:
             raise ValueError("max_latency_ratio and resume_latency_ratio must be >= 0")
 

@@ -431,8 +431,19 @@ class Executor:
         self._locks.give_up(self.conn, self.store, name)
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
+        self._remember_settings(name)
         work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
         return run_observed(self, name, plan, work)  # hooks, metrics, observer
+
+    def _remember_settings(self, name: str) -> None:
+        """Backfill settings given when this run starts (``--set``, a settings file, the
+        API) stay with the migration, as ``onlineschema set`` would store them: a later
+        ``resume`` without them runs with them too. ``replica_dsn`` is not stored (it
+        may hold a password)."""
+        b = self.settings.backfill
+        given = {k: getattr(b, k) for k in sorted(b.given()) if k != "replica_dsn"}
+        if given:
+            self.store.update_settings(name, given)
 
     def _run_steps(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         rt = self._runtime(name)
