@@ -550,7 +550,7 @@ class ActiveSessions(Signal):
     def prime(self, ctx: Context, s: Limits) -> None:
         if s.app_latency_target <= 0 or self.baseline is not None:
             return
-        x0, busy, _ = self._sample(ctx, 5, 0.05)
+        x0, busy, _ = self._sample(ctx, 3, 0.02)  # costs an idle database ~0.05 s
         if busy < self.min_sessions:  # an idle database: nothing to compare, nothing to slow
             return
         # the rate counts from a second in: by then every backend has reported what it
