@@ -447,26 +447,28 @@ class ActiveSessions(Signal):
     """The application's load, and its latency by Little's law.
 
     Each reading samples ``L``, this database's sessions other than the backfill's
-    running a query (``pg_stat_activity``, state ``active``, for less than
-    ``long_query``, 1 s; a few samples a reading), and ``X``, the database's transactions
-    per second (``pg_stat_database``, less the backfill's own batches, over the readings
-    of the last ``window`` seconds). By Little's law the application's mean
-    time in the server, lock waits and commit flushes included, is ``W = L / X``; no probe
-    and no extension needed, and it counts every query the application runs.
+    running a query (``pg_stat_activity``, state ``active``; queries older than
+    ``long_query`` and maintenance commands left out; a few samples a reading), and
+    ``X``, the database's transactions a second (``pg_stat_database``, less the
+    backfill's batches and these readings, over the readings of the last ``window``
+    seconds). By Little's law the application's mean time in the server, lock waits and
+    commit flushes included, is ``W = L / X``: no probe and no extension needed, and it
+    counts every query the application runs.
 
     Before the first batch, if the application is there (sessions running queries), the
     signal takes a baseline ``W0`` over ``baseline_seconds``. From then on the backfill
-    keeps ``W / W0`` near ``app_latency_target``: once a second the workers' duty
-    cycle (the share of their time spent in batches) is multiplied by ``1 + 1.5 (target
-    - ratio) / target``, by at least 0.67 and at most 1.25, between 5 % and 1 (no rest). A saturated
-    application (every session busy) then keeps about ``1 / app_latency_target`` of its
-    throughput, and one below its capacity sees its queue stay short. On an idle
-    database there is no baseline and no rest.
+    keeps ``W / W0`` near ``app_latency_target``: once a second the workers' duty cycle
+    (the share of their time spent in batches) is multiplied by ``1 + gain * (target -
+    ratio) / target``, within ``[cut, grow]``, and kept between ``min_duty`` and 1 (no
+    rest). A saturated application (every session busy) then keeps about ``1 /
+    app_latency_target`` of its throughput; one below its capacity keeps its queue
+    short. On an idle database there is no baseline and no rest.
 
     Without a baseline (the application came after the backfill started, or
-    ``app_latency_target`` is 0) the old rule holds: at or above ``busy_sessions``
-    sessions on average, the backfill rests at ``duty_cycle``. Never pauses (gh-ost's
-    ``max-load`` counts ``Threads_running`` the same way, to pause)."""
+    ``app_latency_target`` is 0) the older rule holds: at or above ``busy_sessions``
+    sessions on average over the last ``busy_readings`` readings, the backfill rests at
+    ``duty_cycle``. Never pauses (gh-ost's ``max-load`` counts ``Threads_running`` the
+    same way, to pause)."""
 
     name = "active_sessions"
     #: the rate and the mean sessions are taken over the readings of this many seconds:

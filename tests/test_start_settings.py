@@ -159,12 +159,9 @@ def test_pyproject_style_settings_file(tmp_path: Path) -> None:
     assert (s.batch_target, s.vacuum) == (0.025, False)
 
 
-def test_resume_set_wins_over_a_live_setting_stored_before(
-    dsn: str, conn: Conn, table: None
-) -> None:
-    """A migration paused after its first batch, with batch_max=1000 stored by
-    `onlineschema set` while it was stopped: `resume --set batch_max=12` runs the rest in
-    batches of at most 12 (the start's setting is newer than the stored one)."""
+def apply_paused_after_first_batch(dsn: str, conn: Conn, name: str, *, batch: int) -> int:
+    """``apply`` a backfill of ``r`` in batches of ``batch`` rows (one chunk), paused by
+    another session once its first batch is done; returns the batches it ran."""
 
     class PauseAfterFirst:
         def step_started(self, *args: Any) -> None:
@@ -175,16 +172,29 @@ def test_resume_set_wins_over_a_live_setting_stored_before(
 
         def backfill_progress(self, *args: Any) -> None:
             with Executor(dsn) as other:
-                other.pause("resumed")
+                other.pause(name)
 
     s = Settings(
-        backfill=BackfillSettings(batch_initial=50, batch_max=50, chunks=1, control_interval=0.01)
+        backfill=BackfillSettings(
+            batch_initial=batch, batch_max=batch, chunks=1, control_interval=0.01
+        )
     )
     with Executor(dsn, s, observer=PauseAfterFirst()) as ex, pytest.raises(Paused):
-        ex.apply([Backfill("r", {"n": "n + 1"})], "resumed")
+        ex.apply([Backfill("r", {"n": "n + 1"})], name)
     # the pause is picked up at the next control read: one batch, or a second already begun
-    first = batches(conn, "resumed")
+    first = batches(conn, name)
     assert 1 <= first <= 2
+    return first
+
+
+def test_resume_set_wins_over_a_live_setting_stored_before(
+    dsn: str, conn: Conn, table: None
+) -> None:
+    """A migration paused after its first batch, with batch_max=1000 stored by
+    `onlineschema set` while it was stopped: `resume --set batch_max=12` runs the rest in
+    batches of at most 12 (the start's setting is newer than the stored one)."""
+
+    first = apply_paused_after_first_batch(dsn, conn, "resumed", batch=50)
     expect(run("set", "--dsn", dsn, "resumed", "batch_max=1000"), 0)
     proc = expect(run("resume", "--dsn", dsn, "resumed", "--set", "batch_max=12"), 0)
     assert running_settings(proc.stderr)["batch_max"] == 12
@@ -201,24 +211,7 @@ def test_settings_given_at_the_start_stay_with_the_migration(
     --set) runs the rest in batches of at most 12 too (the defaults would take a handful
     of batches). (A start's setting wins over a stored one: the test above.)"""
 
-    class PauseAfterFirst:
-        def step_started(self, *args: Any) -> None:
-            pass
-
-        def step_finished(self, *args: Any) -> None:
-            pass
-
-        def backfill_progress(self, *args: Any) -> None:
-            with Executor(dsn) as other:
-                other.pause("sticky")
-
-    s = Settings(
-        backfill=BackfillSettings(batch_initial=12, batch_max=12, chunks=1, control_interval=0.01)
-    )
-    with Executor(dsn, s, observer=PauseAfterFirst()) as ex, pytest.raises(Paused):
-        ex.apply([Backfill("r", {"n": "n + 1"})], "sticky")
-    first = batches(conn, "sticky")
-    assert 1 <= first <= 2
+    first = apply_paused_after_first_batch(dsn, conn, "sticky", batch=12)
     stored = one(conn, "SELECT settings FROM onlineschema.control WHERE migration = 'sticky'")
     assert stored["batch_max"] == 12 and "batch_initial" in stored
     with Executor(dsn) as ex:  # the default settings: batch_max 200,000

@@ -1,6 +1,6 @@
 """How fast a backfill goes: the size of each batch and the rest after it.
 
-Three rules, per worker, after every batch:
+The rules, per worker, after every batch:
 
 * **Lock-hold budget.** A batch holds the row lock of every row it updated until it
   commits, and an application write to one of them waits for that commit. The batch size
@@ -75,7 +75,7 @@ class Decision:
     target: float
     rest: float
     affected: bool
-    duty: float = 1.0  #: the share of the worker's time in batches it rested for
+    duty: float = 1.0  #: the share of the worker's time to spend in batches (1.0: no rest)
 
 
 class Pace:
