@@ -9,6 +9,7 @@ of its own, so tests can run in parallel.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +20,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from onlineschema.embedded.server import LocalServer
+
+# A suite started in the background of a non-interactive shell (`bash .ci/run &`)
+# inherits SIGINT ignored, and so would every CLI it starts, so the tests that stop one
+# with Ctrl-C (SIGINT) would see it carry on. Python installs its Ctrl-C handler only
+# where SIGINT is not ignored: give the children the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The CLI sizes tables it prints to a pipe by COLUMNS (200 when unset); the runner's own
 # terminal (pytest-xdist workers get COLUMNS=80) must not wrap what tests read.
