@@ -475,7 +475,7 @@ class ActiveSessions(Signal):
     #: backends report their transactions to pg_stat_database about once a second
     window = 4.0
     busy_readings = 5  #: readings the busy_sessions rule averages
-    samples = 4  #: pg_stat_activity samples per reading, ``sample_gap`` apart
+    samples = 1  #: pg_stat_activity samples per reading, ``sample_gap`` apart
     sample_gap = 0.02
     #: backends report their transactions about once a second each, so a rate over T
     #: seconds is off by some 0.4 s worth of them: 4 s keeps the baseline within ~5 %
@@ -510,19 +510,18 @@ class ActiveSessions(Signal):
 
     def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float]:
         """(the database's transactions less ours, mean sessions running a short query,
-        mean sessions running any query). The samples share one transaction, so that
-        reading adds one transaction, not ``n``, to the rate it measures."""
+        mean sessions running any query). Each sample is one statement of its own (the
+        connection is shared with the coordinator's other work: no transaction is held
+        across the samples) and is counted as one of our transactions."""
         ours = list(ctx.our_pids())
         counts: list[float] = []
         running: list[float] = []
         xacts = 0.0
-        self._own += 1  # this reading's transaction
-        with ctx.conn.transaction(), ctx.conn.cursor() as cur:
+        with ctx.conn.cursor() as cur:
             for i in range(n):
                 if i:
                     time.sleep(gap)
-                # statistics are read once a transaction unless told to read afresh
-                cur.execute("SELECT pg_stat_clear_snapshot()")
+                self._own += 1
                 # L and X over the same population: this database's client sessions.
                 # A query running for longer than long_query (a report, a batch job)
                 # and maintenance (VACUUM, ANALYZE, CREATE INDEX, CLUSTER) are not the
