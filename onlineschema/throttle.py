@@ -508,15 +508,17 @@ class ActiveSessions(Signal):
     def enabled(self, s: Limits) -> bool:
         return s.busy_sessions > 0 or s.app_latency_target > 0
 
-    def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float]:
+    def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float, int]:
         """(the database's transactions less ours, mean sessions running a short query,
-        mean sessions running any query). Each sample is one statement of its own (the
-        connection is shared with the coordinator's other work: no transaction is held
-        across the samples) and is counted as one of our transactions."""
+        mean sessions running any query, sessions whose activity this role may not see
+        in the last sample). Each sample is one statement of its own (the connection is
+        shared with the coordinator's other work: no transaction is held across the
+        samples) and is counted as one of our transactions."""
         ours = list(ctx.our_pids())
         counts: list[float] = []
         running: list[float] = []
         xacts = 0.0
+        hidden = 0
         with ctx.conn.cursor() as cur:
             for i in range(n):
                 if i:
@@ -527,31 +529,37 @@ class ActiveSessions(Signal):
                 # and maintenance (VACUUM, ANALYZE, CREATE INDEX, CLUSTER) are not the
                 # transactional work whose latency the backfill keeps: they would read
                 # as a latency the backfill cannot lower.
+                # Without pg_read_all_stats another role's session shows neither its
+                # state nor its backend type, only its query as HIDDEN_QUERY: counted
+                # apart, since whether it is busy cannot be told
                 cur.execute(
-                    "SELECT count(*) FILTER (WHERE query_start"
+                    "SELECT count(*) FILTER (WHERE state = 'active' AND query_start"
                     " > clock_timestamp() - make_interval(secs => %s) AND pid NOT IN ("
                     "SELECT pid FROM pg_stat_progress_vacuum UNION ALL"
                     " SELECT pid FROM pg_stat_progress_analyze UNION ALL"
                     " SELECT pid FROM pg_stat_progress_create_index UNION ALL"
                     " SELECT pid FROM pg_stat_progress_cluster))::float8,"
-                    " count(*)::float8, (SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                    " count(*) FILTER (WHERE state = 'active')::float8,"
+                    " count(*) FILTER (WHERE backend_type IS NULL AND query = %s)::int,"
+                    " (SELECT xact_commit + xact_rollback FROM pg_stat_database"
                     " WHERE datname = current_database())::float8"
-                    " FROM pg_stat_activity WHERE state = 'active'"
-                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " FROM pg_stat_activity WHERE (backend_type = 'client backend'"
+                    " OR (backend_type IS NULL AND query = %s)) AND pid <> pg_backend_pid()"
                     " AND datname = current_database() AND NOT (pid = ANY(%s))",
-                    (self.long_query, ours),
+                    (self.long_query, HIDDEN_QUERY, HIDDEN_QUERY, ours),
                 )
                 row = cur.fetchone()
                 assert row is not None
                 counts.append(float(row[0]))
                 running.append(float(row[1]))
-                xacts = float(row[2] or 0.0)
-        return xacts - ctx.our_commits() - self._own, sum(counts) / n, sum(running) / n
+                hidden = int(row[2])
+                xacts = float(row[3] or 0.0)
+        return xacts - ctx.our_commits() - self._own, sum(counts) / n, sum(running) / n, hidden
 
     def prime(self, ctx: Context, s: Limits) -> None:
         if s.app_latency_target <= 0 or self.baseline is not None:
             return
-        x0, busy, _ = self._sample(ctx, 3, 0.02)  # costs an idle database ~0.05 s
+        x0, busy, _, _ = self._sample(ctx, 3, 0.01)  # costs an idle database ~0.02 s
         if busy < self.min_sessions:  # an idle database: nothing to compare, nothing to slow
             return
         # the rate counts from a second in: by then every backend has reported what it
@@ -562,7 +570,7 @@ class ActiveSessions(Signal):
         x1 = x0
         for i in range(steps):
             time.sleep(0.1)
-            x1, mean, _ = self._sample(ctx, 1, 0)
+            x1, mean, _, _ = self._sample(ctx, 1, 0)
             sessions.append(mean)
             if i == 9:
                 if sum(sessions) / len(sessions) < self.min_sessions:
@@ -584,7 +592,7 @@ class ActiveSessions(Signal):
         )
 
     def read(self, ctx: Context, s: Limits) -> Reading:
-        xacts, busy, running = self._sample(ctx, self.samples, self.sample_gap)
+        xacts, busy, running, hidden = self._sample(ctx, self.samples, self.sample_gap)
         now = self._clock()
         kept = [x for x in self._samples if now - x[0] <= self.window]
         self._samples = [*kept, (now, xacts, busy, running)]
@@ -594,9 +602,15 @@ class ActiveSessions(Signal):
         recent = self._samples[-self.busy_readings :]
         values = {"sessions": sum(x[3] for x in recent) / len(recent), "short": sessions}
         (t_first, x_first, *_), (t_last, x_last, *_) = self._samples[0], self._samples[-1]
-        if self.baseline is None or s.app_latency_target <= 0 or t_last - t_first < 0.5:
+        span = t_last - t_first
+        rate = max(x_last - x_first, 0.0) / span if span >= 0.5 else None
+        if self.baseline is None and hidden:
+            return self._blind(hidden, rate, s, values)
+        if self.baseline is None or s.app_latency_target <= 0:
+            self.duty = None  # nothing measures the latency (any more)
             return Reading(values=values)
-        rate = max(x_last - x_first, 0.0) / (t_last - t_first)
+        if rate is None:
+            return Reading(values=values)
         # no transaction done while sessions run queries: they are stuck
         latency = sessions / rate if rate > 0 else (1e3 if sessions > 0 else 0.0)
         ratio = min(latency / self.baseline, 1e3)
@@ -620,6 +634,26 @@ class ActiveSessions(Signal):
         self.duty = duty
         values.update(rate=rate, latency_ratio=ratio, duty=duty)
         return Reading(values=values)
+
+    def _blind(
+        self, hidden: int, rate: float | None, s: Limits, values: dict[str, float]
+    ) -> Reading:
+        """Sessions of other roles hide their activity (no pg_read_all_stats) and nothing
+        visible gave a baseline: the latency cannot be measured. pg_stat_database is
+        visible to every role, so the fallback is the database's transaction rate: while
+        it says an application is at work, rest at ``duty_cycle``."""
+        busy = rate is not None and rate >= self.min_rate
+        self.duty = min(max(s.duty_cycle, self.min_duty), 1.0) if busy else None
+        return Reading(
+            values=values,
+            problem=f"{hidden} session(s) in this database hide what they do from the"
+            " backfill's role (other roles' sessions need pg_read_all_stats), so the"
+            " application's latency cannot be measured: grant pg_read_all_stats (or"
+            " pg_monitor) to the backfill's role;"
+            f" until then the backfill rests at duty_cycle ({s.duty_cycle:g}) while the"
+            f" database runs {self.min_rate:g} or more transactions a second",
+            detail={"hidden_sessions": hidden},
+        )
 
     def over(self, r: Reading, s: Limits) -> str | None:
         return None

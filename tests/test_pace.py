@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from scenario_tools import wait_until
 from structlog.testing import capture_logs
 
@@ -415,3 +416,55 @@ def test_an_idle_database_gives_no_baseline_and_no_rest(dsn: str, conn: Conn) ->
         Run(dsn, "idle", s).join()
     bs = batches(logs)
     assert len(bs) >= 10 and all(e["duty"] == 1.0 and e["rest"] == 0 for e in bs), bs
+
+
+def test_an_application_hidden_from_the_backfills_role_still_makes_it_rest(
+    dsn: str, conn: Conn, owner_dsn: str
+) -> None:
+    """The backfill runs as an ordinary role without pg_read_all_stats, the application
+    as another role: pg_stat_activity hides the application's sessions, so its latency
+    cannot be measured and the database looks idle. The backfill says so once, with what
+    to grant, and since pg_stat_database (visible to every role) shows transactions going
+    on, it rests at duty_cycle instead of running flat out. Once the role has
+    pg_read_all_stats, the next backfill takes the application's baseline instead."""
+    make_table(conn, 6000, per_row_ms=0.5)
+    role = conninfo_to_dict(owner_dsn)["user"]
+    assert isinstance(role, str)
+    conn.execute(sql.SQL("GRANT SELECT, UPDATE ON r TO {}").format(sql.Identifier(role)))
+    stop = threading.Event()
+
+    # another role's busy session: short queries on a table, hundreds a second (a
+    # backend reports its transactions to pg_stat_database along with its table stats)
+    conn.execute("CREATE TABLE busy (x int)")
+    conn.execute("INSERT INTO busy VALUES (1)")
+
+    def app() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                c.execute("SELECT pg_sleep(0.002) FROM busy")
+
+    thread = threading.Thread(target=app, daemon=True)
+    thread.start()
+    s = settings(batch_initial=50, batch_max=50, duty_cycle=0.5, latency_probe="off")
+    try:
+        with capture_logs() as blind:
+            Run(owner_dsn, "blind", s).join()
+        conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(role)))
+        with capture_logs() as seen:
+            Run(owner_dsn, "seen", s, Backfill("r", {"note": "'x'"})).join()
+    finally:
+        stop.set()
+        thread.join(10)
+    reports = [
+        e
+        for e in blind
+        if e["event"] == "backfill_signal_unreadable" and e["signal"] == "active_sessions"
+    ]
+    assert len(reports) == 1, reports
+    assert "pg_read_all_stats" in reports[0]["problem"]
+    rested = [e for e in batches(blind) if e["rest"] > 0]
+    assert rested and all(e["duty"] == 0.5 for e in rested), batches(blind)
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1 OR note IS DISTINCT FROM 'x'") == 0
+    assert not [e for e in seen if e["event"] == "backfill_signal_unreadable"]
+    baseline = next(e for e in seen if e["event"] == "backfill_app_baseline")
+    assert baseline["measured"], baseline

@@ -325,8 +325,9 @@ def test_unreadable_signals_as_an_ordinary_role(
     dsn: str, conn: Conn, owner_dsn: str, repeatable_read_reader: Conn
 ) -> None:
     """As a role that may update the table but is neither superuser nor owner nor
-    pg_read_all_stats: the replica-lag signal finds no standby and the long-transaction
-    signal cannot see another role's transaction; each is reported once. With
+    pg_read_all_stats: the replica-lag signal finds no standby, the long-transaction
+    signal cannot see another role's transaction and the active-sessions signal cannot
+    see another role's sessions; each is reported once. With
     on_unreadable_signal=pause the backfill waits; `set on_unreadable_signal=continue`
     from another session lets it finish. The table's VACUUM is not allowed either."""
     make_table(conn)
@@ -347,9 +348,9 @@ def test_unreadable_signals_as_an_ordinary_role(
     with capture_logs() as logs:
         bg = Background(owner_dsn, Backfill("r", {"n": "n + 1"}), "blind", s)
         wait_until(
-            lambda: (throttle_reason(conn, "blind") or "").count("_unreadable") == 2,
+            lambda: (throttle_reason(conn, "blind") or "").count("_unreadable") == 3,
             timeout=30,
-            what="the backfill to wait on both unreadable signals",
+            what="the backfill to wait on the three unreadable signals",
         )
         assert rows_done(conn, "blind") == 0
         with Executor(owner_dsn) as ex:
@@ -358,9 +359,10 @@ def test_unreadable_signals_as_an_ordinary_role(
     reader.rollback()
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
     reports = {e["signal"]: e for e in events(logs, "backfill_signal_unreadable")}
-    assert sorted(reports) == ["long_transaction", "replica_lag"]
-    assert len(events(logs, "backfill_signal_unreadable")) == 2  # once each
+    assert sorted(reports) == ["active_sessions", "long_transaction", "replica_lag"]
+    assert len(events(logs, "backfill_signal_unreadable")) == 3  # once each
     assert "pg_read_all_stats" in reports["long_transaction"]["problem"]
+    assert "pg_read_all_stats" in reports["active_sessions"]["problem"]
     assert "no standby" in reports["replica_lag"]["problem"]
     assert len(events(logs, "backfill_vacuum_unavailable")) == 1
     assert not events(logs, "backfill_vacuum")
