@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from scenario_tools import wait_until
 from structlog.testing import capture_logs
 
@@ -493,6 +494,46 @@ def test_plain_vacuum_every_n_rows(dsn: str, conn: Conn) -> None:
     vacuums = [e for e in logs if e["event"] == "backfill_vacuum"]
     assert vacuums, [e["event"] for e in logs]
     assert one(conn, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'r'") >= 1
+    assert conn.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, ROWS)]
+
+
+def test_no_vacuum_starts_for_the_last_stretch(dsn: str, conn: Conn) -> None:
+    """A VACUUM frees space for the batches after it: none starts when vacuum_every rows
+    or fewer are left (here 500 of 3000; the coordinator looks every 0.2 s and the last
+    500 rows take about half a second)."""
+    make_range(conn)
+    s = settings(vacuum_every=500, batch_initial=100, batch_max=100, sleep=0.1)
+    with capture_logs() as logs, Executor(dsn, s) as ex:
+        ex.apply([Backfill("r", {"n": "n + 1"})], "vacuumed")
+    started = [e["rows_done"] for e in logs if e["event"] == "backfill_vacuum"]
+    assert len(started) >= 2, started
+    assert max(started) < ROWS - 500, started
+    assert conn.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, ROWS)]
+
+
+def test_a_vacuum_still_running_at_the_end_is_cancelled(dsn: str, conn: Conn) -> None:
+    """The backfill does not wait for its VACUUM at the end (no batch is left to reuse
+    what it frees): here every VACUUM crawls (the database's vacuum_cost_delay, which the
+    VACUUM's new connection takes), and the one the backfill started is cancelled when
+    the last batch is done, and said so."""
+    make_range(conn)
+    dbname = conninfo_to_dict(dsn)["dbname"]
+    assert isinstance(dbname, str)
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET vacuum_cost_delay = '100ms'").format(sql.Identifier(dbname))
+    )
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET vacuum_cost_limit = 1").format(sql.Identifier(dbname))
+    )
+    s = settings(vacuum_every=100, batch_initial=100, batch_max=100, sleep=0.02)
+    with capture_logs() as logs, Executor(dsn, s) as ex:
+        ex.apply([Backfill("r", {"n": "n + 1"})], "crawl")
+    ended = [e for e in logs if e["event"].startswith("backfill_vacuum")]
+    assert [e["event"] for e in ended] == ["backfill_vacuum_cancelled"], ended
+    assert ended[0]["why"] == "the backfill ended"
+    assert (
+        one(conn, "SELECT count(*) FROM pg_stat_progress_vacuum WHERE relid = 'r'::regclass") == 0
+    )
     assert conn.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, ROWS)]
 
 

@@ -265,10 +265,10 @@ class Coordinator:
                 self.throttle.reason,
             )
 
-    def finish(self, ok: bool) -> None:
-        """End the VACUUM (cancel it unless the run went well), close the throttle, save
-        the progress (keeping the error that stopped the run, if any)."""
-        self.vacuum.end(not ok, self.rows_done, self.rows_total, self.settings)
+    def finish(self) -> None:
+        """End the VACUUM, close the throttle, save the progress (keeping the error that
+        stopped the run, if any)."""
+        self.vacuum.end(self.rows_done, self.rows_total, self.settings)
         self.throttle.close()
         if not self.join and not self.conn.closed and not self.conn.broken:
             try:

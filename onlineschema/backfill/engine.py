@@ -562,15 +562,13 @@ class BackfillRunner:
                 for k in sorted(self.settings.given())
             },
         )
-        ok = False
         try:
             if self.workers == 1:
                 self._run_inline()
             else:
                 self._run_threads()
-            ok = True
         finally:
-            c.finish(ok)
+            c.finish()
         if not self.join:
             self.log.info(
                 "backfill_done",

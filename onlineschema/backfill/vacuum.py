@@ -2,9 +2,11 @@
 
 Every ``vacuum_every`` rows the coordinator starts a ``VACUUM (SKIP_LOCKED, INDEX_CLEANUP
 OFF)`` on a connection of its own, so that later batches reuse the space of the row
-versions earlier ones replaced. A manual VACUUM does not step aside for a waiting lock as
-autovacuum does, so while it runs the coordinator cancels it as soon as it makes a session
-wait longer than ``max_blocked_wait``. Only the coordinator's thread calls
+versions earlier ones replaced (none in the last ``vacuum_every`` rows, and the one still
+running when the backfill ends is cancelled: no batch is left to reuse the space). A
+manual VACUUM does not step aside for a waiting lock as autovacuum does, so while it runs
+the coordinator cancels it as soon as it makes a session wait longer than
+``max_blocked_wait``. Only the coordinator's thread calls
 ``BackfillVacuum``; the VACUUM itself runs in a ``VacuumThread``.
 """
 
@@ -34,7 +36,7 @@ class VacuumThread:
         self.rows = rows
         self.started = time.monotonic()
         self.error: BaseException | None = None
-        self.cancelled = False
+        self.cancelled: str | None = None  #: why it was cancelled
         self._statement = statement
         self.thread = threading.Thread(target=self._run, name="onlineschema-vacuum", daemon=True)
         self.thread.start()
@@ -49,8 +51,8 @@ class VacuumThread:
         finally:
             self.conn.close()
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def cancel(self, why: str) -> None:
+        self.cancelled = why
         if not self.conn.closed:
             self.conn.cancel_safe()
 
@@ -100,7 +102,9 @@ class BackfillVacuum:
             self.current = None
             if v.cancelled:
                 self.log.info(
-                    "backfill_vacuum_cancelled", seconds=round(time.monotonic() - v.started, 3)
+                    "backfill_vacuum_cancelled",
+                    why=v.cancelled,
+                    seconds=round(time.monotonic() - v.started, 3),
                 )
             elif v.error is not None:
                 self.log.warning("backfill_vacuum_failed", error=str(v.error))
@@ -110,10 +114,13 @@ class BackfillVacuum:
                     rows_done=v.rows,
                     seconds=round(time.monotonic() - v.started, 3),
                 )
+        every = self._every(settings, rows_total)
+        left = rows_total - rows_done if rows_total else -1  # -1: the estimate was low
         if (
             self._finishing
             or not settings.vacuum
-            or rows_done - self.rows_at < self._every(settings, rows_total)
+            or rows_done - self.rows_at < every
+            or 0 <= left <= every  # too few batches left to reuse what it would free
         ):
             return
         if not self.allowed:
@@ -147,17 +154,17 @@ class BackfillVacuum:
             row = cur.fetchone()
         if row and row[0] > settings.max_blocked_wait > 0 and not v.cancelled:
             self.log.warning("backfill_vacuum_blocking", waited=round(float(row[0]), 3))
-            v.cancel()
+            v.cancel("it made a session wait")
 
-    def end(
-        self, cancel: bool, rows_done: int, rows_total: int | None, settings: BackfillSettings
-    ) -> None:
-        """No new VACUUM from now on; wait for (or cancel) the running one and report it."""
+    def end(self, rows_done: int, rows_total: int | None, settings: BackfillSettings) -> None:
+        """No new VACUUM from now on; cancel the running one and report it. A VACUUM
+        serves the batches after it: when the backfill ends (done, paused or failed) none
+        is left to serve. The pages it already cleaned stay clean; autovacuum, which the
+        dead rows the backfill leaves set off, does the rest."""
         self._finishing = True
         v = self.current
         if v is None:
             return
-        if cancel:
-            v.cancel()
+        v.cancel("the backfill ended")
         v.thread.join()
         self.manage(rows_done, rows_total, settings)
