@@ -468,7 +468,10 @@ class ActiveSessions(Signal):
     ``app_latency_target`` is 0) the older rule holds: at or above ``busy_sessions``
     sessions on average over the last ``busy_readings`` readings, the backfill rests at
     ``duty_cycle``. Never pauses (gh-ost's ``max-load`` counts ``Threads_running`` the
-    same way, to pause)."""
+    same way, to pause). Sessions this role may not see (other roles', without
+    ``pg_read_all_stats``) make the signal unreadable when nothing visible gave a
+    baseline; it then rests at ``duty_cycle`` while the database's transaction rate,
+    which every role can read, says an application is at work (``_blind``)."""
 
     name = "active_sessions"
     #: the rate and the mean sessions are taken over the readings of this many seconds:
