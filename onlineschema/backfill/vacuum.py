@@ -115,7 +115,9 @@ class BackfillVacuum:
                     seconds=round(time.monotonic() - v.started, 3),
                 )
         every = self._every(settings, rows_total)
-        left = rows_total - rows_done if rows_total else -1  # -1: the estimate was low
+        # rows left; negative when there is no estimate or it fell short (the table had
+        # more rows than it said): then the VACUUMs go on to the end
+        left = rows_total - rows_done if rows_total else -1
         if (
             self._finishing
             or not settings.vacuum
