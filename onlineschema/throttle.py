@@ -6,8 +6,9 @@ the backfill does not flap around one value. Engaging and releasing are logged a
 (with how long it lasted); the current reason and the total throttled time are written to
 the backfill's row in the state table by the runner.
 
-Signals (all read by the backfill's coordinating connection, at most every
-``signal_interval`` seconds, except ``lock_waiters``, which each batch samples itself):
+Signals (all read on the clock, every ``signal_interval`` seconds, by the backfill's
+coordinator on a connection no batch runs on, except ``lock_waiters``, which each batch
+samples itself):
 
 * ``replica_lag``: ``pg_stat_replication`` on the primary: ``replay_lag`` (seconds) and the
   bytes between ``pg_current_wal_lsn()`` and each standby's ``replay_lsn``;

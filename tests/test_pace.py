@@ -24,6 +24,7 @@ from scenario_tools import wait_until
 from structlog.testing import capture_logs
 
 from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Settings
+from onlineschema.backfill.chunks import WORKER_APPLICATION_NAME
 from onlineschema.backfill.pace import MIN_TARGET_SHARE, Pace
 from onlineschema.embedded.server import LocalServer
 
@@ -405,6 +406,58 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
     assert min(e["duty"] for e in batches(logs)) >= 0.05  # min_duty: the migration moves
     baseline = next(e for e in logs if e["event"] == "backfill_app_baseline")
     assert baseline["measured"], baseline
+
+
+def test_a_role_allowed_one_connection_reads_the_signals_between_batches(
+    conn: Conn, owner_dsn: str
+) -> None:
+    """The signals are read on a connection of their own; a role allowed a single
+    connection cannot open it, so the worker reads them between its batches as before,
+    says so once (with what the application's latency then misses), and finishes."""
+    make_table(conn, 600)
+    role = sql.Identifier(conninfo_to_dict(owner_dsn)["user"])
+    conn.execute(sql.SQL("GRANT SELECT, UPDATE ON r TO {}").format(role))
+    conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 1").format(role))
+    s = settings(batch_initial=50, batch_max=50, latency_probe="off")
+    with capture_logs() as logs:
+        Run(owner_dsn, "lone", s).join()
+    (said,) = [e for e in logs if e["event"] == "backfill_signals_between_batches"]
+    assert "too many connections" in said["reason"], said
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+
+
+def test_the_signals_connection_dropped_is_opened_again_and_the_backfill_goes_on(
+    dsn: str, conn: Conn
+) -> None:
+    """The signals' own connection is terminated mid-backfill: the readings stop until
+    it is opened again (said once, then its return), and the backfill carries on to the
+    end; only the batches' connection failing would stop it."""
+    make_table(conn, 3000, per_row_ms=1.0)
+    s = settings(batch_initial=50, batch_max=50, latency_probe="off")
+    signals = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+        " AND datname = current_database()"
+    )
+    with capture_logs() as logs:
+        run = Run(dsn, "dropped", s)
+        pid = wait_until(
+            lambda: conn.execute(signals, (WORKER_APPLICATION_NAME,)).fetchone(),
+            timeout=30,
+            what="the signals' connection",
+        )[0]
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(
+            lambda: any(e["event"] == "backfill_signals_reconnected" for e in logs),
+            timeout=30,
+            what="the signals' connection to be opened again",
+        )
+        assert run.thread.is_alive(), "the backfill ended before the test could see it go on"
+        run.join()
+    lost = [e for e in logs if e["event"] == "backfill_signals_connection_lost"]
+    assert len(lost) == 1, lost
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+    after = conn.execute(signals, (WORKER_APPLICATION_NAME,)).fetchall()
+    assert after == [], f"the signals' connection outlived the backfill: {after}"
 
 
 def test_an_idle_database_gives_no_baseline_and_no_rest(dsn: str, conn: Conn) -> None:

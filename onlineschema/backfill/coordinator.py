@@ -3,8 +3,9 @@
 One coordinator per backfill process, on the runner's own connection. It reads the pause
 flag and live settings every ``control_interval`` seconds, the throttle's signals every
 ``signal_interval``, and writes progress (rows, rate, ETA, throttle) to the backfill's row
-about every second. With one worker the worker ticks it between batches (same thread);
-with worker threads the main thread ticks it while they run.
+about every second. With one worker the worker ticks it between batches (same thread),
+and a ``SignalReader`` thread reads the signals on a connection of its own meanwhile; with
+worker threads the main thread ticks it, signals included, while they run.
 
 Threads share three things here, each under the runner's one lock: the first error that
 stopped the backfill (``Stop``), the rows done (``add_rows``) and the sessions the
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import psycopg
 
-from ..errors import Paused
+from ..errors import Paused, Refused
 from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
 from ..throttle import Context, Throttle
@@ -116,6 +117,8 @@ class Coordinator:
         self.next_control = 0.0
         self._stored: dict[str, Any] | None = None
         self._next_signal = 0.0
+        #: a SignalReader reads the signals: tick leaves them alone
+        self.signals_apart = False
         self._next_progress = 0.0
         self.table_oid = 0
         self.server_version = 0
@@ -176,7 +179,7 @@ class Coordinator:
         if now >= self.next_control:
             self.next_control = now + self.settings.control_interval
             self.control()
-        if now >= self._next_signal:
+        if not self.signals_apart and now >= self._next_signal:
             self._next_signal = now + self.settings.signal_interval
             self.throttle.poll(self.context(), self.settings)
         if not self.join and (now >= self._next_progress or self.throttle.changed):
@@ -185,10 +188,15 @@ class Coordinator:
             self.write_progress()
             self.vacuum.manage(self.rows_done, self.rows_total, self.settings)
 
-    def context(self) -> Context:
-        """What the throttle's signals read with."""
+    def context(self, conn: psycopg.Connection[Any] | None = None) -> Context:
+        """What the throttle's signals read with (by default on the coordinator's
+        connection)."""
         return Context(
-            self.conn, self.table_oid, self.our_pids, (self.schema, self.table), self.our_commits
+            conn or self.conn,
+            self.table_oid,
+            self.our_pids,
+            (self.schema, self.table),
+            self.our_commits,
         )
 
     def control(self) -> None:
@@ -275,3 +283,91 @@ class Coordinator:
                 self.write_progress()
             except psycopg.Error as exc:  # keep the error that stopped us
                 self.log.warning("backfill_progress_not_saved", error=str(exc))
+
+
+class SignalReader:
+    """Reads the throttle's signals every ``signal_interval`` seconds, on a connection and
+    a thread of their own, while one worker runs its batches on the coordinator's
+    connection.
+
+    That worker could read them only between its batches, and that is when the
+    application's sessions are not waiting on one: ``active_sessions`` would count them
+    running queries only then and read their latency low, however long the batches made
+    them wait. Read on the clock, the readings fall in batches and rests alike.
+
+    A dropped connection loses readings until it is opened again (the next interval), not
+    the backfill; anything else stops the backfill with that error.
+    """
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        connect: Callable[[], psycopg.Connection[Any]],
+        first: psycopg.Connection[Any],
+    ) -> None:
+        self.c = coordinator
+        self.connect = connect
+        self.conn: psycopg.Connection[Any] | None = first
+        self._adopt(first)
+        self._done = threading.Event()
+        self._down = False  #: the connection is lost (said once)
+        self._thread = threading.Thread(target=self._main, name="onlineschema-signals", daemon=True)
+
+    def _adopt(self, conn: psycopg.Connection[Any]) -> None:
+        with self.c.lock:  # its own readings are the backfill's, not the application's
+            self.c.pids.add(int(conn.info.backend_pid))
+
+    def __enter__(self) -> SignalReader:
+        self.c.signals_apart = True
+        try:
+            self._read()  # before the first batch, as the worker would have
+        except BaseException:
+            self.c.signals_apart = False
+            if self.conn is not None:
+                self.conn.close()
+            raise
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.c.signals_apart = False
+        if self.conn is not None:
+            self.conn.close()
+
+    def _main(self) -> None:
+        try:
+            while not self._done.wait(self.c.settings.signal_interval):
+                self._read()
+        except BaseException as exc:
+            self.c.stop.request(exc)
+
+    def _read(self) -> None:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            try:
+                self.conn = self.connect()
+            except (Refused, psycopg.Error) as exc:  # the next interval tries again
+                self._lost(str(exc))
+                return
+            self._adopt(self.conn)
+            self._down = False
+            self.c.log.info("backfill_signals_reconnected")
+        try:
+            self.c.throttle.poll(self.c.context(self.conn), self.c.settings)
+        except psycopg.OperationalError as exc:
+            self.conn.close()
+            self._lost(str(exc))
+
+    def _lost(self, error: str) -> None:
+        if self._down:
+            return
+        self._down = True
+        self.c.log.warning(
+            "backfill_signals_connection_lost",
+            error=error,
+            effect="no signal is read until it is back (tried every signal_interval)",
+        )

@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,7 +29,7 @@ import structlog
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from ..errors import LockBudgetExhausted, OnlineSchemaError, StepFailed
+from ..errors import LockBudgetExhausted, OnlineSchemaError, Refused, StepFailed
 from ..locks import RetryPolicy
 from ..plan import Step
 from ..session import CLAIM_LOCK_TIMEOUT as CLAIM_LOCK_TIMEOUT
@@ -39,7 +40,7 @@ from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
 from ..throttle import LOCK_WAITERS_SQL, Throttle
 from .chunks import Chunk, Claims, clone_connection, cut, density
-from .coordinator import Coordinator, Observer, Stop, Stopped
+from .coordinator import Coordinator, Observer, SignalReader, Stop, Stopped
 from .pace import Pace
 from .settings import BackfillSettings
 
@@ -592,9 +593,24 @@ class BackfillRunner:
         size = self.coordinator.batch_size
         w = _Worker("w0", self.conn, self._claims(self.conn), size, inline=True)
         try:
-            self._work(w)
+            with self._signal_reader():
+                self._work(w)
         except Stopped:
             self.stop.raise_error(self.migration)
+
+    def _signal_reader(self) -> AbstractContextManager[object]:
+        """The signals read on their own connection (``SignalReader``), or, when no
+        second connection can be opened, by the worker between its batches as before."""
+        try:
+            conn = self.connect()
+        except Refused as exc:
+            self.log.warning(
+                "backfill_signals_between_batches",
+                reason=exc.problem,
+                effect="the application's latency reads low while batches make it wait",
+            )
+            return nullcontext()
+        return SignalReader(self.coordinator, self.connect, conn)
 
     def _run_threads(self) -> None:
         workers: list[_Worker] = []
