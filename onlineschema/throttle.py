@@ -456,12 +456,13 @@ class ActiveSessions(Signal):
     commit flushes included, is ``W = L / X``: no probe and no extension needed, and it
     counts every query the application runs.
 
-    Before the first batch, if the application is there (sessions running queries), the
-    signal takes a baseline ``W0`` over ``baseline_seconds``. From then on the backfill
-    keeps ``W / W0`` near ``app_latency_target``: once a second the workers' duty cycle
-    (the share of their time spent in batches) is multiplied by ``1 + gain * (target -
-    ratio) / target``, within ``[cut, grow]``, and kept between ``min_duty`` and 1 (no
-    rest). A saturated application (every session busy) then keeps about ``1 /
+    Before the first batch, if the application is there (sessions running queries, or
+    done with one in the last ``astir`` seconds), the signal takes a baseline ``W0`` over
+    ``baseline_seconds``. From then on the backfill keeps ``W / W0`` near
+    ``app_latency_target``: once a second (over ``min_span`` seconds of readings at
+    least) the workers' duty cycle (the share of their time spent in batches) is
+    multiplied by ``1 + gain * (target - ratio) / target``, within ``[cut, grow]``, and
+    kept between ``min_duty`` and 1 (no rest). A saturated application (every session busy) then keeps about ``1 /
     app_latency_target`` of its throughput; one below its capacity keeps its queue
     short. On an idle database there is no baseline and no rest.
 
@@ -478,6 +479,10 @@ class ActiveSessions(Signal):
     #: the rate and the mean sessions are taken over the readings of this many seconds:
     #: backends report their transactions to pg_stat_database about once a second
     window = 4.0
+    #: no rate over a shorter span: each backend reports at most once a second, so over
+    #: half a second a steady application can read as no transactions at all (and so as
+    #: stuck: latency without end)
+    min_span = 2.0
     busy_readings = 5  #: readings the busy_sessions rule averages
     samples = 1  #: pg_stat_activity samples per reading, ``sample_gap`` apart
     sample_gap = 0.02
@@ -489,6 +494,10 @@ class ActiveSessions(Signal):
     #: reads are a few transactions a second)
     min_rate = 50.0
     min_sessions = 0.2
+    #: seconds: a session done with a query this recently is an application at work
+    #: too: the sessions of a busy application that spends its time between queries
+    #: (think time, the network) can all be between two at the first look's moments
+    astir = 0.02
     #: the lowest duty cycle the controller goes to: the migration still moves
     min_duty = 0.05
     #: seconds: queries running longer are not counted in L
@@ -512,17 +521,18 @@ class ActiveSessions(Signal):
     def enabled(self, s: Limits) -> bool:
         return s.busy_sessions > 0 or s.app_latency_target > 0
 
-    def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float, int]:
+    def _sample(self, ctx: Context, n: int, gap: float) -> tuple[float, float, float, int, int]:
         """(the database's transactions less ours, mean sessions running a short query,
         mean sessions running any query, sessions whose activity this role may not see
-        in the last sample). Each sample is one statement of its own (the connection is
+        in the last sample, the most sessions running a query or done with one in the
+        last ``astir`` seconds in a sample). Each sample is one statement of its own (the connection is
         shared with the coordinator's other work: no transaction is held across the
         samples) and is counted as one of our transactions."""
         ours = list(ctx.our_pids())
         counts: list[float] = []
         running: list[float] = []
         xacts = 0.0
-        hidden = 0
+        hidden = astir = 0
         with ctx.conn.cursor() as cur:
             for i in range(n):
                 if i:
@@ -545,27 +555,31 @@ class ActiveSessions(Signal):
                     " SELECT pid FROM pg_stat_progress_cluster))::float8,"
                     " count(*) FILTER (WHERE state = 'active')::float8,"
                     " count(*) FILTER (WHERE backend_type IS NULL AND query = %s)::int,"
+                    " count(*) FILTER (WHERE state = 'active' OR state_change"
+                    " > clock_timestamp() - make_interval(secs => %s))::int,"
                     " (SELECT xact_commit + xact_rollback FROM pg_stat_database"
                     " WHERE datname = current_database())::float8"
                     " FROM pg_stat_activity WHERE (backend_type = 'client backend'"
                     " OR (backend_type IS NULL AND query = %s)) AND pid <> pg_backend_pid()"
                     " AND datname = current_database() AND NOT (pid = ANY(%s))",
-                    (self.long_query, HIDDEN_QUERY, HIDDEN_QUERY, ours),
+                    (self.long_query, HIDDEN_QUERY, self.astir, HIDDEN_QUERY, ours),
                 )
                 row = cur.fetchone()
                 assert row is not None
                 counts.append(float(row[0]))
                 running.append(float(row[1]))
                 hidden = int(row[2])
-                xacts = float(row[3] or 0.0)
-        return xacts - ctx.our_commits() - self._own, sum(counts) / n, sum(running) / n, hidden
+                astir = max(astir, int(row[3]))
+                xacts = float(row[4] or 0.0)
+        mean, mean_running = sum(counts) / n, sum(running) / n
+        return xacts - ctx.our_commits() - self._own, mean, mean_running, hidden, astir
 
     def prime(self, ctx: Context, s: Limits) -> None:
         if s.app_latency_target <= 0 or self.baseline is not None:
             return
-        x0, busy, _, _ = self._sample(ctx, 3, 0.01)  # costs an idle database ~0.02 s
-        if busy < self.min_sessions:  # an idle database: nothing to compare, nothing to slow
-            return
+        x0, busy, _, _, astir = self._sample(ctx, 3, 0.01)  # costs an idle database ~0.02 s
+        if busy < self.min_sessions and not astir:
+            return  # an idle database: nothing to compare, nothing to slow
         # the rate counts from a second in: by then every backend has reported what it
         # did before (ours included: the executor's own writes just now)
         t0 = self._clock()
@@ -574,7 +588,7 @@ class ActiveSessions(Signal):
         x1 = x0
         for i in range(steps):
             time.sleep(0.1)
-            x1, mean, _, _ = self._sample(ctx, 1, 0)
+            x1, mean, _, _, _ = self._sample(ctx, 1, 0)
             sessions.append(mean)
             if i == 9:
                 if sum(sessions) / len(sessions) < self.min_sessions:
@@ -596,7 +610,7 @@ class ActiveSessions(Signal):
         )
 
     def read(self, ctx: Context, s: Limits) -> Reading:
-        xacts, busy, running, hidden = self._sample(ctx, self.samples, self.sample_gap)
+        xacts, busy, running, hidden, _ = self._sample(ctx, self.samples, self.sample_gap)
         now = self._clock()
         kept = [x for x in self._samples if now - x[0] <= self.window]
         self._samples = [*kept, (now, xacts, busy, running)]
@@ -607,7 +621,7 @@ class ActiveSessions(Signal):
         values = {"sessions": sum(x[3] for x in recent) / len(recent), "short": sessions}
         (t_first, x_first, *_), (t_last, x_last, *_) = self._samples[0], self._samples[-1]
         span = t_last - t_first
-        rate = max(x_last - x_first, 0.0) / span if span >= 0.5 else None
+        rate = max(x_last - x_first, 0.0) / span if span >= self.min_span else None
         if self.baseline is None and hidden:
             return self._blind(hidden, rate, s, values)
         if self.baseline is None or s.app_latency_target <= 0:

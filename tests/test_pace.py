@@ -14,6 +14,7 @@ Every test runs real backfills on a real PostgreSQL and reads the event log.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Sett
 from onlineschema.backfill.chunks import WORKER_APPLICATION_NAME
 from onlineschema.backfill.pace import MIN_TARGET_SHARE, Pace
 from onlineschema.embedded.server import LocalServer
+from onlineschema.throttle import ActiveSessions, Context
 
 Conn = psycopg.Connection[Any]
 
@@ -360,26 +362,25 @@ def test_other_active_sessions_make_the_backfill_rest(dsn: str, conn: Conn) -> N
 def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> None:
     """app_latency_target: an application already writing when the backfill starts gives
     the baseline (Little's law: its sessions running queries over its transactions a
-    second). One of its sessions then keeps updating the row after the last committed
-    batch, which the batch in flight holds, so its latency rises far past the target:
-    the duty cycle falls below duty_cycle (0.5), which no other rule sets. When the
-    application stops, the duty cycle climbs back (a quarter a second, up to 1)."""
-    make_table(conn, 8000, per_row_ms=0.5)
+    second). Its 8 sessions (a transaction, then 2 ms of think time, as a web request's
+    would) update the row after the last committed batch, which the batch in flight
+    holds, so their latency rises far past the target: the duty cycle falls below duty_cycle (0.5),
+    which no other rule sets. When the application stops, the duty cycle climbs back (a
+    quarter a second, up to 1)."""
+    make_table(conn, 20000, per_row_ms=0.5)
     s = settings(batch_target=0.05, batch_initial=100, duty_cycle=0.5, latency_probe="off")
     stop = threading.Event()
-    updates = {
-        # the first row after the last committed batch: the batch in flight holds it
-        "next": "UPDATE r SET note = 'app' WHERE id ="
-        " (SELECT coalesce(max(id), 0) + 1 FROM r WHERE n = 1)",
-        "random": "UPDATE r SET note = 'app' WHERE id = (random() * 7999)::int + 1",
-    }
+    # the first row after the last committed batch: the batch in flight holds it
+    update_next = (
+        "UPDATE r SET note = 'app' WHERE id = (SELECT coalesce(max(id), 0) + 1 FROM r WHERE n = 1)"
+    )
 
-    def app(query: str) -> None:
+    def app() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
-            while not stop.is_set():
-                c.execute(query)
+            while not stop.wait(0.002):
+                c.execute(update_next)
 
-    apps = [threading.Thread(target=app, args=(q,), daemon=True) for q in updates.values()]
+    apps = [threading.Thread(target=app, daemon=True) for _ in range(8)]
     for t in apps:
         t.start()
     with capture_logs() as logs:
@@ -395,17 +396,99 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
             for t in apps:
                 t.join(10)
         cut = len(batches(logs))
-        low = batches(logs)[-1]["duty"]
-        wait_until(
-            lambda: any(e["duty"] >= min(2 * low, 1.0) for e in batches(logs)[cut:]),
-            timeout=60,
-            what="the duty cycle to climb back once the application stopped",
+
+        def climbed() -> bool:
+            # a duty cycle twice the lowest before it: the readings of the last few
+            # seconds still hold the application's, so it may fall further first
+            after = [e["duty"] for e in batches(logs)[cut:]]
+            assert run.thread.is_alive(), "the backfill ended before the duty cycle climbed back"
+            return any(d >= min(2 * min(after[:i]), 1.0) for i, d in enumerate(after) if i)
+
+        wait_until(climbed, timeout=60, what="the duty cycle to climb back once the app stopped")
+        # the rest of the rows at no cost: the test has seen what it came for
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION slow_inc(n int) RETURNS int LANGUAGE sql"
+            " VOLATILE AS $$ SELECT n + 1 $$"
         )
         run.join()
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
     assert min(e["duty"] for e in batches(logs)) >= 0.05  # min_duty: the migration moves
     baseline = next(e for e in logs if e["event"] == "backfill_app_baseline")
     assert baseline["measured"], baseline
+
+
+def test_no_rate_over_less_than_two_seconds_of_readings(dsn: str, conn: Conn) -> None:
+    """Backends report their transactions to pg_stat_database about once a second each:
+    over half a second a steady application can show none at all, and with its sessions
+    running queries that would read as stuck (latency without end) and cut the duty
+    cycle. The rate, and so the latency, comes from two seconds of readings or more."""
+    conn.execute("CREATE TABLE app (v int)")
+    conn.execute("INSERT INTO app VALUES (0)")
+    stop = threading.Event()
+
+    def app() -> None:  # running a query all but a few microseconds, 10 transactions a second
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                c.execute("UPDATE app SET v = v + 1 WHERE pg_sleep(0.1) IS NOT NULL")
+
+    thread = threading.Thread(target=app, daemon=True)
+    thread.start()
+    now = [0.0]
+    sig = ActiveSessions(clock=lambda: now[0])
+    sig.baseline = 0.1  # W0: what the application's own queries take
+    s = BackfillSettings()
+    ctx = Context(conn, 0, lambda: [], ("public", "r"), lambda: 0)
+    try:
+        wait_until(
+            lambda: one(
+                conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                " AND starts_with(query, 'UPDATE app')",
+            ),
+            timeout=10,
+            what="the application to run",
+        )
+        first = sig.read(ctx, s)
+        now[0] = 0.6  # readings 0.6 s apart by the clock, a few ms in fact: no report between
+        early = sig.read(ctx, s)
+        time.sleep(1.5)  # every backend has reported since
+        now[0] = 2.5
+        later = sig.read(ctx, s)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert early.values["short"] > 0, (first, early)  # the application was seen running
+    assert "latency_ratio" not in early.values, early
+    assert later.values["rate"] > 0 and later.values["latency_ratio"] < 100, later
+
+
+def test_the_first_look_sees_an_application_between_its_queries(dsn: str, conn: Conn) -> None:
+    """Sessions that spend most of their time between queries (here: a 0.1 ms UPDATE,
+    then 2 ms of think time) are rarely caught running one, however many transactions
+    they do; the look for an application before the first batch also counts those done
+    with a query in the last 20 ms, and sees them every time."""
+    conn.execute("CREATE TABLE app (v int)")
+    conn.execute("INSERT INTO app VALUES (0)")
+    stop = threading.Event()
+
+    def app() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.wait(0.002):
+                c.execute("UPDATE app SET v = v + 1")
+
+    threads = [threading.Thread(target=app, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    sig = ActiveSessions()
+    ctx = Context(conn, 0, lambda: [], ("public", "r"), lambda: 0)
+    try:
+        time.sleep(0.2)
+        looks = [sig._sample(ctx, 3, 0.01) for _ in range(10)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert all(astir >= 1 for *_, astir in looks), looks
 
 
 def test_a_role_allowed_one_connection_reads_the_signals_between_batches(
