@@ -462,9 +462,9 @@ class ActiveSessions(Signal):
     ``app_latency_target``: once a second (over ``min_span`` seconds of readings at
     least) the workers' duty cycle (the share of their time spent in batches) is
     multiplied by ``1 + gain * (target - ratio) / target``, within ``[cut, grow]``, and
-    kept between ``min_duty`` and 1 (no rest). A saturated application (every session busy) then keeps about ``1 /
-    app_latency_target`` of its throughput; one below its capacity keeps its queue
-    short. On an idle database there is no baseline and no rest.
+    kept between ``min_duty`` and 1 (no rest). A saturated application (every session
+    busy) then keeps about ``1 / app_latency_target`` of its throughput; one below its
+    capacity keeps its queue short. On an idle database there is no baseline and no rest.
 
     Without a baseline (the application came after the backfill started, or
     ``app_latency_target`` is 0) the older rule holds: at or above ``busy_sessions``
@@ -525,9 +525,9 @@ class ActiveSessions(Signal):
         """(the database's transactions less ours, mean sessions running a short query,
         mean sessions running any query, sessions whose activity this role may not see
         in the last sample, the most sessions running a query or done with one in the
-        last ``astir`` seconds in a sample). Each sample is one statement of its own (the connection is
-        shared with the coordinator's other work: no transaction is held across the
-        samples) and is counted as one of our transactions."""
+        last ``astir`` seconds in a sample). Each sample is one statement of its own (the
+        connection is shared with the coordinator's other work: no transaction is held
+        across the samples) and is counted as one of our transactions."""
         ours = list(ctx.our_pids())
         counts: list[float] = []
         running: list[float] = []
