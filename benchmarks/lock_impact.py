@@ -46,12 +46,13 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,7 @@ class Run:
     scenario: str
     mode: str
     rate: float | None = None
+    round: int = 1  #: which round of --repeat this run belongs to
     migration_seconds: float = 0.0
     finished: bool = False
     outcome: str = ""
@@ -502,16 +504,18 @@ class Bench:
         argv.append(dbname)
         return Pgbench(argv)
 
-    def run(self, contestant: str, scenario: str, mode: str, rate: float | None) -> Run:
+    def run(
+        self, contestant: str, scenario: str, mode: str, rate: float | None, round_: int = 1
+    ) -> Run:
         assert self.server is not None
         a = self.args
         dbname = f"bench_{contestant}_{scenario}_{mode}"
         self.server.drop_database(dbname)
         dsn = self.server.create_database(dbname, template="bench_base")
-        prefix = f"{dbname}.log"
-        run = Run(contestant, scenario, mode, rate if mode == "open" else None)
+        prefix = f"{dbname}.r{round_}.log"
+        run = Run(contestant, scenario, mode, rate if mode == "open" else None, round_)
         blocker: Blocker | None = None
-        print(f"run {dbname} ...", file=sys.stderr)
+        print(f"run {dbname} (round {round_}) ...", file=sys.stderr)
         t_launch = time.time()
         proc = self._pgbench(dbname, prefix, run.rate)
         try:
@@ -691,7 +695,28 @@ def plot(runs: Sequence[Run], mode: str, path: Path) -> None:
 
 
 def targets(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, checked on the onlineschema runs."""
+    """The issue's targets, checked on the onlineschema runs; with several rounds
+    (``--repeat``), checked in each round: met when met in every round, and in how many."""
+    rounds = sorted({r.get("round", 1) for r in runs})
+    if len(rounds) == 1:
+        return _targets(runs)
+    merged: dict[str, dict[str, Any]] = {}
+    for n in rounds:
+        for t in _targets([r for r in runs if r.get("round", 1) == n]):
+            m = merged.setdefault(
+                t["target"], {"target": t["target"], "met": True, "rounds_met": 0, "values": []}
+            )
+            m["met"] = m["met"] and t["met"]
+            m["rounds_met"] += 1 if t["met"] else 0
+            m["values"].append(f"round {n}: {t['value']}")
+    return [
+        {"target": m["target"], "met": m["met"],
+         "value": f"{m['rounds_met']}/{len(rounds)} rounds; " + "; ".join(m["values"])}
+        for m in merged.values()
+    ]  # fmt: skip
+
+
+def _targets(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ours = [r for r in runs if r["contestant"] == "onlineschema"]
     out = []
 
@@ -752,6 +777,45 @@ def _server_mode(result: dict[str, Any]) -> str:
     )
 
 
+def _median_worst(values: list[float], worst: Callable[..., float], fmt: str, x: str = "") -> str:
+    return f"{x}{statistics.median(values):{fmt}} / {x}{worst(values):{fmt}}"
+
+
+def summary(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """With several rounds: the median and the worst of each run's figures over them."""
+    if len({r.get("round", 1) for r in runs}) < 2:
+        return []
+    lines = [
+        "",
+        "Over the rounds (median / worst):",
+        "",
+        "| mode | scenario | contestant | rounds | migration | tps ratio | worst 1 s |"
+        " p99 (x base) | max | longest gap | > 1 s | correct |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    mw = _median_worst
+    keys = dict.fromkeys((r["mode"], r["scenario"], r["contestant"]) for r in runs)
+    for mode, scenario, contestant in keys:
+        rs = [
+            r
+            for r in runs
+            if (r["mode"], r["scenario"], r["contestant"]) == (mode, scenario, contestant)
+        ]
+
+        lines.append(
+            f"| {mode} | {scenario} | {contestant} | {len(rs)} |"
+            f" {mw([r['migration_seconds'] for r in rs], max, '.1f')} s |"
+            f" {mw([r['throughput_ratio'] for r in rs], min, '.2f')} |"
+            f" {mw([r.get('worst_second_ratio', 0) for r in rs], min, '.2f')} |"
+            f" {mw([r.get('p99_ratio', 0) for r in rs], max, '.1f', 'x')} |"
+            f" {mw([r['during']['max_ms'] for r in rs], max, '.0f')} ms |"
+            f" {mw([r['during']['longest_gap_ms'] for r in rs], max, '.0f')} ms |"
+            f" {mw([r['slower_than_1s_total'] for r in rs], max, '.0f')} |"
+            f" {sum(1 for r in rs if r['correct'])}/{len(rs)} |"
+        )  # fmt: skip
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     p = result["params"]
     lines = [
@@ -763,14 +827,14 @@ def markdown(result: dict[str, Any]) -> str:
         + (f"; backfill settings: {' '.join(p['sets'])}" if p.get("sets") else "")
         + ".",
         "",
-        "| mode | scenario | contestant | migration | finished | tps ratio | worst 1 s |"
+        "| round | mode | scenario | contestant | migration | finished | tps ratio | worst 1 s |"
         " p50 | p99 (x base) | max | longest gap (baseline's) | > 1 s | errors | correct | load |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["runs"]:
         d = r["during"]
         lines.append(
-            f"| {r['mode']} | {r['scenario']} | {r['contestant']} |"
+            f"| {r.get('round', 1)} | {r['mode']} | {r['scenario']} | {r['contestant']} |"
             f" {r['migration_seconds']:.2f} s | {'yes' if r['finished'] else 'no'} |"
             f" {r['throughput_ratio']:.2f} | {r.get('worst_second_ratio', 0):.2f} |"
             f" {d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms (x{r.get('p99_ratio', 0):.1f}) |"
@@ -780,6 +844,11 @@ def markdown(result: dict[str, Any]) -> str:
             f" {r.get('load_average', 0):.1f} |"
         )
     ours = [r for r in result["runs"] if r["contestant"] == "onlineschema" and r.get("seconds")]
+    repeated = len({r.get("round", 1) for r in result["runs"]}) > 1
+
+    def tag(r: dict[str, Any]) -> str:
+        return f"{r['mode']}/{r['scenario']}" + (f" round {r.get('round', 1)}" if repeated else "")
+
     if ours:
         lines += [
             "",
@@ -791,23 +860,24 @@ def markdown(result: dict[str, Any]) -> str:
             cells = " ".join(
                 f"{x['tps']:.0f}/{x['max_ms']:.0f}/{x['gap_ms']:.0f}" for x in r["seconds"]
             )
-            lines.append(f"- {r['mode']}/{r['scenario']} [{r['baseline']['tps']:.0f}]: {cells}")
+            lines.append(f"- {tag(r)} [{r['baseline']['tps']:.0f}]: {cells}")
         lines += ["", "Per step (seconds / longest gap ms / max latency ms):", ""]
         for r in ours:
             cells = "; ".join(
                 f"{x['step']} {x['seconds']:.2f}/{x['longest_gap_ms']:.0f}/{x['max_ms']:.0f}"
                 for x in r.get("steps", [])
             )
-            lines.append(f"- {r['mode']}/{r['scenario']}: {cells}")
+            lines.append(f"- {tag(r)}: {cells}")
         lines += ["", "Backfill pacing (from its `backfill_done` event):", ""]
         for r in ours:
             b = r.get("backfill") or {}
             lines.append(
-                f"- {r['mode']}/{r['scenario']}: {b.get('batches', '?')} batches,"
+                f"- {tag(r)}: {b.get('batches', '?')} batches,"
                 f" {b.get('waited_batches', '?')} waited on; busy {b.get('busy_seconds', '?')} s,"
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
             )
+    lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | {t['value']} |")
@@ -859,6 +929,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="directory for lock_impact_closed.png and lock_impact_open.png ('' for none)",
     )  # fmt: skip
     ap.add_argument("--report", metavar="JSON", help="only print the Markdown table of a result")
+    ap.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="run every run N times (in rounds) and report the median and worst of each",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.report:
         print(markdown(json.loads(Path(args.report).read_text())))
@@ -889,13 +963,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 ).fetchall()
             )
-        for mode in args.modes.split(","):
-            for scenario in args.scenarios.split(","):
-                for contestant in args.contestants.split(","):
-                    if mode == "open" and rate is None:
-                        closed = [r for r in runs if r.mode == "closed" and r.baseline]
-                        rate = round(closed[0].baseline["tps"] * 0.5, -1) if closed else 500.0
-                    runs.append(bench.run(contestant, scenario, mode, rate))
+        # rounds one after another, each with every run: a drift of the machine (the
+        # disk's flush times, another process) then touches every run of a round alike
+        for round_ in range(1, args.repeat + 1):
+            for mode in args.modes.split(","):
+                for scenario in args.scenarios.split(","):
+                    for contestant in args.contestants.split(","):
+                        if mode == "open" and rate is None:
+                            closed = [r for r in runs if r.mode == "closed" and r.baseline]
+                            rate = round(closed[0].baseline["tps"] * 0.5, -1) if closed else 500.0
+                        runs.append(bench.run(contestant, scenario, mode, rate, round_))
     finally:
         bench.close()
     result: dict[str, Any] = {
@@ -922,6 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ram",
                 "sets",
                 "wal_init_zero",
+                "repeat",
             )
         }
         | {"users": bench.users},
@@ -933,9 +1011,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.plots:
+    if args.plots:  # the first round's runs
         for mode in sorted({r.mode for r in runs}):
-            plot(runs, mode, Path(args.plots) / f"lock_impact_{mode}.png")
+            plot(
+                [r for r in runs if r.round == 1],
+                mode,
+                Path(args.plots) / f"lock_impact_{mode}.png",
+            )
     print(markdown(result))
     print(f"\nresults: {out}", file=sys.stderr)
     return 0
