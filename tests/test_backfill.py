@@ -497,6 +497,25 @@ def test_plain_vacuum_every_n_rows(dsn: str, conn: Conn) -> None:
     assert conn.execute("SELECT n, count(*) FROM r GROUP BY n").fetchall() == [(1, ROWS)]
 
 
+def test_the_vacuum_never_truncates_the_table(dsn: str, conn: Conn) -> None:
+    """Cutting empty pages off a table's end takes an ACCESS EXCLUSIVE lock (reads wait
+    too), taken without lock_timeout and held while the truncation's WAL is flushed: the
+    backfill's VACUUM leaves them to autovacuum. Here the table has no index (the ctid
+    strategy, where a VACUUM empties pages entirely), its second half is deleted, and the
+    batches update in place (fillfactor 50), so a truncating VACUUM would shrink it."""
+    conn.execute("CREATE TABLE h (i int) WITH (fillfactor = 50, autovacuum_enabled = false)")
+    conn.execute("INSERT INTO h (i) SELECT g FROM generate_series(1, 6000) g")
+    conn.execute("DELETE FROM h WHERE i > 3000")
+    pages = one(conn, "SELECT pg_relation_size('h') / 8192")
+    s = settings(vacuum_every=500, batch_initial=100, batch_max=100, sleep=0.02)
+    with capture_logs() as logs, Executor(dsn, s) as ex:
+        ex.apply([AddColumn("h", "filled", "int", backfill="i")], "vacuumed")
+    assert [e for e in logs if e["event"] == "backfill_vacuum"], [e["event"] for e in logs]
+    assert one(conn, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'h'") >= 1
+    assert one(conn, "SELECT pg_relation_size('h') / 8192") == pages
+    assert one(conn, "SELECT count(*) FROM h WHERE filled IS DISTINCT FROM i") == 0
+
+
 def test_no_vacuum_starts_for_the_last_stretch(dsn: str, conn: Conn) -> None:
     """A VACUUM frees space for the batches after it: none starts when vacuum_every rows
     or fewer are left (here 500 of 3000; the coordinator looks every 0.2 s and the last

@@ -1,13 +1,14 @@
 """The backfill's own plain ``VACUUM`` of its table, in a thread, and its guard.
 
 Every ``vacuum_every`` rows the coordinator starts a ``VACUUM (SKIP_LOCKED, INDEX_CLEANUP
-OFF)`` on a connection of its own, so that later batches reuse the space of the row
-versions earlier ones replaced (none in the last ``vacuum_every`` rows, and the one still
-running when the backfill ends is cancelled: no batch is left to reuse the space). A
-manual VACUUM does not step aside for a waiting lock as autovacuum does, so while it runs
-the coordinator cancels it as soon as it makes a session wait longer than
-``max_blocked_wait``. Only the coordinator's thread calls
-``BackfillVacuum``; the VACUUM itself runs in a ``VacuumThread``.
+OFF, TRUNCATE false)`` on a connection of its own, so that later batches reuse the space
+of the row versions earlier ones replaced (none in the last ``vacuum_every`` rows, and the
+one still running when the backfill ends is cancelled: no batch is left to reuse the
+space). It never truncates the table: that takes an ACCESS EXCLUSIVE lock. A manual
+VACUUM does not step aside for a waiting lock as autovacuum does, so while it runs the
+coordinator cancels it as soon as it makes a session wait longer than
+``max_blocked_wait``. Only the coordinator's thread calls ``BackfillVacuum``; the VACUUM
+itself runs in a ``VacuumThread``.
 """
 
 from __future__ import annotations

@@ -178,8 +178,11 @@ def explain(statement: sql.Composable) -> sql.Composed:
 def vacuum(spec: Spec) -> sql.Composed:
     # INDEX_CLEANUP OFF: the heap's dead versions are pruned and their space is reused by
     # the next batches, without a pass over every index each time; the indexes' dead
-    # entries are left to autovacuum (the dead-row count the backfill leaves triggers it)
-    return sql.SQL("VACUUM (SKIP_LOCKED, INDEX_CLEANUP OFF) {}").format(spec.rel)
+    # entries are left to autovacuum (the dead-row count the backfill leaves triggers it).
+    # TRUNCATE false: cutting empty pages off the table's end takes an ACCESS EXCLUSIVE
+    # lock (reads wait too), without lock_timeout, held while the truncation's WAL is
+    # flushed; the next batches would reuse those pages anyway
+    return sql.SQL("VACUUM (SKIP_LOCKED, INDEX_CLEANUP OFF, TRUNCATE false) {}").format(spec.rel)
 
 
 def may_vacuum(server_version: int) -> sql.Composed:
