@@ -52,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,8 @@ class Run:
     steps: list[dict[str, Any]] = field(default_factory=list)
     #: how the backfill paced itself (batches, waited on, busy/rested/throttled seconds)
     backfill: dict[str, Any] = field(default_factory=dict)
+    #: each stretch of STALL_MS or more with no transaction completing, and what ran then
+    stalls: list[dict[str, Any]] = field(default_factory=list)
     slower_than_1s_total: int = 0
     errors: int = 0
     error_detail: list[str] = field(default_factory=list)
@@ -329,6 +331,8 @@ class StepTimes:
     def __init__(self) -> None:
         self.steps: list[dict[str, Any]] = []
         self.backfill: dict[str, Any] = {}  #: the backfill_done event's accounting
+        #: what the backfill did when (epoch seconds): its batches and its VACUUMs
+        self.events: list[dict[str, Any]] = []
 
     def step_started(self, step: Any, index: int, total: int) -> None:
         self.steps.append({"step": step.id, "start": time.time(), "end": None})
@@ -341,6 +345,75 @@ class StepTimes:
         pass
 
 
+def _stamp(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    event["at"] = time.time()
+    return event
+
+
+def backfill_events(logs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The backfill's batches and VACUUMs as intervals (epoch seconds), from its events
+    (each logged as it ended, with its duration)."""
+    out: list[dict[str, Any]] = []
+    for e in logs:
+        if e["event"] == "backfill_batch":
+            out.append(
+                {
+                    "kind": "batch",
+                    "start": e["at"] - e["seconds"],
+                    "end": e["at"],
+                    "rows": e["rows"],
+                    "waiters": e["waiters"],
+                }
+            )
+        elif e["event"] in ("backfill_vacuum", "backfill_vacuum_cancelled"):
+            out.append({"kind": "vacuum", "start": e["at"] - e["seconds"], "end": e["at"]})
+    return out
+
+
+#: a stretch with no transaction completing at least this long is a stall to explain
+STALL_MS = 40.0
+
+
+def stalls(txns: Sequence[Txn], start: float, end: float, times: StepTimes) -> list[dict[str, Any]]:
+    """Each stall of ``STALL_MS`` or more in ``[start, end]`` with what was going on: the
+    step, the transactions in flight across it by script (reads stalled too: not a row
+    lock), and the backfill's batches and VACUUMs that overlapped it."""
+    scripts = list(PGBENCH_SCRIPTS)
+    ok = [t for t in txns if not t.failed and start <= t.end <= end]
+    points = [start, *(t.end for t in ok), end]
+    out: list[dict[str, Any]] = []
+    for a, b in itertools.pairwise(points):
+        if (b - a) * 1000 < STALL_MS:
+            continue
+        across: dict[str, int] = {}
+        for t in txns:
+            if not t.failed and t.start <= a and t.end >= b:
+                across[scripts[t.script]] = across.get(scripts[t.script], 0) + 1
+        step = next(
+            (st["step"] for st in times.steps if st["start"] <= a <= (st["end"] or end)), None
+        )
+        near = [e for e in times.events if e["start"] <= b and e["end"] >= a]
+        out.append(
+            {
+                "at": round(a - start, 3),
+                "gap_ms": round((b - a) * 1000, 1),
+                "step": step,
+                "in_flight": across,
+                "batches": [
+                    {
+                        "ms": round((e["end"] - e["start"]) * 1000, 1),
+                        "rows": e["rows"],
+                        "waiters": e["waiters"],
+                    }
+                    for e in near
+                    if e["kind"] == "batch"
+                ],
+                "vacuum": any(e["kind"] == "vacuum" for e in near),
+            }
+        )
+    return out
+
+
 def migrate(
     contestant: str, dsn: str, sets: Sequence[str] = (), times: StepTimes | None = None
 ) -> tuple[bool, str]:
@@ -350,9 +423,13 @@ def migrate(
         return True, "completed"
     given = start_settings(sets, environ={})
     settings = Settings(backfill=BackfillSettings().with_overrides(given))
-    with capture_logs() as logs, Executor(dsn, settings, observer=times) as ex:
+    with (
+        capture_logs(processors=[_stamp]) as logs,
+        Executor(dsn, settings, observer=times) as ex,
+    ):
         result = ex.apply(parse_sql(MIGRATION_SQL), name="bench")
     if times is not None:  # how the backfill paced itself
+        times.events = backfill_events(logs)
         done = next((e for e in logs if e["event"] == "backfill_done"), {})
         keys = ("seconds", "batches", "waited_batches", "busy_seconds", "rested_seconds")
         times.backfill = {k: done[k] for k in (*keys, "throttled_seconds") if k in done}
@@ -548,6 +625,7 @@ class Bench:
             run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
         run.seconds = per_second(txns, t_start, t_end)
         run.backfill = times.backfill
+        run.stalls = stalls(txns, t_start, t_end, times)
         for st in times.steps:  # which step the stalls happen in
             w = window_stats(txns, st["start"], st["end"] or t_end)
             run.steps.append(
@@ -877,6 +955,24 @@ def markdown(result: dict[str, Any]) -> str:
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
             )
+        lines += [
+            "",
+            f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
+            " with no transaction completing; the step; transactions in flight across it;"
+            " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running):",
+            "",
+        ]
+        for r in ours:
+            stalled: list[str] = []
+            for x in r.get("stalls", []):
+                flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
+                batch = " ".join(f"{b['ms']:.0f}/{b['rows']}/{b['waiters']}" for b in x["batches"])
+                stalled.append(
+                    f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
+                    f" in flight: {flight}; batches: {batch or 'none'}"
+                    + ("; VACUUM" if x["vacuum"] else "")
+                )
+            lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
