@@ -247,6 +247,8 @@ class Run:
     backfill: dict[str, Any] = field(default_factory=dict)
     #: each stretch of STALL_MS or more with no transaction completing, and what ran then
     stalls: list[dict[str, Any]] = field(default_factory=list)
+    #: checkpoints that ended during the run: (started, ended) seconds into the migration
+    checkpoints: list[tuple[float, float]] = field(default_factory=list)
     slower_than_1s_total: int = 0
     errors: int = 0
     error_detail: list[str] = field(default_factory=list)
@@ -325,6 +327,48 @@ class Blocker(threading.Thread):
             self.ready.set()
 
 
+class ServerWatch(threading.Thread):
+    """Polls the server every ``interval`` seconds: its WAL position (how much WAL was
+    written when) and its last checkpoint (``pg_control_checkpoint()``: a checkpoint
+    shows when it ends, with the second it started)."""
+
+    interval = 0.1
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(name="server-watch", daemon=True)
+        self.dsn = dsn
+        self.done = threading.Event()
+        self.samples: list[tuple[float, float]] = []  #: (epoch, WAL bytes)
+        self.checkpoints: list[tuple[float, float]] = []  #: (started, seen ended), epoch
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="server-watch") as c:
+            last = None
+            while not self.done.wait(self.interval):
+                row = c.execute(
+                    "SELECT (pg_current_wal_lsn() - '0/0')::float8,"
+                    " extract(epoch FROM checkpoint_time)::float8 FROM pg_control_checkpoint()"
+                ).fetchone()
+                assert row is not None
+                now = time.time()
+                self.samples.append((now, row[0]))
+                if last is not None and row[1] != last:
+                    self.checkpoints.append((row[1], now))
+                last = row[1]
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def wal_mb(self, start: float, end: float) -> float:
+        """MB of WAL written in ``[start, end]`` (from the samples around it)."""
+        before = [w for t, w in self.samples if t <= start]
+        after = [w for t, w in self.samples if t >= end]
+        if not before or not after:
+            return 0.0
+        return (after[0] - before[-1]) / 2**20
+
+
 class StepTimes:
     """Executor observer: when each step started and finished (epoch seconds)."""
 
@@ -374,10 +418,13 @@ def backfill_events(logs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 STALL_MS = 40.0
 
 
-def stalls(txns: Sequence[Txn], start: float, end: float, times: StepTimes) -> list[dict[str, Any]]:
+def stalls(
+    txns: Sequence[Txn], start: float, end: float, times: StepTimes, watch: ServerWatch
+) -> list[dict[str, Any]]:
     """Each stall of ``STALL_MS`` or more in ``[start, end]`` with what was going on: the
     step, the transactions in flight across it by script (reads stalled too: not a row
-    lock), and the backfill's batches and VACUUMs that overlapped it."""
+    lock), the backfill's batches and VACUUMs that overlapped it, the WAL written in the
+    second before it, and whether a checkpoint ran."""
     scripts = list(PGBENCH_SCRIPTS)
     ok = [t for t in txns if not t.failed and start <= t.end <= end]
     points = [start, *(t.end for t in ok), end]
@@ -409,6 +456,9 @@ def stalls(txns: Sequence[Txn], start: float, end: float, times: StepTimes) -> l
                     if e["kind"] == "batch"
                 ],
                 "vacuum": any(e["kind"] == "vacuum" for e in near),
+                "wal_mb_before": round(watch.wal_mb(a - 1.0, a), 1),
+                # checkpoint_time has whole seconds: the one it started in counts
+                "checkpoint": any(c0 <= b and c1 >= a - 1.0 for c0, c1 in watch.checkpoints),
             }
         )
     return out
@@ -595,6 +645,8 @@ class Bench:
         print(f"run {dbname} (round {round_}) ...", file=sys.stderr)
         t_launch = time.time()
         proc = self._pgbench(dbname, prefix, run.rate)
+        watch = ServerWatch(dsn)
+        watch.start()
         try:
             time.sleep(a.baseline - (1.0 if scenario == "blocker" else 0.0))
             if scenario == "blocker":
@@ -615,6 +667,7 @@ class Bench:
             time.sleep(a.tail)
             t_stop = time.time()
         finally:
+            watch.stop()
             proc.stop(dsn)
         txns = read_logs(self.workdir, prefix)
         run.migration_seconds = round(t_end - t_start, 3)
@@ -625,7 +678,12 @@ class Bench:
             run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
         run.seconds = per_second(txns, t_start, t_end)
         run.backfill = times.backfill
-        run.stalls = stalls(txns, t_start, t_end, times)
+        run.stalls = stalls(txns, t_start, t_end, times, watch)
+        run.checkpoints = [
+            (round(c0 - t_start, 1), round(c1 - t_start, 1)) for c0, c1 in watch.checkpoints
+        ]
+        for x in run.seconds:
+            x["wal_mb"] = round(watch.wal_mb(t_start + x["t"], t_start + x["t"] + 1.0), 1)
         for st in times.steps:  # which step the stalls happen in
             w = window_stats(txns, st["start"], st["end"] or t_end)
             run.steps.append(
@@ -931,12 +989,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Per second of the onlineschema migrations (tps / max latency ms / longest gap"
-            " ms), baseline tps in brackets:",
+            " ms / MB of WAL written), baseline tps in brackets:",
             "",
         ]
         for r in ours:
             cells = " ".join(
-                f"{x['tps']:.0f}/{x['max_ms']:.0f}/{x['gap_ms']:.0f}" for x in r["seconds"]
+                f"{x['tps']:.0f}/{x['max_ms']:.0f}/{x['gap_ms']:.0f}/{x.get('wal_mb', 0):.0f}"
+                for x in r["seconds"]
             )
             lines.append(f"- {tag(r)} [{r['baseline']['tps']:.0f}]: {cells}")
         lines += ["", "Per step (seconds / longest gap ms / max latency ms):", ""]
@@ -971,8 +1030,14 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
                     f" in flight: {flight}; batches: {batch or 'none'}"
                     + ("; VACUUM" if x["vacuum"] else "")
+                    + f"; WAL {x.get('wal_mb_before', 0):.0f} MB in the second before"
+                    + ("; checkpoint" if x.get("checkpoint") else "")
                 )
             lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
+        lines += ["", "Checkpoints (seconds into the migration: started-ended):", ""]
+        for r in ours:
+            ck = ", ".join(f"{a:.0f}-{b:.1f}" for a, b in r.get("checkpoints", []))
+            lines.append(f"- {tag(r)}: {ck or 'none'}")
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
