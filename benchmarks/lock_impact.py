@@ -247,6 +247,10 @@ class Run:
     backfill: dict[str, Any] = field(default_factory=dict)
     #: each stretch of STALL_MS or more with no transaction completing, and what ran then
     stalls: list[dict[str, Any]] = field(default_factory=list)
+    #: ms a second pgbench's threads waited for a CPU: baseline, during, tail
+    client_cpu_wait: dict[str, float] = field(default_factory=dict)
+    #: the backfill's VACUUMs: (started, ended) seconds into the migration
+    vacuums: list[tuple[float, float]] = field(default_factory=list)
     #: checkpoints that ended during the run: (started, ended) seconds into the migration
     checkpoints: list[tuple[float, float]] = field(default_factory=list)
     slower_than_1s_total: int = 0
@@ -293,6 +297,19 @@ class Pgbench:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(10)
+
+    def cpu_wait(self) -> float:
+        """Seconds pgbench's threads have spent runnable but waiting for a CPU (Linux
+        schedstat; 0 where it cannot be read): the workload's clients share this
+        machine's CPUs with the server and the migration, which an application on its
+        own hosts would not."""
+        total = 0.0
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
 
     def errors(self) -> list[str]:
         """Clients aborted by an error before the run was ended."""
@@ -647,8 +664,11 @@ class Bench:
         proc = self._pgbench(dbname, prefix, run.rate)
         watch = ServerWatch(dsn)
         watch.start()
+        waits: list[tuple[float, float]] = []  # (when, pgbench's CPU wait so far)
         try:
-            time.sleep(a.baseline - (1.0 if scenario == "blocker" else 0.0))
+            time.sleep(1.0)  # the clients are connected: the baseline window opens
+            waits.append((time.time(), proc.cpu_wait()))
+            time.sleep(a.baseline - (2.0 if scenario == "blocker" else 1.0))
             if scenario == "blocker":
                 run.blocker_seconds = a.blocker
                 blocker = Blocker(dsn, a.blocker + 1.0)
@@ -656,21 +676,28 @@ class Bench:
                 blocker.ready.wait(10)
                 time.sleep(1.0)  # the blocker is an old transaction when the migration starts
             t_start = time.time()
+            waits.append((t_start, proc.cpu_wait()))
             times = StepTimes()
             try:
                 run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
             except (OnlineSchemaError, psycopg.Error) as exc:
                 run.finished, run.outcome = False, f"failed: {str(exc).splitlines()[0]}"
             t_end = time.time()
+            waits.append((t_end, proc.cpu_wait()))
             if blocker is not None:
                 blocker.join()
             time.sleep(a.tail)
             t_stop = time.time()
+            waits.append((t_stop, proc.cpu_wait()))
         finally:
             watch.stop()
             proc.stop(dsn)
         txns = read_logs(self.workdir, prefix)
         run.migration_seconds = round(t_end - t_start, 3)
+        for name, ((t0, w0), (t1, w1)) in zip(
+            ("baseline", "during", "tail"), itertools.pairwise(waits), strict=False
+        ):
+            run.client_cpu_wait[name] = round((w1 - w0) / max(t1 - t0, 1e-9) * 1000, 1)
         run.baseline = window_stats(txns, t_launch + 1.0, t_start)
         run.during = window_stats(txns, t_start, t_end)
         run.tail = window_stats(txns, t_end, t_stop)
@@ -679,6 +706,11 @@ class Bench:
         run.seconds = per_second(txns, t_start, t_end)
         run.backfill = times.backfill
         run.stalls = stalls(txns, t_start, t_end, times, watch)
+        run.vacuums = [
+            (round(e["start"] - t_start, 1), round(e["end"] - t_start, 1))
+            for e in times.events
+            if e["kind"] == "vacuum"
+        ]
         run.checkpoints = [
             (round(c0 - t_start, 1), round(c1 - t_start, 1)) for c0, c1 in watch.checkpoints
         ]
@@ -1034,10 +1066,28 @@ def markdown(result: dict[str, Any]) -> str:
                     + ("; checkpoint" if x.get("checkpoint") else "")
                 )
             lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
-        lines += ["", "Checkpoints (seconds into the migration: started-ended):", ""]
+        lines += [
+            "",
+            "The workload's clients waiting for a CPU (pgbench's threads, ms a second:"
+            " baseline / during / tail):",
+            "",
+        ]
         for r in ours:
+            w = r.get("client_cpu_wait") or {}
+            lines.append(
+                f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
+                f" / {w.get('tail', 0):.0f}"
+            )
+        lines += [
+            "",
+            "The backfill's VACUUMs and the checkpoints that ended (seconds into the"
+            " migration, started-ended):",
+            "",
+        ]
+        for r in ours:
+            vac = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in r.get("vacuums", []))
             ck = ", ".join(f"{a:.0f}-{b:.1f}" for a, b in r.get("checkpoints", []))
-            lines.append(f"- {tag(r)}: {ck or 'none'}")
+            lines.append(f"- {tag(r)}: VACUUM {vac or 'none'}; checkpoints {ck or 'none'}")
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
