@@ -346,8 +346,9 @@ class Blocker(threading.Thread):
 
 class ServerWatch(threading.Thread):
     """Polls the server every ``interval`` seconds: its WAL position (how much WAL was
-    written when) and its last checkpoint (``pg_control_checkpoint()``: a checkpoint
-    shows when it ends, with the second it started)."""
+    written when), its last checkpoint (``pg_control_checkpoint()``: a checkpoint shows
+    when it ends, with the second it started) and whether the checkpointer is at work
+    (any wait event but the idle ``CheckpointerMain``: a checkpoint in progress)."""
 
     interval = 0.1
 
@@ -357,6 +358,7 @@ class ServerWatch(threading.Thread):
         self.done = threading.Event()
         self.samples: list[tuple[float, float]] = []  #: (epoch, WAL bytes)
         self.checkpoints: list[tuple[float, float]] = []  #: (started, seen ended), epoch
+        self.checkpointing: list[float] = []  #: when the checkpointer was seen at work
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True, application_name="server-watch") as c:
@@ -364,11 +366,16 @@ class ServerWatch(threading.Thread):
             while not self.done.wait(self.interval):
                 row = c.execute(
                     "SELECT (pg_current_wal_lsn() - '0/0')::float8,"
-                    " extract(epoch FROM checkpoint_time)::float8 FROM pg_control_checkpoint()"
+                    " extract(epoch FROM checkpoint_time)::float8,"
+                    " (SELECT coalesce(wait_event, '') <> 'CheckpointerMain'"
+                    " FROM pg_stat_activity WHERE backend_type = 'checkpointer')"
+                    " FROM pg_control_checkpoint()"
                 ).fetchone()
                 assert row is not None
                 now = time.time()
                 self.samples.append((now, row[0]))
+                if row[2]:
+                    self.checkpointing.append(now)
                 if last is not None and row[1] != last:
                     self.checkpoints.append((row[1], now))
                 last = row[1]
@@ -475,7 +482,8 @@ def stalls(
                 "vacuum": any(e["kind"] == "vacuum" for e in near),
                 "wal_mb_before": round(watch.wal_mb(a - 1.0, a), 1),
                 # checkpoint_time has whole seconds: the one it started in counts
-                "checkpoint": any(c0 <= b and c1 >= a - 1.0 for c0, c1 in watch.checkpoints),
+                "checkpoint": any(c0 <= b and c1 >= a - 1.0 for c0, c1 in watch.checkpoints)
+                or any(a - watch.interval <= t <= b + watch.interval for t in watch.checkpointing),
             }
         )
     return out
@@ -715,7 +723,9 @@ class Bench:
             (round(c0 - t_start, 1), round(c1 - t_start, 1)) for c0, c1 in watch.checkpoints
         ]
         for x in run.seconds:
-            x["wal_mb"] = round(watch.wal_mb(t_start + x["t"], t_start + x["t"] + 1.0), 1)
+            lo = t_start + x["t"]
+            x["wal_mb"] = round(watch.wal_mb(lo, lo + 1.0), 1)
+            x["checkpointing"] = any(lo <= t < lo + 1.0 for t in watch.checkpointing)
         for st in times.steps:  # which step the stalls happen in
             w = window_stats(txns, st["start"], st["end"] or t_end)
             run.steps.append(
@@ -969,7 +979,6 @@ def summary(runs: Sequence[dict[str, Any]]) -> list[str]:
             for r in runs
             if (r["mode"], r["scenario"], r["contestant"]) == (mode, scenario, contestant)
         ]
-
         lines.append(
             f"| {mode} | {scenario} | {contestant} | {len(rs)} |"
             f" {mw([r['migration_seconds'] for r in rs], max, '.1f')} s |"
@@ -1021,12 +1030,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Per second of the onlineschema migrations (tps / max latency ms / longest gap"
-            " ms / MB of WAL written), baseline tps in brackets:",
+            " ms / MB of WAL written; * a checkpoint at work), baseline tps in brackets:",
             "",
         ]
         for r in ours:
             cells = " ".join(
                 f"{x['tps']:.0f}/{x['max_ms']:.0f}/{x['gap_ms']:.0f}/{x.get('wal_mb', 0):.0f}"
+                + ("*" if x.get("checkpointing") else "")
                 for x in r["seconds"]
             )
             lines.append(f"- {tag(r)} [{r['baseline']['tps']:.0f}]: {cells}")
@@ -1081,13 +1091,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "The backfill's VACUUMs and the checkpoints that ended (seconds into the"
-            " migration, started-ended):",
+            " migration, started-ended); seconds with the checkpointer at work:",
             "",
         ]
         for r in ours:
             vac = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in r.get("vacuums", []))
             ck = ", ".join(f"{a:.0f}-{b:.1f}" for a, b in r.get("checkpoints", []))
-            lines.append(f"- {tag(r)}: VACUUM {vac or 'none'}; checkpoints {ck or 'none'}")
+            busy = sum(1 for x in r["seconds"] if x.get("checkpointing"))
+            lines.append(
+                f"- {tag(r)}: VACUUM {vac or 'none'}; checkpoints {ck or 'none'};"
+                f" checkpointer at work in {busy} of {len(r['seconds'])} seconds"
+            )
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
