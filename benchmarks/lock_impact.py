@@ -1056,52 +1056,63 @@ def markdown(result: dict[str, Any]) -> str:
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
             )
-        lines += [
-            "",
-            f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
-            " with no transaction completing; the step; transactions in flight across it;"
-            " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running):",
-            "",
-        ]
-        for r in ours:
-            stalled: list[str] = []
-            for x in r.get("stalls", []):
-                flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
-                batch = " ".join(f"{b['ms']:.0f}/{b['rows']}/{b['waiters']}" for b in x["batches"])
-                stalled.append(
-                    f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
-                    f" in flight: {flight}; batches: {batch or 'none'}"
-                    + ("; VACUUM" if x["vacuum"] else "")
-                    + f"; WAL {x.get('wal_mb_before', 0):.0f} MB in the second before"
-                    + ("; checkpoint" if x.get("checkpoint") else "")
+        if all("stalls" in r for r in ours):  # results from before these were recorded
+            lines += [
+                "",
+                f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
+                " with no transaction completing; the step; transactions in flight across it;"
+                " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running):",
+                "",
+            ]
+            for r in ours:
+                stalled: list[str] = []
+                for x in r.get("stalls", []):
+                    flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
+                    batch = " ".join(
+                        f"{b['ms']:.0f}/{b['rows']}/{b['waiters']}" for b in x["batches"]
+                    )
+                    stalled.append(
+                        f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
+                        f" in flight: {flight}; batches: {batch or 'none'}"
+                        + ("; VACUUM" if x["vacuum"] else "")
+                        + (
+                            f"; WAL {x['wal_mb_before']:.0f} MB in the second before"
+                            if "wal_mb_before" in x
+                            else ""
+                        )
+                        + ("; checkpoint" if x.get("checkpoint") else "")
+                    )
+                lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
+        if all("client_cpu_wait" in r for r in ours):
+            lines += [
+                "",
+                "The workload's clients waiting for a CPU (pgbench's threads, ms a second:"
+                " baseline / during / tail):",
+                "",
+            ]
+            for r in ours:
+                w = r.get("client_cpu_wait") or {}
+                lines.append(
+                    f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
+                    f" / {w.get('tail', 0):.0f}"
                 )
-            lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
-        lines += [
-            "",
-            "The workload's clients waiting for a CPU (pgbench's threads, ms a second:"
-            " baseline / during / tail):",
-            "",
-        ]
-        for r in ours:
-            w = r.get("client_cpu_wait") or {}
-            lines.append(
-                f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
-                f" / {w.get('tail', 0):.0f}"
-            )
-        lines += [
-            "",
-            "The backfill's VACUUMs and the checkpoints that ended (seconds into the"
-            " migration, started-ended); seconds with the checkpointer at work:",
-            "",
-        ]
-        for r in ours:
-            vac = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in r.get("vacuums", []))
-            ck = ", ".join(f"{a:.0f}-{b:.1f}" for a, b in r.get("checkpoints", []))
-            busy = sum(1 for x in r["seconds"] if x.get("checkpointing"))
-            lines.append(
-                f"- {tag(r)}: VACUUM {vac or 'none'}; checkpoints {ck or 'none'};"
-                f" checkpointer at work in {busy} of {len(r['seconds'])} seconds"
-            )
+        if all("vacuums" in r for r in ours):
+            lines += [
+                "",
+                "The backfill's VACUUMs and the checkpoints that ended (seconds into the"
+                " migration, started-ended); seconds with the checkpointer at work:",
+                "",
+            ]
+            for r in ours:
+                vac = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in r.get("vacuums", []))
+                ck = ", ".join(f"{a:.0f}-{b:.1f}" for a, b in r.get("checkpoints", []))
+                busy = sum(1 for x in r["seconds"] if x.get("checkpointing"))
+                watched = any("checkpointing" in x for x in r["seconds"])
+                lines.append(
+                    f"- {tag(r)}: VACUUM {vac or 'none'}; checkpoints {ck or 'none'}"
+                    + (f"; checkpointer at work in {busy} of {len(r['seconds'])} seconds"
+                       if watched else "")
+                )  # fmt: skip
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
