@@ -167,6 +167,12 @@ class Coordinator:
         with self.lock:
             return self.commits
 
+    def adopt(self, conn: psycopg.Connection[Any]) -> None:
+        """``conn`` is one of the backfill's sessions: the signals leave it out of the
+        application's."""
+        with self.lock:
+            self.pids.add(int(conn.info.backend_pid))
+
     def our_pids(self) -> list[int]:
         with self.lock:
             pids = set(self.pids)
@@ -308,14 +314,10 @@ class SignalReader:
         self.c = coordinator
         self.connect = connect
         self.conn: psycopg.Connection[Any] | None = first
-        self._adopt(first)
+        coordinator.adopt(first)
         self._done = threading.Event()
         self._down = False  #: the connection is lost (said once)
         self._thread = threading.Thread(target=self._main, name="onlineschema-signals", daemon=True)
-
-    def _adopt(self, conn: psycopg.Connection[Any]) -> None:
-        with self.c.lock:  # its own readings are the backfill's, not the application's
-            self.c.pids.add(int(conn.info.backend_pid))
 
     def __enter__(self) -> SignalReader:
         self.c.signals_apart = True
@@ -353,7 +355,7 @@ class SignalReader:
             except (Refused, psycopg.Error) as exc:  # the next interval tries again
                 self._lost(str(exc))
                 return
-            self._adopt(self.conn)
+            self.c.adopt(self.conn)
             self._down = False
             self.c.log.info("backfill_signals_reconnected")
         try:

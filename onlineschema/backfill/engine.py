@@ -618,7 +618,7 @@ class BackfillRunner:
         try:
             for i in range(self.workers):
                 conn = self.connect()
-                self.coordinator.pids.add(int(conn.info.backend_pid))
+                self.coordinator.adopt(conn)
                 workers.append(_Worker(f"w{i}", conn, self._claims(conn), size, inline=False))
         except BaseException:
             for w in workers:
