@@ -582,6 +582,19 @@ class BackfillStore:
             )
             return cur.fetchall()
 
+    def claimers(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """The backend pids that claimed this step's chunks not done yet: the batch
+        sessions of the processes working on it."""
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT DISTINCT claimed_by FROM {} WHERE migration = %s AND step_id = %s"
+                    " AND NOT done AND claimed_by IS NOT NULL"
+                ).format(self.t("chunks")),
+                (self.migration, self.step_id),
+            )
+            return [int(r[0]) for r in cur.fetchall()]
+
     def remaining(self, conn: psycopg.Connection[Any]) -> int:
         """Chunks not done yet (claimed by someone or not)."""
         with conn.cursor() as cur:

@@ -399,6 +399,10 @@ def test_second_process_joins_with_workers(dsn: str, conn: Conn) -> None:
                 result = ex.resume("joined", workers=2)  # returns when nothing is left
             assert result.steps_run == 0
         assert [e for e in logs if e["event"] == "backfill_joined"]
+        # the first process's batches are the backfill's, not an application to look
+        # for (a baseline takes up to 4 s) and rest for: the joiner starts at once
+        baseline = [e for e in logs if e["event"] == "backfill_app_baseline"]
+        assert not baseline, baseline
         primary.join(60)
         assert primary.exitcode == 0
     finally:

@@ -150,6 +150,7 @@ class Coordinator:
         """The run starts now, on the session ``pid``."""
         self.t0 = time.monotonic()
         self.pids.add(pid)
+        self._adopt_claimers()
         self.vacuum.allowed = not self.join and self.vacuum.permitted(
             self.table_oid, self.server_version
         )
@@ -205,7 +206,16 @@ class Coordinator:
             self.our_commits,
         )
 
+    def _adopt_claimers(self) -> None:
+        """Joining a backfill another process runs: that process's batch sessions are
+        the backfill's, not the application's (else its batches would read as an
+        application at work, and the joiner would rest for them)."""
+        if self.join:
+            with self.lock:
+                self.pids.update(self.records.claimers(self.conn))
+
     def control(self) -> None:
+        self._adopt_claimers()
         ctl = self.store.control(self.migration)
         if ctl.get("paused"):
             self.stop.request(
