@@ -604,7 +604,7 @@ class Bench:
             return settings  # the embedded server's defaults: fsync, sync commit off
         # a quarter of the table (about 100 bytes a row with its indexes), at least 16MB
         shared = a.shared_buffers or f"{max(16, a.rows * 100 // 4 // 2**20)}MB"
-        return settings | {
+        settings |= {
             "fsync": "on",
             "synchronous_commit": "on",
             "full_page_writes": "on",
@@ -614,6 +614,10 @@ class Bench:
             # seconds of heavy writing); a server in steady state recycles its segments
             "wal_init_zero": "on" if a.wal_init_zero else "off",
         }
+        if a.warm_wal:  # keep (recycle) that much WAL at each checkpoint
+            settings["min_wal_size"] = f"{a.warm_wal}MB"
+            settings["max_wal_size"] = f"{max(2 * a.warm_wal, 1024)}MB"
+        return settings
 
     def setup(self) -> None:
         a = self.args
@@ -632,6 +636,22 @@ class Bench:
             conn.execute("VACUUM ANALYZE users, orders")
         print(f"built orders ({self.args.rows:,} rows) in {time.monotonic() - t0:.1f}s",
               file=sys.stderr)  # fmt: skip
+        if a.warm_wal:
+            self.warm_wal(base)
+
+    def warm_wal(self, dsn: str) -> None:
+        """Write ``--warm-wal`` MB of WAL (messages, no table) and checkpoint, so that the
+        runs write their WAL into recycled segments, as a server in steady state does,
+        instead of creating a file for every 16 MB."""
+        t0 = time.monotonic()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(self.args.warm_wal):
+                conn.execute("SELECT pg_logical_emit_message(false, 'w', repeat('x', 1048576))")
+            conn.execute("CHECKPOINT")
+            conn.execute("CHECKPOINT")
+            row = conn.execute("SELECT count(*) FROM pg_ls_waldir()").fetchone()
+        print(f"warmed the WAL: {row[0] if row else '?'} segments in"
+              f" {time.monotonic() - t0:.1f}s", file=sys.stderr)  # fmt: skip
 
     def close(self) -> None:
         if self.server is not None:
@@ -668,6 +688,9 @@ class Bench:
         run = Run(contestant, scenario, mode, rate if mode == "open" else None, round_)
         blocker: Blocker | None = None
         print(f"run {dbname} (round {round_}) ...", file=sys.stderr)
+        if a.warm_wal:  # recycle the segments the last run wrote
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
         t_launch = time.time()
         proc = self._pgbench(dbname, prefix, run.rate)
         watch = ServerWatch(dsn)
@@ -947,10 +970,12 @@ def _targets(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _server_mode(result: dict[str, Any]) -> str:
     st = result["server"]["settings"]
+    warm = result["params"].get("warm_wal")
     return (
         f"fsync={st.get('fsync')}, synchronous_commit={st.get('synchronous_commit')},"
         f" wal_init_zero={st.get('wal_init_zero')},"
-        f" shared_buffers={st.get('shared_buffers')} (8kB pages),"
+        + (f" min_wal_size={warm}MB (warmed)," if warm else "")
+        + f" shared_buffers={st.get('shared_buffers')} (8kB pages),"
         f" {'RAM disk' if result['params'].get('ram') else 'on disk'}"
     )
 
@@ -1151,6 +1176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         " benchmarks/README.md)",
     )  # fmt: skip
     ap.add_argument(
+        "--warm-wal", type=int, default=0, metavar="MB",
+        help="write MB of WAL before the runs and keep that much (min_wal_size), with a"
+        " checkpoint before each run: WAL goes into recycled segments, as in steady state",
+    )  # fmt: skip
+    ap.add_argument(
         "--shared-buffers", default=None, metavar="SIZE",
         help="server shared_buffers (default: a quarter of the table, e.g. 23MB at 1M rows)",
     )  # fmt: skip
@@ -1192,6 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "synchronous_commit",
                             "full_page_writes",
                             "wal_init_zero",
+                            "min_wal_size",
                             "shared_buffers",
                             "max_connections",
                             "data_directory",
@@ -1235,6 +1266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ram",
                 "sets",
                 "wal_init_zero",
+                "warm_wal",
                 "repeat",
             )
         }
