@@ -29,6 +29,7 @@ from ..throttle import Context, Throttle
 from .chunks import Chunk, fraction_done, load_chunks
 from .settings import BackfillSettings
 from .vacuum import BackfillVacuum
+from .wal import MB, read_supply
 
 
 class Observer(Protocol):
@@ -155,8 +156,25 @@ class Coordinator:
             self.table_oid, self.server_version
         )
         self.vacuum.rows_at = self.rows_done
+        if not self.join:
+            self._check_wal()
         # baselines (the latency probe's) are taken before the first batch
         self.throttle.prime(self.context(), self.settings)
+
+    def _check_wal(self) -> None:
+        """Warn when the server has fewer WAL segments ready than the backfill will
+        write (``wal.py``): commits would wait while the server creates new ones."""
+        supply = read_supply(self.conn, self.table_oid, 1.0 - self._fraction0)
+        if supply is None:
+            self.log.debug("backfill_wal_supply_unreadable")
+        elif supply.short:
+            self.log.warning(
+                "backfill_wal_short",
+                needed_mb=supply.needed // MB,
+                ready_mb=supply.ready // MB,
+                min_wal_size_mb=supply.min_wal_size // MB,
+                advice=supply.advice(),
+            )
 
     def add_rows(self, n: int) -> None:
         """A batch of ``n`` rows committed."""
