@@ -92,7 +92,7 @@ def test_a_server_short_of_wal_segments_is_named_before_the_first_batch(
     assert w["ready_mb"] == ready < w["needed_mb"], (w, ready)
     assert w["needed_mb"] == int(WAL_PER_BYTE * size) // MB
     assert w["min_wal_size_mb"] == 32
-    assert "Raise min_wal_size (now 32 MB)" in w["advice"], w["advice"]
+    assert f"Raise min_wal_size (now 32 MB) to {w['needed_mb']} MB or more" in w["advice"]
     assert 1 / 1.5 <= float(wrote) / (WAL_PER_BYTE * size) <= 1.5, (int(wrote) // MB, size // MB)
 
 

@@ -54,10 +54,10 @@ class WalSupply:
             f" has {self.ready // MB} MB of WAL segments ready for reuse: past them each"
             f" new {self.segment // MB} MB segment is {created} while every commit waits,"
             " until a checkpoint keeps segments again. Raise min_wal_size (now"
-            f" {self.min_wal_size // MB} MB) to {want // MB} MB or more a checkpoint"
-            " before the migration (ALTER SYSTEM SET min_wal_size = ...; SELECT"
-            " pg_reload_conf()), so that the segments a checkpoint retires are kept"
-            " for reuse; or run the migration when the server has just written that much"
+            f" {self.min_wal_size // MB} MB) to {want // MB} MB or more (ALTER SYSTEM SET"
+            f" min_wal_size = '{want // MB}MB'; SELECT pg_reload_conf()) and let a"
+            " checkpoint pass before the migration: checkpoints then keep the segments"
+            " they retire for reuse (as many as the server wrote since the one before)"
         )
 
 
