@@ -40,15 +40,19 @@ class WalSupply:
     init_zero: bool
 
     @property
+    def before_checkpoint(self) -> int:
+        """What the backfill writes before the server's next checkpoint at the latest
+        (by ``max_wal_size``), which from then on keeps what the backfill's pace needs."""
+        return min(self.needed, self.max_wal_size)
+
+    @property
     def short(self) -> bool:
-        """More WAL to write before the next checkpoint than segments ready for it.
-        The server checkpoints by ``max_wal_size`` at the latest, and from then on keeps
-        what the backfill's pace needs."""
-        return min(self.needed, self.max_wal_size) > self.ready + self.segment
+        """More WAL to write before the next checkpoint than segments ready for it."""
+        return self.before_checkpoint > self.ready + self.segment
 
     def advice(self) -> str:
         created = "zero-filled and synced" if self.init_zero else "created and synced"
-        want = min(self.needed, self.max_wal_size)
+        want = self.before_checkpoint
         return (
             f"the backfill will write about {self.needed // MB} MB of WAL and the server"
             f" has {self.ready // MB} MB of WAL segments ready for reuse: past them each"
