@@ -10,10 +10,20 @@ followed, so an error raised while cleaning up after a lost connection still cou
 ``reconnect`` opens a new connection with jittered exponential backoff (tenacity) until
 one works or the budget is spent; past the budget it raises ConnectionLost (exit 3: the
 migration is resumable).
+
+``drop_if_cut_short`` and ``interrupt_behind`` keep an interrupt (Ctrl-C, SIGTERM) an
+interrupt. psycopg cancels the running statement when the interrupt arrives while it waits
+on the socket; arriving in its own Python code between sending a statement and waiting
+for the result, it leaves the statement running and its result unread, and the
+connection answers every later command with "another command is already in progress",
+an ``OperationalError`` that looks like a lost connection. So cleanup after an interrupt
+drops such a connection instead of querying it, and an error raised while an interrupt
+was on its way out is not taken for a lost connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +31,7 @@ from typing import Any, TypeVar
 import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -31,7 +42,15 @@ from tenacity import (
 
 from .errors import ConnectionFailed, ConnectionLost
 
-__all__ = ["carry_on", "conninfo_of", "describe", "is_disconnect", "reconnect"]
+__all__ = [
+    "carry_on",
+    "conninfo_of",
+    "describe",
+    "drop_if_cut_short",
+    "interrupt_behind",
+    "is_disconnect",
+    "reconnect",
+]
 
 T = TypeVar("T")
 
@@ -65,6 +84,33 @@ def is_disconnect(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def interrupt_behind(exc: BaseException | None) -> BaseException | None:
+    """The interrupt (KeyboardInterrupt, which SIGTERM is made into, or SystemExit) that
+    ``exc`` was raised from or while handling, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def drop_if_cut_short(conn: psycopg.Connection[Any]) -> bool:
+    """If an interrupt left a statement in flight on ``conn`` (sent, its result never
+    read), cancel it and close the connection, so that the server rolls its transaction
+    back and ends the session (its locks, advisory ones included, go with it); True if
+    so. Such a connection can run nothing more, and a query on it would raise an error
+    that hides the interrupt."""
+    if conn.closed or conn.info.transaction_status != TransactionStatus.ACTIVE:
+        return False
+    with contextlib.suppress(psycopg.Error):
+        conn.cancel_safe(timeout=5.0)
+    conn.close()
+    log.info("connection_dropped", reason="an interrupt cut its statement short")
+    return True
 
 
 def describe(exc: BaseException) -> str:
@@ -172,6 +218,10 @@ def carry_on(
         try:
             return work()
         except Exception as exc:
+            if (stop := interrupt_behind(exc)) is not None:
+                # the cleanup after Ctrl-C/SIGTERM failed: still a stop, not a lost connection
+                log.info("cleanup_failed_after_interrupt", error=describe(exc))
+                raise stop from None
             if not is_disconnect(exc):
                 raise
             conn = reconnect(conninfo, budget=budget, lost=exc)

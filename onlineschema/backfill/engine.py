@@ -32,6 +32,7 @@ from psycopg import sql
 from ..errors import LockBudgetExhausted, OnlineSchemaError, Refused, StepFailed
 from ..locks import RetryPolicy
 from ..plan import Step
+from ..reconnect import drop_if_cut_short
 from ..session import CLAIM_LOCK_TIMEOUT as CLAIM_LOCK_TIMEOUT
 from ..session import backfill_timeouts as backfill_timeouts
 from ..session import batch_settings, claim_settings, cut_settings
@@ -485,6 +486,8 @@ class BackfillRunner:
                 try:
                     self._fill(w, chunk)
                 finally:
+                    # after an interrupt mid-statement the claim ends with the session
+                    drop_if_cut_short(w.conn)
                     w.claims.release(chunk.chunk)
         finally:
             if counted:

@@ -33,7 +33,7 @@ from ..observe import run_observed
 from ..plan import Plan, Step
 from ..planner import PlanResult
 from ..pooler import Pooler, detect
-from ..reconnect import carry_on, conninfo_of
+from ..reconnect import carry_on, connect, conninfo_of, drop_if_cut_short
 from ..state import StateStore
 from ..verify import verify_before_contract
 from .lifecycle import Command, MigrationState, Outcome, decide, hold_contract, undo_preview
@@ -428,7 +428,17 @@ class Executor:
         self._locks.take(self.conn, self.store, name)
 
     def _unlock(self, name: str) -> None:
+        self._reopen_if_dropped()
         self._locks.give_up(self.conn, self.store, name)
+
+    def _reopen_if_dropped(self) -> None:
+        """Work on a new connection when an interrupt cut a statement short on this one
+        and it was dropped (reconnect.drop_if_cut_short): a stopped run still gives up
+        its lease and records the stop. A lost connection stays lost (``broken``)."""
+        drop_if_cut_short(self.conn)
+        if self.conn.closed and not self.conn.broken:
+            with contextlib.suppress(psycopg.Error):
+                self._adopt(connect(self._conninfo))
 
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         self._remember_settings(name)
