@@ -98,19 +98,18 @@ def interrupt_behind(exc: BaseException | None) -> BaseException | None:
     return None
 
 
-def drop_if_cut_short(conn: psycopg.Connection[Any]) -> bool:
+def drop_if_cut_short(conn: psycopg.Connection[Any]) -> None:
     """If an interrupt left a statement in flight on ``conn`` (sent, its result never
     read), cancel it and close the connection, so that the server rolls its transaction
-    back and ends the session (its locks, advisory ones included, go with it); True if
-    so. Such a connection can run nothing more, and a query on it would raise an error
-    that hides the interrupt."""
+    back and ends the session (its locks, advisory ones included, go with it). Such a
+    connection can run nothing more, and a query on it would raise an error that hides
+    the interrupt."""
     if conn.closed or conn.info.transaction_status != TransactionStatus.ACTIVE:
-        return False
+        return
     with contextlib.suppress(psycopg.Error):
         conn.cancel_safe(timeout=5.0)
     conn.close()
     log.info("connection_dropped", reason="an interrupt cut its statement short")
-    return True
 
 
 def describe(exc: BaseException) -> str:
