@@ -249,6 +249,8 @@ class Run:
     stalls: list[dict[str, Any]] = field(default_factory=list)
     #: ms a second pgbench's threads waited for a CPU: baseline, during, tail
     client_cpu_wait: dict[str, float] = field(default_factory=dict)
+    #: times a second a backend found the WAL buffers full: baseline, during, tail
+    wal_buffers_full: dict[str, float] = field(default_factory=dict)
     #: the backfill's VACUUMs: (started, ended) seconds into the migration
     vacuums: list[tuple[float, float]] = field(default_factory=list)
     #: checkpoints that ended during the run: (started, ended) seconds into the migration
@@ -348,7 +350,9 @@ class ServerWatch(threading.Thread):
     """Polls the server every ``interval`` seconds: its WAL position (how much WAL was
     written when), its last checkpoint (``pg_control_checkpoint()``: a checkpoint shows
     when it ends, with the second it started) and whether the checkpointer is at work
-    (any wait event but the idle ``CheckpointerMain``: a checkpoint in progress)."""
+    (any wait event but the idle ``CheckpointerMain``: a checkpoint in progress), and
+    how often a backend found the WAL buffers full (``pg_stat_wal.wal_buffers_full``: it
+    wrote WAL out itself first, holding the lock every commit's flush takes)."""
 
     interval = 0.1
 
@@ -356,7 +360,7 @@ class ServerWatch(threading.Thread):
         super().__init__(name="server-watch", daemon=True)
         self.dsn = dsn
         self.done = threading.Event()
-        self.samples: list[tuple[float, float]] = []  #: (epoch, WAL bytes)
+        self.samples: list[tuple[float, float, float]] = []  #: (epoch, WAL bytes, full)
         self.checkpoints: list[tuple[float, float]] = []  #: (started, seen ended), epoch
         self.checkpointing: list[float] = []  #: when the checkpointer was seen at work
 
@@ -368,12 +372,13 @@ class ServerWatch(threading.Thread):
                     "SELECT (pg_current_wal_lsn() - '0/0')::float8,"
                     " extract(epoch FROM checkpoint_time)::float8,"
                     " (SELECT coalesce(wait_event, '') <> 'CheckpointerMain'"
-                    " FROM pg_stat_activity WHERE backend_type = 'checkpointer')"
+                    " FROM pg_stat_activity WHERE backend_type = 'checkpointer'),"
+                    " (SELECT wal_buffers_full FROM pg_stat_wal)::float8"
                     " FROM pg_control_checkpoint()"
                 ).fetchone()
                 assert row is not None
                 now = time.time()
-                self.samples.append((now, row[0]))
+                self.samples.append((now, row[0], row[3]))
                 if row[2]:
                     self.checkpointing.append(now)
                 if last is not None and row[1] != last:
@@ -386,11 +391,19 @@ class ServerWatch(threading.Thread):
 
     def wal_mb(self, start: float, end: float) -> float:
         """MB of WAL written in ``[start, end]`` (from the samples around it)."""
-        before = [w for t, w in self.samples if t <= start]
-        after = [w for t, w in self.samples if t >= end]
+        return self._between(start, end, 1) / 2**20
+
+    def buffers_full(self, start: float, end: float) -> int:
+        """Times a backend found the WAL buffers full in ``[start, end]`` (as reported:
+        backends report their WAL statistics about once a second)."""
+        return int(self._between(start, end, 2))
+
+    def _between(self, start: float, end: float, i: int) -> float:
+        before = [x[i] for x in self.samples if x[0] <= start]
+        after = [x[i] for x in self.samples if x[0] >= end]
         if not before or not after:
             return 0.0
-        return (after[0] - before[-1]) / 2**20
+        return after[0] - before[-1]
 
 
 class StepTimes:
@@ -617,6 +630,9 @@ class Bench:
         if a.warm_wal:  # keep (recycle) that much WAL at each checkpoint
             settings["min_wal_size"] = f"{a.warm_wal}MB"
             settings["max_wal_size"] = f"{max(2 * a.warm_wal, 1024)}MB"
+        for item in a.server_sets:  # last word
+            key, _, value = item.partition("=")
+            settings[key.strip()] = value.strip()
         return settings
 
     def setup(self) -> None:
@@ -729,6 +745,7 @@ class Bench:
             ("baseline", "during", "tail"), itertools.pairwise(waits), strict=False
         ):
             run.client_cpu_wait[name] = round((w1 - w0) / max(t1 - t0, 1e-9) * 1000, 1)
+            run.wal_buffers_full[name] = round(watch.buffers_full(t0, t1) / max(t1 - t0, 1e-9), 1)
         run.baseline = window_stats(txns, t_launch + 1.0, t_start)
         run.during = window_stats(txns, t_start, t_end)
         run.tail = window_stats(txns, t_end, t_stop)
@@ -1121,6 +1138,18 @@ def markdown(result: dict[str, Any]) -> str:
                     f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
                     f" / {w.get('tail', 0):.0f}"
                 )
+        if all("wal_buffers_full" in r for r in ours):
+            lines += [
+                "",
+                "WAL buffers found full (times a second: baseline / during / tail):",
+                "",
+            ]
+            for r in ours:
+                w = r.get("wal_buffers_full") or {}
+                lines.append(
+                    f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
+                    f" / {w.get('tail', 0):.0f}"
+                )
         if all("vacuums" in r for r in ours):
             lines += [
                 "",
@@ -1185,6 +1214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="server shared_buffers (default: a quarter of the table, e.g. 23MB at 1M rows)",
     )  # fmt: skip
     ap.add_argument(
+        "--server-set", dest="server_sets", action="append", default=[], metavar="NAME=VALUE",
+        help="a server setting (postgresql.conf), over the defaults above, e.g. wal_buffers=16MB",
+    )  # fmt: skip
+    ap.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="a backfill setting for the onlineschema runs (as `onlineschema set`)",
     )  # fmt: skip
@@ -1224,8 +1257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "wal_init_zero",
                             "min_wal_size",
                             "shared_buffers",
+                            "wal_buffers",
                             "max_connections",
                             "data_directory",
+                            *(i.partition("=")[0].strip() for i in args.server_sets),
                         ],
                     ),
                 ).fetchall()
