@@ -1125,27 +1125,15 @@ def markdown(result: dict[str, Any]) -> str:
                         + ("; checkpoint" if x.get("checkpoint") else "")
                     )
                 lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
-        if all("client_cpu_wait" in r for r in ours):
-            lines += [
-                "",
-                "The workload's clients waiting for a CPU (pgbench's threads, ms a second:"
-                " baseline / during / tail):",
-                "",
-            ]
+        for key, title in (
+            ("client_cpu_wait", "The workload's clients waiting for a CPU (pgbench's threads, ms a second"),
+            ("wal_buffers_full", "WAL buffers found full (times a second"),
+        ):  # fmt: skip
+            if not all(key in r for r in ours):
+                continue
+            lines += ["", f"{title}: baseline / during / tail):", ""]
             for r in ours:
-                w = r.get("client_cpu_wait") or {}
-                lines.append(
-                    f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
-                    f" / {w.get('tail', 0):.0f}"
-                )
-        if all("wal_buffers_full" in r for r in ours):
-            lines += [
-                "",
-                "WAL buffers found full (times a second: baseline / during / tail):",
-                "",
-            ]
-            for r in ours:
-                w = r.get("wal_buffers_full") or {}
+                w = r.get(key) or {}
                 lines.append(
                     f"- {tag(r)}: {w.get('baseline', 0):.0f} / {w.get('during', 0):.0f}"
                     f" / {w.get('tail', 0):.0f}"
