@@ -85,7 +85,7 @@ class BackfillSettings:
     #: saturated application keeps about 1 / this of its throughput. An idle database
     #: at the start has no baseline: then busy_sessions below applies. The mean moves
     #: little while the slowest transactions slow a lot: at 1.3 the application's p99
-    #: was 4-5x its own in benchmarks/lock_impact.py, at 1.1 2.4-2.5x (benchmarks/README.md)
+    #: was 2.9-5.0x its own in benchmarks/lock_impact.py, at 1.1 2.4-3.0x (its README)
     app_latency_target: float = 1.1
     #: without that baseline: rest between batches (duty_cycle) while, on average over
     #: the signal readings, at least this many sessions other than the backfill's run a
