@@ -15,6 +15,10 @@ from .errors import ConnectionFailed, Refused
 ConnectLike = Any  # str | psycopg.Connection | sqlalchemy Engine | sqlalchemy Connection
 
 APPLICATION_NAME = "onlineschema"
+#: the backfill's other sessions: its workers, its signal readings, its VACUUM
+WORKER_APPLICATION_NAME = "onlineschema-backfill"
+#: the sessions of any onlineschema process, which are never the application's
+OUR_APPLICATION_NAMES = (APPLICATION_NAME, WORKER_APPLICATION_NAME)
 
 
 def open_dsn(dsn: str, *, application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:

@@ -61,6 +61,7 @@ import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from .connection import OUR_APPLICATION_NAMES
 from .observe import publish
 
 log = structlog.stdlib.get_logger("onlineschema.throttle")
@@ -561,8 +562,16 @@ class ActiveSessions(Signal):
                     " WHERE datname = current_database())::float8"
                     " FROM pg_stat_activity WHERE (backend_type = 'client backend'"
                     " OR (backend_type IS NULL AND query = %s)) AND pid <> pg_backend_pid()"
-                    " AND datname = current_database() AND NOT (pid = ANY(%s))",
-                    (self.long_query, HIDDEN_QUERY, self.astir, HIDDEN_QUERY, ours),
+                    " AND datname = current_database() AND NOT (pid = ANY(%s))"
+                    " AND NOT (coalesce(application_name, '') = ANY(%s))",
+                    (
+                        self.long_query,
+                        HIDDEN_QUERY,
+                        self.astir,
+                        HIDDEN_QUERY,
+                        ours,
+                        list(OUR_APPLICATION_NAMES),
+                    ),
                 )
                 row = cur.fetchone()
                 assert row is not None

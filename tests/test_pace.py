@@ -491,6 +491,48 @@ def test_the_first_look_sees_an_application_between_its_queries(dsn: str, conn: 
     assert all(astir >= 1 for *_, astir in looks), looks
 
 
+@pytest.mark.parametrize("name", ["onlineschema", WORKER_APPLICATION_NAME])
+def test_another_onlineschema_process_is_not_the_application(
+    dsn: str, conn: Conn, name: str
+) -> None:
+    """Sessions of another onlineschema process (a first process whose backfill this one
+    joins: its executor, its workers, its signal readings, its VACUUM) are the backfill's
+    machinery, never an application to take a baseline of and rest for, whatever their
+    pids; a session doing the same under another name is one."""
+    stop = threading.Event()
+
+    def busy(application_name: str) -> None:  # a query always running or just done
+        with psycopg.connect(dsn, autocommit=True, application_name=application_name) as c:
+            while not stop.is_set():
+                c.execute("SELECT pg_sleep(0.01)")
+
+    def look(application_name: str) -> tuple[float, int]:
+        """(sessions running a query, sessions running one or just done) at a first look."""
+        thread = threading.Thread(target=busy, args=(application_name,), daemon=True)
+        thread.start()
+        try:
+            wait_until(
+                lambda: one(
+                    conn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (application_name,),
+                ),
+                timeout=10,
+                what="the session to run",
+            )
+            ctx = Context(conn, 0, lambda: [], ("public", "r"), lambda: 0)
+            _, running, _, _, astir = ActiveSessions()._sample(ctx, 3, 0.01)
+            return running, astir
+        finally:
+            stop.set()
+            thread.join(10)
+            stop.clear()
+
+    assert look(name) == (0.0, 0)
+    running, astir = look("shop")
+    assert running > 0 or astir > 0, (running, astir)
+
+
 def test_a_role_allowed_one_connection_reads_the_signals_between_batches(
     conn: Conn, owner_dsn: str
 ) -> None:

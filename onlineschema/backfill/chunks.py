@@ -29,13 +29,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
+from ..connection import WORKER_APPLICATION_NAME as WORKER_APPLICATION_NAME
 from ..errors import Refused
 from ..pooler import is_pooled
 from ..sql import batches
 from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
-
-WORKER_APPLICATION_NAME = "onlineschema-backfill"
 
 
 @dataclass
