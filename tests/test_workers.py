@@ -390,8 +390,17 @@ SLOW = dict(batch_initial=20, batch_max=20, sleep=0.02)
 def test_second_process_joins_with_workers(dsn: str, conn: Conn) -> None:
     make_range(conn)
     primary = fork(dsn, "joined", 1, **SLOW)
+    stop = threading.Event()
+
+    def app() -> None:  # an application at work while the second process joins
+        with psycopg.connect(dsn, autocommit=True, application_name="shop") as c:
+            while not stop.is_set():
+                c.execute("SELECT pg_sleep(0.01)")
+
+    shop = threading.Thread(target=app, daemon=True)
     try:
         wait_until(lambda: rows_done(conn, "joined") > 0, timeout=30, what="the backfill")
+        shop.start()
         with Executor(dsn, settings(**SLOW)) as ex:
             with pytest.raises(AlreadyRunning):  # without workers: refused
                 ex.resume("joined")
@@ -399,13 +408,17 @@ def test_second_process_joins_with_workers(dsn: str, conn: Conn) -> None:
                 result = ex.resume("joined", workers=2)  # returns when nothing is left
             assert result.steps_run == 0
         assert [e for e in logs if e["event"] == "backfill_joined"]
-        # the first process's batches are the backfill's, not an application to look
-        # for (a baseline takes up to 4 s) and rest for: the joiner starts at once
+        # a joiner takes no baseline (up to 4 s before its first batch): the application's
+        # latency it would measure now includes the backfill's, and the first process's
+        # batches are the backfill's, not an application's
         baseline = [e for e in logs if e["event"] == "backfill_app_baseline"]
         assert not baseline, baseline
         primary.join(60)
         assert primary.exitcode == 0
     finally:
+        stop.set()
+        if shop.is_alive():
+            shop.join(10)
         if primary.is_alive():
             primary.kill()
     exactly_once(conn)

@@ -158,8 +158,10 @@ class Coordinator:
         self.vacuum.rows_at = self.rows_done
         if not self.join:
             self._check_wal()
-        # baselines (the latency probe's) are taken before the first batch
-        self.throttle.prime(self.context(), self.settings)
+        # baselines are taken before the first batch; a process joining a backfill takes
+        # none: the application's latency it would measure includes the backfill's load
+        if not self.join:
+            self.throttle.prime(self.context(), self.settings)
 
     def _check_wal(self) -> None:
         """Warn when the server has fewer WAL segments ready than the backfill will
