@@ -158,14 +158,7 @@ def test_sigterm_mid_ddl_stops_resumably(slow: str, word: str, nth: int) -> None
     proc = interrupted(
         word, nth, ["apply", "--dsn", dsn, "--name", "ddl", "--yes", "--sql", changes]
     )
-    assert proc.returncode == 3, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert "interrupted (SIGTERM)" in proc.stderr
-    state, error = query(
-        dsn, "SELECT state, last_error FROM onlineschema.migrations WHERE name = 'ddl'"
-    )  # type: ignore[misc]
-    assert (state, error) == ("paused", "interrupted (SIGTERM)")
-    wait_until(lambda: executor_backends(dsn) == [], timeout=10, what="the sessions to end")
+    stopped_paused(dsn, "ddl", proc.returncode, proc.stderr, "SIGTERM")
     resumed = subprocess.run(
         [*cli(dsn, "resume", "ddl")], env=env(), capture_output=True, text=True, timeout=120
     )
@@ -181,16 +174,8 @@ def test_sigterm_mid_ddl_stops_resumably(slow: str, word: str, nth: int) -> None
 def stopped_then_resumed_once(dsn: str, returncode: int, err: str, how: str) -> None:
     """The stopped run left the migration paused part-way with only whole batches
     committed, and ``resume`` completes it exactly once."""
-    assert returncode == 3, err[-3000:]
-    assert "Traceback" not in err
-    assert f"interrupted ({how})" in err and "onlineschema resume slow" in err
-    state, error = query(
-        dsn, "SELECT state, last_error FROM onlineschema.migrations WHERE name = 'slow'"
-    )  # type: ignore[misc]
-    assert (state, error) == ("paused", f"interrupted ({how})")
-    # no session of the stopped process is left, so none holds a lock (a session whose
-    # statement was cancelled ends once the server has read that its client is gone)
-    wait_until(lambda: executor_backends(dsn) == [], timeout=10, what="the sessions to end")
+    stopped_paused(dsn, "slow", returncode, err, how)
+    assert "onlineschema resume slow" in err
     done = backfill_progress(dsn, "slow") or 0
     assert 0 < done < ROWS, "stopped part-way"
     # what was committed before the stop is exactly what the batches recorded
@@ -209,3 +194,18 @@ def stopped_then_resumed_once(dsn: str, returncode: int, err: str, how: str) -> 
     assert query(dsn, "SELECT state FROM onlineschema.migrations WHERE name = 'slow'") == (
         "completed"
     )
+
+
+def stopped_paused(dsn: str, name: str, returncode: int, err: str, how: str) -> None:
+    """The run stopped with exit 3 and no traceback, said why, left migration ``name``
+    paused with that reason, and no session of its process is left."""
+    assert returncode == 3, err[-3000:]
+    assert "Traceback" not in err
+    assert f"interrupted ({how})" in err
+    state, error = query(
+        dsn, "SELECT state, last_error FROM onlineschema.migrations WHERE name = %s", (name,)
+    )  # type: ignore[misc]
+    assert (state, error) == ("paused", f"interrupted ({how})")
+    # no session of the stopped process is left, so none holds a lock (a session whose
+    # statement was cancelled ends once the server has read that its client is gone)
+    wait_until(lambda: executor_backends(dsn) == [], timeout=10, what="the sessions to end")
