@@ -122,3 +122,15 @@ def describe_blocker(b: dict[str, Any]) -> str:
     elif b.get("query_hidden"):
         parts.append(f"({b['query_hidden']})")
     return ", ".join(parts)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (the CLI turns it into this): stop as for Ctrl-C (psycopg cancels
+    the running statement, the backfill workers stop after their batch), leaving the
+    migration resumable."""
+
+
+def interruption(exc: KeyboardInterrupt) -> str:
+    """How a run was stopped, in the words ``status`` shows: ``interrupted (SIGTERM)``
+    or ``interrupted (Ctrl-C)``."""
+    return f"interrupted ({'SIGTERM' if isinstance(exc, Terminated) else 'Ctrl-C'})"

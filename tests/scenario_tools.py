@@ -294,6 +294,8 @@ class MigrationProcess:
     proc: subprocess.Popen[bytes] | None = None
     _files: list[Any] = field(default_factory=list)
     killed: bool = False
+    #: how it ended, once kill_when saw it end
+    finished: Finished | None = None
 
     #: every process started, so that a fixture can kill what a failed test left running
     started: ClassVar[list[MigrationProcess]] = []
@@ -328,17 +330,24 @@ class MigrationProcess:
         return texts[0], texts[1]
 
     def kill_when(
-        self, condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.01
+        self,
+        condition: Callable[[], Any],
+        *,
+        timeout: float,
+        what: str,
+        interval: float = 0.01,
+        signum: int = signal.SIGKILL,
     ) -> Any:
-        """Poll ``condition``; as soon as it holds, SIGKILL the process and return the
-        condition's value. Fails if the process ends first, or on timeout."""
+        """Poll ``condition``; as soon as it holds, send the process ``signum`` (SIGKILL;
+        SIGINT is Ctrl-C), wait for it to end and return the condition's value. Fails if
+        the process ends first, or on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             value = condition()
             if value:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signum)
                 self.killed = True
-                self.wait(timeout=30)
+                self.finished = self.wait(timeout=30)
                 return value
             if not self.running():
                 rc = self.wait(timeout=5)

@@ -7,6 +7,7 @@ hand, as users write them), and ``manage.py migrate`` runs in a subprocess:
 * online, while a writer keeps writing and a long reader sits on the table: the
   writer never waits a second, schema, data and ``django_migrations`` end right;
 * killed with SIGKILL mid-backfill, then ``migrate`` again: every row updated once;
+* stopped with Ctrl-C mid-backfill: recorded as paused, then ``migrate`` finishes it;
 * stopped (lock budget spent) with exit 3, unrecorded, then resumed by ``migrate``;
 * an operation onlineschema refuses: refused before any DDL, naming the migration;
 * ``sqlmigrate`` prints the online plan and runs nothing; ``--plan`` and
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -301,6 +303,40 @@ def test_sigkill_mid_backfill_then_migrate_again_updates_every_row_once(
     ours = [line for line in out.stdout.splitlines() if f"migration={name}" in line]
     assert not [x for x in ours if "migration_started" in x], "resumed, not started again"
     assert [x for x in ours if "backfill_resumed" in x], out.stdout[-3000:]
+    assert count(db, "SELECT count(*) FROM shop_order WHERE n <> 1") == 0
+    assert applied(db) == [(first, 1), ("0002_bump", 1)]
+    assert dict(state_rows(db))[name] == "completed"
+
+
+def test_ctrl_c_mid_backfill_leaves_it_paused_and_migrate_again_finishes(
+    project: Project, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Ctrl-C in ``manage.py migrate`` mid-backfill: the migration is recorded as paused,
+    "interrupted (Ctrl-C)", with no session left holding it (``status`` says what
+    happened, not "running" with nobody running it); ``migrate`` again finishes it."""
+    first = start_shop(project, db)
+    project.migration("0002_bump", BUMP.format(after=first))
+    name = "django:shop.0002_bump"
+    slow = {"backfill": {"batch_initial": 50, "batch_max": 50, "sleep": 0.02, "duty_cycle": 1.0}}
+    proc = project.start("migrate", settings=slow)
+    proc.kill_when(
+        lambda: (backfill_progress(dsn, name) or 0) >= 200,
+        timeout=60,
+        what="the backfill of 0002_bump to update some rows",
+        signum=signal.SIGINT,
+    )
+    stopped = proc.finished
+    assert stopped is not None and stopped.returncode != 0, stopped
+    assert "KeyboardInterrupt" in stopped.stderr, stopped.stderr[-3000:]
+    wait_backends_gone(dsn, executor_backends(dsn))
+    assert count(db, "SELECT count(*) FROM shop_order WHERE n = 0") > 0, "stopped mid-backfill"
+    assert applied(db) == [(first, 1)], "django_migrations must not record 0002 yet"
+    row = db.execute(
+        "SELECT state, last_error FROM onlineschema.migrations WHERE name = %s", (name,)
+    ).fetchone()
+    assert row == ("paused", "interrupted (Ctrl-C)"), row
+
+    project.run("migrate")
     assert count(db, "SELECT count(*) FROM shop_order WHERE n <> 1") == 0
     assert applied(db) == [(first, 1), ("0002_bump", 1)]
     assert dict(state_rows(db))[name] == "completed"

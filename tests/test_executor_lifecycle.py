@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from helpers import index_must_exist, make_orders, migration_state
 
-from onlineschema import AddColumn, DropColumn, DropIndex, Executor, Refused
+from onlineschema import AddColumn, AddIndex, DropColumn, DropIndex, Executor, Refused
+from onlineschema.errors import Terminated
 from onlineschema.executor import apply_through_contract
 from onlineschema.executor.lifecycle import (
     CONTRACT_MARKER,
@@ -145,6 +146,40 @@ def test_apply_through_contract_and_forget(dsn: str, conn: Conn) -> None:
         " WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped"
     ).fetchone()
     assert columns is not None and "legacy" not in columns[0] and "old" in columns[0]
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "reason"),
+    [(KeyboardInterrupt, "interrupted (Ctrl-C)"), (Terminated, "interrupted (SIGTERM)")],
+)
+def test_an_interrupted_run_is_recorded_paused_whoever_called(
+    dsn: str, conn: Conn, interrupt: type[KeyboardInterrupt], reason: str
+) -> None:
+    """Ctrl-C (or SIGTERM, as the CLI raises it) stops ``apply`` called from Python, as a
+    framework's migrate calls it: the executor itself records the stop (paused, how),
+    gives the migration up, and ``resume`` finishes it."""
+
+    class StopAtSecondStep:
+        def step_started(self, step: Step, index: int, total: int) -> None:
+            if index == 1:
+                raise interrupt()
+
+        def step_finished(self, step: Step, index: int, total: int, skipped: bool) -> None:
+            pass
+
+    make_orders(conn, rows=50)
+    changes = [AddColumn("orders", "status", "text"), AddIndex("orders", ["status"])]
+    with Executor(dsn, observer=StopAtSecondStep()) as ex:
+        with pytest.raises(interrupt):
+            ex.apply(changes, "stopped")
+        assert ex.lock_holder("stopped") is None
+    row = conn.execute(
+        "SELECT state, last_error FROM onlineschema.migrations WHERE name = 'stopped'"
+    ).fetchone()
+    assert row == ("paused", reason)
+    with Executor(dsn) as ex:
+        assert ex.resume("stopped").state == "completed"
+    index_must_exist(conn, "orders_status_idx", valid=True)
 
 
 def test_mark_interrupted_pauses_only_a_running_migration(dsn: str, conn: Conn) -> None:

@@ -32,7 +32,7 @@ import structlog
 
 from ..backfill import BackfillSettings
 from ..changes import Backfill, Change
-from ..errors import OnlineSchemaError, Refused
+from ..errors import OnlineSchemaError, Refused, Terminated, interruption
 from ..executor import (
     Executor,
     Result,
@@ -162,11 +162,6 @@ def read_changes(sql_text: str | None, file: IO[str] | None, allow_raw: bool) ->
     return parse_sql(text, allow_raw=allow_raw)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: stop as for Ctrl-C (psycopg cancels the running statement, the
-    backfill workers stop after their batch), leaving the migration resumable."""
-
-
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (a service manager, ``kubectl delete pod``) stops it
@@ -200,12 +195,9 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
         try:
             with sigterm_as_interrupt():
                 return work()
-        except KeyboardInterrupt as exc:
-            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-            if not undoing:
-                _mark_interrupted(ex, name, f"interrupted ({how})")
+        except KeyboardInterrupt as exc:  # the executor recorded the stop (paused)
             raise Stopped(
-                f"interrupted ({how}); migration {name} stopped part-way\n  fix: {go_on}"
+                f"{interruption(exc)}; migration {name} stopped part-way\n  fix: {go_on}"
             ) from None
         except OnlineSchemaError as exc:
             if exc.exit_code == 3 and (undoing or f"resume {name}" not in str(exc)):
@@ -216,15 +208,6 @@ def run_migration(ex: Executor, name: str, work: Callable[[], T], *, undoing: bo
             raise
         finally:
             ex.observer = None
-
-
-def _mark_interrupted(ex: Executor, name: str, reason: str) -> None:
-    """Record that nothing runs the migration any more (best effort: psycopg cancelled the
-    running statement, the connection may be gone)."""
-    if ex.conn.closed or ex.conn.broken or ex.joining:  # a guest: not ours to mark
-        return
-    with contextlib.suppress(psycopg.Error):
-        ex.mark_interrupted(name, reason)
 
 
 def _with_hint(exc: OnlineSchemaError, hint: str) -> OnlineSchemaError:

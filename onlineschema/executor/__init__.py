@@ -28,12 +28,12 @@ import structlog
 
 from ..changes import Backfill, Change, changes_to_json
 from ..connection import APPLICATION_NAME, ConnectLike, connection
-from ..errors import AlreadyRunning, Refused
+from ..errors import AlreadyRunning, Refused, interruption
 from ..observe import run_observed
 from ..plan import Plan, Step
 from ..planner import PlanResult
 from ..pooler import Pooler, detect
-from ..reconnect import carry_on, connect, conninfo_of, drop_if_cut_short
+from ..reconnect import carry_on, connect, conninfo_of, drop_if_cut_short, interrupt_behind
 from ..state import StateStore
 from ..verify import verify_before_contract
 from .lifecycle import Command, MigrationState, Outcome, decide, hold_contract, undo_preview
@@ -443,7 +443,24 @@ class Executor:
     def _run(self, name: str, plan: Plan, *, contract: bool = False) -> Result:
         self._remember_settings(name)
         work = lambda: self._run_steps(name, plan, contract=contract)  # noqa: E731
-        return run_observed(self, name, plan, work)  # hooks, metrics, observer
+        try:
+            return run_observed(self, name, plan, work)  # hooks, metrics, observer
+        except BaseException as exc:
+            # Ctrl-C/SIGTERM, or an error its cleanup raised on a connection it cut short
+            if isinstance(stop := interrupt_behind(exc), KeyboardInterrupt):
+                self._stopped(name, stop)
+            raise
+
+    def _stopped(self, name: str, exc: KeyboardInterrupt) -> None:
+        """Ctrl-C or SIGTERM stopped the run: record it (``paused``, with how) before the
+        migration is given up, whoever called (the CLI, a framework's migrate, the API).
+        Best effort: psycopg cancelled the running statement, the connection may be gone
+        (then ``status`` shows it running with no holder; resume and abort still work)."""
+        self._reopen_if_dropped()
+        if self.conn.closed or self.conn.broken:
+            return
+        with contextlib.suppress(psycopg.Error):
+            self.mark_interrupted(name, interruption(exc))
 
     def _remember_settings(self, name: str) -> None:
         """Backfill settings given when this run starts (``--set``, a settings file, the
