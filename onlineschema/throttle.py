@@ -26,7 +26,7 @@ samples itself):
   the backfill's running a query (``pg_stat_activity``) over the database's transactions
   per second (``pg_stat_database``), against its own baseline taken before the first
   batch; the backfill's duty cycle follows it to keep it at or under
-  ``app_latency_target`` (1.3x). Never pauses. With no baseline (an idle database when
+  ``app_latency_target`` (1.1x), never above ``duty_cycle``. Never pauses. With no baseline (an idle database when
   the backfill started) the backfill rests at ``duty_cycle`` while at least
   ``busy_sessions`` sessions run queries;
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
@@ -463,7 +463,10 @@ class ActiveSessions(Signal):
     ``app_latency_target``: once a second (over ``min_span`` seconds of readings at
     least) the workers' duty cycle (the share of their time spent in batches) is
     multiplied by ``1 + gain * (target - ratio) / target``, within ``[cut, grow]``, and
-    kept between ``min_duty`` and 1 (no rest). A saturated application (every session
+    kept between ``min_duty`` and ``duty_cycle``: the mean moves little while the
+    slowest transactions slow with the backfill's share of the time, so the share is
+    bounded whatever the mean says (a duty cycle of 1 lets the controller go as far as
+    no rest). A saturated application (every session
     busy) then keeps about ``1 / app_latency_target`` of its throughput; one below its
     capacity keeps its queue short. On an idle database there is no baseline and no rest.
 
@@ -644,12 +647,7 @@ class ActiveSessions(Signal):
         duty = self.duty if self.duty is not None else s.duty_cycle
         if now - self._adjusted >= self.adjust_every:
             self._adjusted = now
-            # in proportion to the distance from the target: a bang-bang rule drifts to
-            # its floor on noise when the latency sits just under the target for
-            # reasons not the backfill's
-            error = (s.app_latency_target - ratio) / s.app_latency_target
-            factor = min(max(1.0 + self.gain * error, self.cut), self.grow)
-            duty = min(max(duty * factor, self.min_duty), 1.0)
+            duty = self.next_duty(duty, ratio, s)
             log.debug(
                 "backfill_duty",
                 latency_ratio=round(ratio, 3),
@@ -661,6 +659,16 @@ class ActiveSessions(Signal):
         self.duty = duty
         values.update(rate=rate, latency_ratio=ratio, duty=duty)
         return Reading(values=values)
+
+    def next_duty(self, duty: float, ratio: float, s: Limits) -> float:
+        """The duty cycle after one adjustment from ``duty``, the application's latency
+        read at ``ratio`` times its baseline: in proportion to the distance from the
+        target (a bang-bang rule drifts to its floor on noise when the latency sits just
+        under the target for reasons not the backfill's), between ``min_duty`` and
+        ``duty_cycle`` (the operator's ceiling, lower than ``min_duty`` if so set)."""
+        error = (s.app_latency_target - ratio) / s.app_latency_target
+        factor = min(max(1.0 + self.gain * error, self.cut), self.grow)
+        return min(max(duty * factor, self.min_duty), s.duty_cycle)
 
     def _blind(
         self, hidden: int, rate: float | None, s: Limits, values: dict[str, float]

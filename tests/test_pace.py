@@ -154,10 +154,10 @@ def test_waiters_on_a_batch_shrink_it_and_it_grows_back(dsn: str, conn: Conn) ->
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_idle_database_the_backfill_never_rests(dsn: str, conn: Conn, workers: int) -> None:
-    """At the default settings (duty_cycle 0.5 included) on a database nothing else uses,
-    no signal says the application is affected: no batch is followed by a rest, so the
-    backfill goes at the speed of its UPDATEs (the 0.5 duty cycle would double its
-    time). The accounting: rested_seconds 0, every batch busy."""
+    """At the default settings (duty_cycle 0.25 included) on a database nothing else
+    uses, no signal says the application is affected: no batch is followed by a rest, so
+    the backfill goes at the speed of its UPDATEs (the 0.25 duty cycle would make it four
+    times as long). The accounting: rested_seconds 0, every batch busy."""
     make_table(conn, 40_000)
     defaults = BackfillSettings()
     assert defaults.duty_cycle < 1  # the rule under test: the duty cycle is for load only
@@ -366,7 +366,7 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
     would) update the row after the last committed batch, which the batch in flight
     holds, so their latency rises far past the target: the duty cycle falls below duty_cycle (0.5),
     which no other rule sets. When the application stops, the duty cycle climbs back (a
-    quarter a second, up to 1)."""
+    quarter a second, up to duty_cycle)."""
     make_table(conn, 20000, per_row_ms=0.5)
     s = settings(batch_target=0.05, batch_initial=100, duty_cycle=0.5, latency_probe="off")
     stop = threading.Event()
@@ -415,6 +415,28 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
     assert min(e["duty"] for e in batches(logs)) >= 0.05  # min_duty: the migration moves
     baseline = next(e for e in logs if e["event"] == "backfill_app_baseline")
     assert baseline["measured"], baseline
+
+
+@pytest.mark.server_independent
+def test_the_controller_gives_the_backfill_at_most_duty_cycle() -> None:
+    """However low the application's latency reads, the controller's duty cycle climbs
+    to duty_cycle and stays there (the application's slowest transactions follow the
+    backfill's share, which its mean does not show); only duty_cycle 1 lets it go as far
+    as no rest. Over the target it falls to min_duty, and a ceiling set under min_duty
+    holds."""
+    sig = ActiveSessions()
+    for ceiling in (0.25, 0.6, 1.0):
+        s = BackfillSettings(duty_cycle=ceiling)
+        duty, seen = 0.05, []
+        for _ in range(40):  # the latency at half its baseline: as far under as it gets
+            duty = sig.next_duty(duty, 0.5, s)
+            seen.append(duty)
+        assert max(seen) == seen[-1] == ceiling, (ceiling, seen)
+    for _ in range(40):
+        duty = sig.next_duty(duty, 3.0, s)
+    assert duty == sig.min_duty
+    low = BackfillSettings(duty_cycle=0.02)
+    assert sig.next_duty(0.02, 0.5, low) == 0.02
 
 
 def test_no_rate_over_less_than_two_seconds_of_readings(dsn: str, conn: Conn) -> None:

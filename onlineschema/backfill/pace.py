@@ -16,8 +16,9 @@ The rules, per worker, after every batch:
   the application is using, the ``active_sessions`` signal takes the application's
   latency by Little's law (sessions running a query over transactions a second) as a
   baseline, and from then on sets the duty cycle (the share of a worker's time spent in
-  batches, 5-100 %) to keep that latency at or under ``app_latency_target`` times it. A
-  worker rests after each batch so that batches take that share of its time.
+  batches, from 5 % up to ``duty_cycle``) to keep that latency at or under
+  ``app_latency_target`` times it. A worker rests after each batch so that batches take
+  that share of its time.
 * **Rest while the application is affected**, at most ``duty_cycle``: a session waited
   on one of this process's batches within the last ``signal_interval`` seconds, or a
   throttle signal reports strain (the latency probe between its resume and pause
