@@ -188,8 +188,8 @@ def window_stats(txns: Sequence[Txn], start: float, end: float) -> dict[str, Any
 
 def per_second(txns: Sequence[Txn], start: float, end: float) -> list[dict[str, float]]:
     """For each whole second of ``[start, end]`` (the last one cut short): completed
-    transactions per second, the max latency of those completed in it, and its longest
-    gap (no transaction completing, the second's edges included)."""
+    transactions per second, the p99 and max latency of those completed in it, and its
+    longest gap (no transaction completing, the second's edges included)."""
     ok = [t for t in txns if not t.failed and start <= t.end <= end]
     out: list[dict[str, float]] = []
     i = 0
@@ -197,11 +197,12 @@ def per_second(txns: Sequence[Txn], start: float, end: float) -> list[dict[str, 
     while lo < end:
         hi = min(lo + 1.0, end)
         ends: list[float] = []
-        worst = 0.0
+        latencies: list[float] = []
         while i < len(ok) and ok[i].end < hi:
             ends.append(ok[i].end)
-            worst = max(worst, ok[i].latency)
+            latencies.append(ok[i].latency)
             i += 1
+        latencies.sort()
         points = [lo, *ends, hi]
         gap = max(b - a for a, b in itertools.pairwise(points))
         span = max(hi - lo, 1e-9)
@@ -209,7 +210,10 @@ def per_second(txns: Sequence[Txn], start: float, end: float) -> list[dict[str, 
             {
                 "t": round(lo - start, 3),
                 "tps": round(len(ends) / span, 1),
-                "max_ms": round(worst * 1000, 2),
+                "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)
+                if latencies
+                else 0.0,
+                "max_ms": round(latencies[-1] * 1000, 2) if latencies else 0.0,
                 "gap_ms": round(gap * 1000, 2),
             }
         )
@@ -526,9 +530,10 @@ def migrate(
             if e["event"] == "backfill_throttled":
                 throttled[e["reason"]] = throttled.get(e["reason"], 0) + 1
         times.backfill["throttled"] = throttled
-        # the Little's-law controller: (latency ratio, duty cycle) at each adjustment
+        # the Little's-law controller: (latency ratio, duty cycle, when: epoch seconds
+        # until the run makes them seconds into the migration) at each adjustment
         times.backfill["duty"] = [
-            (round(e["latency_ratio"], 2), round(e["duty"], 3))
+            (round(e["latency_ratio"], 2), round(e["duty"], 3), e["at"])
             for e in logs
             if e["event"] == "backfill_duty"
         ]
@@ -753,6 +758,10 @@ class Bench:
             run.throughput_ratio = round(run.during["tps"] / run.baseline["tps"], 3)
         run.seconds = per_second(txns, t_start, t_end)
         run.backfill = times.backfill
+        run.backfill["duty"] = [
+            (ratio, duty, round(at - t_start, 2))
+            for ratio, duty, at in run.backfill.get("duty", [])
+        ]
         run.stalls = stalls(txns, t_start, t_end, times, watch)
         run.vacuums = [
             (round(e["start"] - t_start, 1), round(e["end"] - t_start, 1))
