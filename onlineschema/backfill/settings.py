@@ -67,7 +67,7 @@ class BackfillSettings:
     #: ``resume_latency_ratio``, or busy_sessions); with nothing affected a worker does
     #: not rest. 1.0 = never rest. The application's slowest transactions follow this
     #: share, not its mean: in benchmarks/lock_impact.py's saturated closed loop its p99
-    #: was 2.5-2.8x its own with the ceiling at 0.25, 2.4-4.5x without one (its README)
+    #: was 1.3-2.8x its own with the ceiling at 0.25, 2.4-4.5x without one (its README)
     duty_cycle: float = 0.25
     sleep: float = 0.0  #: fixed extra rest between batches, seconds
     #: pause while a standby's replay lag exceeds this many seconds (0 = off) ...
