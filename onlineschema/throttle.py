@@ -26,9 +26,9 @@ samples itself):
   the backfill's running a query (``pg_stat_activity``) over the database's transactions
   per second (``pg_stat_database``), against its own baseline taken before the first
   batch; the backfill's duty cycle follows it to keep it at or under
-  ``app_latency_target`` (1.1x), never above ``duty_cycle``. Never pauses. With no baseline (an idle database when
-  the backfill started) the backfill rests at ``duty_cycle`` while at least
-  ``busy_sessions`` sessions run queries;
+  ``app_latency_target`` (1.1x), never above ``duty_cycle``. Never pauses. With no
+  baseline (an idle database when the backfill started) the backfill rests at
+  ``duty_cycle`` while at least ``busy_sessions`` sessions run queries;
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
   by default a one-block read of the table, which also waits behind any lock queued on
   the table, in a transaction that takes a transaction id, so that its commit waits for
