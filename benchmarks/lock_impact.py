@@ -202,7 +202,6 @@ def per_second(txns: Sequence[Txn], start: float, end: float) -> list[dict[str, 
             ends.append(ok[i].end)
             latencies.append(ok[i].latency)
             i += 1
-        latencies.sort()
         points = [lo, *ends, hi]
         gap = max(b - a for a, b in itertools.pairwise(points))
         span = max(hi - lo, 1e-9)
@@ -210,10 +209,8 @@ def per_second(txns: Sequence[Txn], start: float, end: float) -> list[dict[str, 
             {
                 "t": round(lo - start, 3),
                 "tps": round(len(ends) / span, 1),
-                "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)
-                if latencies
-                else 0.0,
-                "max_ms": round(latencies[-1] * 1000, 2) if latencies else 0.0,
+                "p99_ms": round(_pct(latencies, 99) * 1000, 2),
+                "max_ms": round(max(latencies, default=0.0) * 1000, 2),
                 "gap_ms": round(gap * 1000, 2),
             }
         )

@@ -158,9 +158,9 @@ class Coordinator:
         self.vacuum.rows_at = self.rows_done
         if not self.join:
             self._check_wal()
-        # baselines are taken before the first batch; a process joining a backfill takes
-        # none: the application's latency it would measure includes the backfill's load
-        if not self.join:
+            # baselines are taken before the first batch; a process joining a backfill
+            # takes none: the application's latency it would measure includes the
+            # backfill's load
             self.throttle.prime(self.context(), self.settings)
 
     def _check_wal(self) -> None:
