@@ -398,11 +398,17 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
         cut = len(batches(logs))
 
         def climbed() -> bool:
-            # a duty cycle twice the lowest before it: the readings of the last few
-            # seconds still hold the application's, so it may fall further first
+            # a duty cycle twice the lowest before it, or back at its ceiling
+            # (duty_cycle) above that lowest: the readings of the last few seconds still
+            # hold the application's, so it may fall further first
             after = [e["duty"] for e in batches(logs)[cut:]]
-            assert run.thread.is_alive(), "the backfill ended before the duty cycle climbed back"
-            return any(d >= min(2 * min(after[:i]), 1.0) for i, d in enumerate(after) if i)
+            assert run.thread.is_alive(), f"the backfill ended before the duty cycle climbed back: {after}"
+            ceiling = s.backfill.duty_cycle
+            return any(
+                d >= min(2 * low, ceiling) and d > low
+                for i, d in enumerate(after)
+                if i and (low := min(after[:i]))
+            )
 
         wait_until(climbed, timeout=60, what="the duty cycle to climb back once the app stopped")
         # the rest of the rows at no cost: the test has seen what it came for
