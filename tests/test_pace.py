@@ -402,7 +402,9 @@ def test_the_applications_latency_sets_the_duty_cycle(dsn: str, conn: Conn) -> N
             # (duty_cycle) above that lowest: the readings of the last few seconds still
             # hold the application's, so it may fall further first
             after = [e["duty"] for e in batches(logs)[cut:]]
-            assert run.thread.is_alive(), f"the backfill ended before the duty cycle climbed back: {after}"
+            assert run.thread.is_alive(), (
+                f"the backfill ended before the duty cycle climbed back: {after}"
+            )
             ceiling = s.backfill.duty_cycle
             return any(
                 d >= min(2 * low, ceiling) and d > low
