@@ -311,7 +311,12 @@ def test_hook_callables_in_settings(dsn: str, conn: psycopg.Connection[Any]) -> 
     def hang(facts: Mapping[str, str]) -> None:
         time.sleep(30)
 
-    hooks = {"started": [boom, hang], "step_started": [seen.append], "completed": [seen.append]}
+    # two that hang use up twice the timeout: the hooks behind them still run, each in time
+    hooks = {
+        "started": [boom, hang, hang],
+        "step_started": [seen.append],
+        "completed": [seen.append],
+    }
     t0 = time.monotonic()
     with Executor(dsn, Settings(hooks=hooks, hook_timeout=0.5)) as ex:
         result = ex.apply([AddColumn("t", "note", "text")], "note")

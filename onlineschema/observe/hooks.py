@@ -16,8 +16,9 @@ a callable gets the same mapping as its one argument.
 Hooks never stop or slow the migration: they run one at a time on their own thread,
 from a bounded queue (when it is full the event is dropped, and that is logged); a hook
 that fails or runs longer than ``timeout`` seconds is logged (a command is killed, with
-its process group). At the end of a run the queue is drained for at most ``timeout``
-seconds, so ``completed`` and ``failed`` hooks get their chance before the process exits.
+its process group). At the end of a run every hook still queued runs, each within
+``timeout``, so ``completed`` and ``failed`` hooks run before the process exits even
+behind one that hangs.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class HookRunner:
         )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # when the worker took the hook it runs now (close() waits for it by this)
+        self._taken = time.monotonic()
         self.migration = ""
         self.total = 0
         self._last_progress: dict[str, float] = {}
@@ -186,6 +189,7 @@ class HookRunner:
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
+            self._taken = time.monotonic()
             if item is None:
                 return
             event, hook, env = item
@@ -259,15 +263,26 @@ class HookRunner:
             return False
         return True
 
-    def close(self, timeout: float | None = None) -> None:
-        """Let the queued hooks run for at most ``timeout`` seconds (default: the hook
-        timeout), then stop the worker (a hook still running is left to its thread)."""
+    def close(self) -> None:
+        """Run the hooks still queued, each within the hook timeout, then stop the worker.
+
+        Each hook gets its own ``timeout`` (and a second more for a killed command to be
+        reaped), so one that hangs cannot use up the time of the ``completed`` or
+        ``failed`` hook queued behind it; if the worker takes no new hook in that time
+        it is left to its thread."""
         with self._lock:
             thread = self._thread
         if thread is None:
             return
-        with contextlib.suppress(queue.Full):
-            self._queue.put((None), timeout=0.5)
-        thread.join(self.timeout if timeout is None else timeout)
-        if thread.is_alive():
+        per_hook = self.timeout + 1.0
+        try:  # behind the hooks queued (a full queue has room once the worker takes one)
+            self._queue.put(None, timeout=per_hook)
+        except queue.Full:
             log.warning("hooks_left_running", queued=self._queue.qsize())
+            return
+        while thread.is_alive():
+            taken = self._taken
+            thread.join(max(taken + per_hook - time.monotonic(), 0.0))
+            if thread.is_alive() and self._taken == taken:
+                log.warning("hooks_left_running", queued=self._queue.qsize())
+                return
