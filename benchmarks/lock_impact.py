@@ -407,6 +407,97 @@ class ServerWatch(threading.Thread):
         return after[0] - before[-1]
 
 
+class WaitSampler(threading.Thread):
+    """With ``--sample-waits MS``: every MS milliseconds, what each backend of the
+    database is doing (``pg_stat_activity``: who, state, wait event) and the machine's
+    stall counters (``/proc/pressure``: time some task waited for a CPU or for I/O), so
+    that a stall can be explained by what the clients waited on across it."""
+
+    PRESSURE = ("cpu", "io")
+
+    def __init__(self, dsn: str, interval: float) -> None:
+        super().__init__(name="wait-sampler", daemon=True)
+        self.dsn = dsn
+        self.interval = interval
+        self.done = threading.Event()
+        #: (epoch, ((who, state, wait), ...), {resource: µs stalled so far})
+        self.samples: list[tuple[float, tuple[tuple[str, str, str], ...], dict[str, int]]] = []
+
+    @classmethod
+    def pressure(cls) -> dict[str, int]:
+        out = {}
+        for name in cls.PRESSURE:
+            path = Path("/proc/pressure") / name
+            if path.exists():  # "some avg10=.. avg60=.. avg300=.. total=µs"
+                out[name] = int(path.read_text().split()[4].partition("=")[2])
+        return out
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="wait-sampler") as c:
+            cur = c.cursor()
+            while not self.done.wait(self.interval):
+                rows = cur.execute(
+                    "SELECT CASE WHEN application_name IN ('', 'pgbench', 'onlineschema')"
+                    " OR application_name LIKE 'onlineschema%'"
+                    " THEN coalesce(nullif(application_name, ''), backend_type)"
+                    " ELSE backend_type END,"
+                    " coalesce(state, ''),"
+                    " coalesce(wait_event_type || ':' || wait_event, '')"
+                    " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                    " AND application_name NOT IN ('server-watch', 'wait-sampler')"
+                ).fetchall()
+                self.samples.append((time.time(), tuple(rows), self.pressure()))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def across(self, start: float, end: float) -> dict[str, Any]:
+        """What the samples in ``[start, end]`` saw: how often each backend was seen in
+        each wait (idle ones and the idle waits of background processes left out), and
+        the ms of CPU and I/O pressure in that window."""
+        inside = [x for x in self.samples if start <= x[0] <= end]
+        seen: dict[str, int] = {}
+        for _, rows, _ in inside:
+            for who, state, wait in rows:
+                if state in ("idle", "idle in transaction") and who == "pgbench":
+                    continue
+                if wait in IDLE_WAITS or (state == "idle" and who != "pgbench"):
+                    continue
+                key = f"{who} {state or '-'} {wait or 'cpu'}"
+                seen[key] = seen.get(key, 0) + 1
+        before = [x[2] for x in self.samples if x[0] <= start]
+        after = [x[2] for x in self.samples if x[0] >= end]
+        pressure = {}
+        if before and after:
+            for name in self.PRESSURE:
+                if name in before[-1] and name in after[0]:
+                    pressure[f"{name}_ms"] = round((after[0][name] - before[-1][name]) / 1000, 1)
+        return {
+            "samples": len(inside),
+            "waits": dict(sorted(seen.items(), key=lambda kv: -kv[1])),
+            "pressure": pressure,
+        }
+
+
+#: the waits of a background process with nothing to do (not worth reporting)
+IDLE_WAITS = frozenset(
+    {
+        "Activity:CheckpointerMain",
+        "Activity:WalWriterMain",
+        "Activity:BgwriterMain",
+        "Activity:BgwriterHibernate",
+        "Activity:AutovacuumMain",
+        "Activity:LogicalLauncherMain",
+        "Activity:IoWorkerMain",
+        "Activity:WalSummarizerWal",
+        "Activity:SysLoggerMain",
+        "Activity:ArchiverMain",
+        "Client:ClientRead",
+    }
+)
+
+
 class StepTimes:
     """Executor observer: when each step started and finished (epoch seconds)."""
 
@@ -457,12 +548,18 @@ STALL_MS = 40.0
 
 
 def stalls(
-    txns: Sequence[Txn], start: float, end: float, times: StepTimes, watch: ServerWatch
+    txns: Sequence[Txn],
+    start: float,
+    end: float,
+    times: StepTimes,
+    watch: ServerWatch,
+    sampler: WaitSampler | None = None,
 ) -> list[dict[str, Any]]:
     """Each stall of ``STALL_MS`` or more in ``[start, end]`` with what was going on: the
     step, the transactions in flight across it by script (reads stalled too: not a row
     lock), the backfill's batches and VACUUMs that overlapped it, the WAL written in the
-    second before it, and whether a checkpoint ran."""
+    second before it, whether a checkpoint ran, and with a sampler what the backends
+    waited on across it and the machine's CPU and I/O pressure."""
     scripts = list(PGBENCH_SCRIPTS)
     ok = [t for t in txns if not t.failed and start <= t.end <= end]
     points = [start, *(t.end for t in ok), end]
@@ -500,6 +597,8 @@ def stalls(
                 or any(a - watch.interval <= t <= b + watch.interval for t in watch.checkpointing),
             }
         )
+        if sampler is not None:
+            out[-1].update(sampler.across(a, b))
     return out
 
 
@@ -713,6 +812,9 @@ class Bench:
         proc = self._pgbench(dbname, prefix, run.rate)
         watch = ServerWatch(dsn)
         watch.start()
+        sampler = WaitSampler(dsn, a.sample_waits / 1000) if a.sample_waits else None
+        if sampler is not None:
+            sampler.start()
         waits: list[tuple[float, float]] = []  # (when, pgbench's CPU wait so far)
         try:
             time.sleep(1.0)  # the clients are connected: the baseline window opens
@@ -740,6 +842,8 @@ class Bench:
             waits.append((t_stop, proc.cpu_wait()))
         finally:
             watch.stop()
+            if sampler is not None:
+                sampler.stop()
             proc.stop(dsn)
         txns = read_logs(self.workdir, prefix)
         run.migration_seconds = round(t_end - t_start, 3)
@@ -759,7 +863,7 @@ class Bench:
             (ratio, duty, round(at - t_start, 2))
             for ratio, duty, at in run.backfill.get("duty", [])
         ]
-        run.stalls = stalls(txns, t_start, t_end, times, watch)
+        run.stalls = stalls(txns, t_start, t_end, times, watch, sampler)
         run.vacuums = [
             (round(e["start"] - t_start, 1), round(e["end"] - t_start, 1))
             for e in times.events
@@ -1129,6 +1233,13 @@ def markdown(result: dict[str, Any]) -> str:
                             else ""
                         )
                         + ("; checkpoint" if x.get("checkpoint") else "")
+                        + (
+                            f"; waits ({x['samples']} samples): "
+                            + ", ".join(f"{n} {k}" for k, n in list(x["waits"].items())[:6])
+                            + "".join(f"; {k} {v:.0f}" for k, v in x["pressure"].items())
+                            if x.get("samples")
+                            else ""
+                        )
                     )
                 lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
         for key, title in (
@@ -1214,6 +1325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="a backfill setting for the onlineschema runs (as `onlineschema set`)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sample-waits", type=float, default=0.0, metavar="MS",
+        help="sample pg_stat_activity's wait events and /proc/pressure every MS ms, and"
+        " report what the clients waited on across each stall (costs some CPU)",
     )  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lock_impact.json"))
     ap.add_argument("--keep", action="store_true", help="keep databases and pgbench logs")
