@@ -15,7 +15,9 @@ filled from existing data, an index on it, a foreign key and a check (``MIGRATIO
 
 Runs, each on a fresh copy of the same database:
 
-* contestants: ``direct`` (the script in one transaction) and ``onlineschema``;
+* contestants: ``direct`` (the script in one transaction) and ``onlineschema``; and, when
+  asked for, ``control``: no migration, the workload alone for ``--control-seconds``
+  (what the machine gives without us: its own stalls, to set ours against);
 * scenarios: ``none``, and ``blocker``: a session holding a read lock on ``orders`` in a
   transaction that lasts ``--blocker`` seconds (15) after the migration starts (it takes
   the lock 1 s before);
@@ -121,6 +123,8 @@ PGBENCH_SCRIPTS: dict[str, tuple[str, int]] = {
 }
 
 CONTESTANTS = ("direct", "onlineschema")
+#: the workload alone, no migration (opt in: --contestants control,onlineschema)
+CONTROL = "control"
 SCENARIOS = ("none", "blocker")
 MODES = ("closed", "open")
 SLOW = 1.0  # a transaction slower than this counts as slow
@@ -830,7 +834,11 @@ class Bench:
             waits.append((t_start, proc.cpu_wait()))
             times = StepTimes()
             try:
-                run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
+                if contestant == CONTROL:
+                    time.sleep(a.control_seconds)
+                    run.finished, run.outcome = True, "no migration"
+                else:
+                    run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
             except (OnlineSchemaError, psycopg.Error) as exc:
                 run.finished, run.outcome = False, f"failed: {str(exc).splitlines()[0]}"
             t_end = time.time()
@@ -904,7 +912,9 @@ class Bench:
         script_ids = {name: i for i, name in enumerate(PGBENCH_SCRIPTS)}
         updates = sum(1 for t in txns if not t.failed and t.script == script_ids["update"])
         inserts = sum(1 for t in txns if not t.failed and t.script == script_ids["insert"])
-        if run.finished:
+        if contestant == CONTROL:  # nothing migrated: nothing to check but the workload's
+            run.correct = run.errors == 0
+        elif run.finished:
             run.checks = check_table(dsn, a.rows, updates, inserts, slack=a.clients)
             run.correct = bool(run.checks["ok"])
         if not a.keep:
@@ -1208,15 +1218,26 @@ def markdown(result: dict[str, Any]) -> str:
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
             )
-        if all("stalls" in r for r in ours):  # results from before these were recorded
+        # the control runs' stalls beside ours: what the machine does without a migration
+        alone = [r for r in result["runs"] if r["contestant"] == CONTROL]
+        if all("stalls" in r for r in alone + ours):  # results from before these were recorded
             lines += [
                 "",
                 f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
                 " with no transaction completing; the step; transactions in flight across it;"
-                " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running):",
+                " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running;"
+                " with --sample-waits, what the backends waited on across it). Their rate"
+                f" first; `{CONTROL}` is the workload alone:",
                 "",
             ]
-            for r in ours:
+            for r in alone + ours:
+                n, minutes = len(r["stalls"]), r["migration_seconds"] / 60
+                lines.append(
+                    f"- {r['contestant']} {tag(r)}: {n} in {r['migration_seconds']:.0f} s"
+                    f" ({n / max(minutes, 1e-9):.2f} a minute)"
+                )
+            lines.append("")
+            for r in alone + ours:
                 stalled: list[str] = []
                 for x in r.get("stalls", []):
                     flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
@@ -1241,7 +1262,7 @@ def markdown(result: dict[str, Any]) -> str:
                             else ""
                         )
                     )
-                lines.append(f"- {tag(r)}: " + (" | ".join(stalled) or "none"))
+                lines.append(f"- {r['contestant']} {tag(r)}: " + (" | ".join(stalled) or "none"))
         for key, title in (
             ("client_cpu_wait", "The workload's clients waiting for a CPU (pgbench's threads, ms a second"),
             ("wal_buffers_full", "WAL buffers found full (times a second"),
@@ -1294,7 +1315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--contestants", default=",".join(CONTESTANTS))
+    ap.add_argument(
+        "--contestants", default=",".join(CONTESTANTS),
+        help=f"of {', '.join((*CONTESTANTS, CONTROL))} ({CONTROL}: the workload alone)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--control-seconds", type=float, default=120.0, metavar="S",
+        help=f"how long the {CONTROL} run's workload runs alone (its 'migration')",
+    )  # fmt: skip
     ap.add_argument("--pg", type=int, default=18, help="server major version")
     ap.add_argument(
         "--basedir", default=None,
@@ -1343,6 +1371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run every run N times (in rounds) and report the median and worst of each",
     )  # fmt: skip
     args = ap.parse_args(argv)
+    unknown = set(args.contestants.split(",")) - {*CONTESTANTS, CONTROL}
+    if unknown:
+        ap.error(f"unknown contestant(s) {', '.join(sorted(unknown))}")
     if args.report:
         print(markdown(json.loads(Path(args.report).read_text())))
         return 0
@@ -1413,6 +1444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "wal_init_zero",
                 "warm_wal",
                 "repeat",
+                "control_seconds",
+                "sample_waits",
             )
         }
         | {"users": bench.users},
