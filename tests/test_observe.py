@@ -29,10 +29,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from scenario_tools import Blocker, wait_until
+from structlog.testing import capture_logs
 
 from onlineschema import Executor
 from onlineschema.changes import AddColumn
 from onlineschema.executor import Settings
+from onlineschema.observe.hooks import HookRunner
 from onlineschema.observe.watch import watch
 
 pytestmark = pytest.mark.version_independent
@@ -325,6 +327,23 @@ def test_hook_callables_in_settings(dsn: str, conn: psycopg.Connection[Any]) -> 
     assert [f["ONLINESCHEMA_EVENT"] for f in seen] == ["step_started", "completed"]
     assert seen[0]["ONLINESCHEMA_STEP"] == "add_column.public.t.note"
     assert seen[1]["ONLINESCHEMA_MIGRATION"] == "note"
+
+
+def test_the_completed_hook_runs_after_a_long_quiet_run() -> None:
+    # the worker last took a hook long ago (a backfill with no progress hooks): the end
+    # still waits for the hooks queued at the end, and for the worker to stop
+    seen: list[str] = []
+    runner = HookRunner(
+        {"started": [lambda f: None], "completed": [lambda f: seen.append("completed")]},
+        timeout=0.1,
+    )
+    runner.fire("started")
+    time.sleep(1.5)  # longer than a hook's time (its timeout and a second) ago
+    runner.fire("completed")
+    with capture_logs() as logs:
+        runner.close()
+    assert seen == ["completed"]
+    assert not [e for e in logs if e["event"] == "hooks_left_running"]
 
 
 class CtrlCOnFirstWrite(io.StringIO):

@@ -280,9 +280,13 @@ class HookRunner:
         except queue.Full:
             log.warning("hooks_left_running", queued=self._queue.qsize())
             return
-        while thread.is_alive():
-            taken = self._taken
-            thread.join(max(taken + per_hook - time.monotonic(), 0.0))
-            if thread.is_alive() and self._taken == taken:
+        # from now (the worker may have idled long), and from each hook it takes after
+        taken, since = self._taken, time.monotonic()
+        while True:
+            thread.join(max(since + per_hook - time.monotonic(), 0.0))
+            if not thread.is_alive():
+                return
+            if self._taken == taken:  # no new hook in a hook's time: this one hangs
                 log.warning("hooks_left_running", queued=self._queue.qsize())
                 return
+            taken = since = self._taken
