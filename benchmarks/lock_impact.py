@@ -441,10 +441,9 @@ class WaitSampler(threading.Thread):
             cur = c.cursor()
             while not self.done.wait(self.interval):
                 rows = cur.execute(
-                    "SELECT CASE WHEN application_name IN ('', 'pgbench', 'onlineschema')"
+                    "SELECT CASE WHEN application_name = 'pgbench'"
                     " OR application_name LIKE 'onlineschema%'"
-                    " THEN coalesce(nullif(application_name, ''), backend_type)"
-                    " ELSE backend_type END,"
+                    " THEN application_name ELSE backend_type END,"
                     " coalesce(state, ''),"
                     " coalesce(wait_event_type || ':' || wait_event, '')"
                     " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
@@ -464,9 +463,7 @@ class WaitSampler(threading.Thread):
         seen: dict[str, int] = {}
         for _, rows, _ in inside:
             for who, state, wait in rows:
-                if state in ("idle", "idle in transaction") and who == "pgbench":
-                    continue
-                if wait in IDLE_WAITS or (state == "idle" and who != "pgbench"):
+                if state == "idle" or wait in IDLE_WAITS:
                     continue
                 key = f"{who} {state or '-'} {wait or 'cpu'}"
                 seen[key] = seen.get(key, 0) + 1
@@ -497,7 +494,6 @@ IDLE_WAITS = frozenset(
         "Activity:WalSummarizerWal",
         "Activity:SysLoggerMain",
         "Activity:ArchiverMain",
-        "Client:ClientRead",
     }
 )
 
