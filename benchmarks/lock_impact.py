@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from structlog.testing import capture_logs
@@ -128,6 +128,8 @@ CONTROL = "control"
 SCENARIOS = ("none", "blocker")
 MODES = ("closed", "open")
 SLOW = 1.0  # a transaction slower than this counts as slow
+#: a poller's sample: a tuple whose first item is the epoch it was taken at
+SampleT = TypeVar("SampleT", bound=tuple[Any, ...])
 
 
 # --- measurements ---------------------------------------------------------------------
@@ -404,11 +406,16 @@ class ServerWatch(threading.Thread):
         return int(self._between(start, end, 2))
 
     def _between(self, start: float, end: float, i: int) -> float:
-        before = [x[i] for x in self.samples if x[0] <= start]
-        after = [x[i] for x in self.samples if x[0] >= end]
-        if not before or not after:
-            return 0.0
-        return after[0] - before[-1]
+        pair = around(self.samples, start, end)
+        return 0.0 if pair is None else pair[1][i] - pair[0][i]
+
+
+def around(samples: Sequence[SampleT], start: float, end: float) -> tuple[SampleT, SampleT] | None:
+    """The last sample taken at or before ``start`` and the first at or after ``end``
+    (samples are tuples in time order, their epoch first), or None if either is missing."""
+    before = [x for x in samples if x[0] <= start]
+    after = [x for x in samples if x[0] >= end]
+    return (before[-1], after[0]) if before and after else None
 
 
 class WaitSampler(threading.Thread):
@@ -467,13 +474,13 @@ class WaitSampler(threading.Thread):
                     continue
                 key = f"{who} {state or '-'} {wait or 'cpu'}"
                 seen[key] = seen.get(key, 0) + 1
-        before = [x[2] for x in self.samples if x[0] <= start]
-        after = [x[2] for x in self.samples if x[0] >= end]
+        pair = around(self.samples, start, end)
         pressure = {}
-        if before and after:
+        if pair is not None:
+            (_, _, was), (_, _, now) = pair
             for name in self.PRESSURE:
-                if name in before[-1] and name in after[0]:
-                    pressure[f"{name}_ms"] = round((after[0][name] - before[-1][name]) / 1000, 1)
+                if name in was and name in now:
+                    pressure[f"{name}_ms"] = round((now[name] - was[name]) / 1000, 1)
         return {
             "samples": len(inside),
             "waits": dict(sorted(seen.items(), key=lambda kv: -kv[1])),
