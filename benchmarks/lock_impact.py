@@ -17,7 +17,10 @@ Runs, each on a fresh copy of the same database:
 
 * contestants: ``direct`` (the script in one transaction) and ``onlineschema``; and, when
   asked for, ``control``: no migration, the workload alone for ``--control-seconds``
-  (what the machine gives without us: its own stalls, to set ours against);
+  (what the machine gives without us: its own stalls, to set ours against), and with
+  ``--control-wal MB,...`` one control run for each rate, with a filler session beside
+  the workload writing that many MB of WAL a second and nothing else (no lock on the
+  workload's rows): what the WAL volume alone does to the workload;
 * scenarios: ``none``, and ``blocker``: a session holding a read lock on ``orders`` in a
   transaction that lasts ``--blocker`` seconds (15) after the migration starts (it takes
   the lock 1 s before);
@@ -128,6 +131,7 @@ CONTROL = "control"
 SCENARIOS = ("none", "blocker")
 MODES = ("closed", "open")
 SLOW = 1.0  # a transaction slower than this counts as slow
+MB = 2**20
 #: a poller's sample: a tuple whose first item is the epoch it was taken at
 SampleT = TypeVar("SampleT", bound=tuple[Any, ...])
 
@@ -268,6 +272,9 @@ class Run:
     correct: bool = False
     checks: dict[str, Any] = field(default_factory=dict)
     blocker_seconds: float | None = None
+    #: a control run's filler: the MB of WAL a second it was asked for and wrote
+    filler_mb_s: float = 0.0
+    filler_wrote_mb_s: float = 0.0
     #: for the plots, not saved: (seconds since the migration started, latency) samples,
     #: completions per 0.25 s bin, and the blocker's window
     series: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -327,6 +334,58 @@ class Pgbench:
             for at, line in self.lines
             if at < self.stopped_at and "aborted" in line and "Run was aborted" not in line
         ]
+
+
+class WalFiller(threading.Thread):
+    """Writes ``mb_s`` MB of WAL a second and nothing else: every ``tick`` seconds one
+    transaction inserts into a table of its own (``wal_filler``: no lock the workload
+    takes), committed with ``synchronous_commit`` off as the backfill's batches are, so
+    its WAL reaches the disk with the workload's next commit flush. Each insert's WAL is
+    read from ``EXPLAIN (ANALYZE, WAL)``, and the next one sized to keep the total on
+    ``mb_s`` times the seconds since the start."""
+
+    tick = 0.05
+
+    def __init__(self, dsn: str, mb_s: float) -> None:
+        super().__init__(name="wal-filler", daemon=True)
+        self.dsn, self.rate = dsn, mb_s * MB
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.written = 0  #: WAL bytes, as EXPLAIN reports them
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, application_name="wal-filler") as c:
+                c.execute("CREATE TABLE IF NOT EXISTS wal_filler (id bigserial, pad text)")
+                c.execute("SET synchronous_commit = off")
+                per_row, t0 = 600.0, time.monotonic()
+                while not self.done.wait(self.tick):
+                    due = self.rate * (time.monotonic() - t0) - self.written
+                    n = min(int(due / per_row), 20_000)
+                    if n <= 0:
+                        continue
+                    plan = c.execute(
+                        # rows of 512 bytes that do not compress
+                        "EXPLAIN (ANALYZE, WAL, FORMAT JSON) INSERT INTO wal_filler (pad)"
+                        " SELECT repeat(md5(random()::text), 16) FROM generate_series(1, %s)",
+                        (n,),
+                    ).fetchone()
+                    assert plan is not None
+                    wal = int(plan[0][0]["Plan"].get("WAL Bytes", 0))
+                    self.written += wal
+                    per_row = max(wal / n, 1.0)
+                self.seconds = time.monotonic() - t0
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(30)
+
+    @property
+    def mb_s(self) -> float:
+        return self.written / MB / max(self.seconds, 1e-9)
 
 
 class Blocker(threading.Thread):
@@ -398,7 +457,7 @@ class ServerWatch(threading.Thread):
 
     def wal_mb(self, start: float, end: float) -> float:
         """MB of WAL written in ``[start, end]`` (from the samples around it)."""
-        return self._between(start, end, 1) / 2**20
+        return self._between(start, end, 1) / MB
 
     def buffers_full(self, start: float, end: float) -> int:
         """Times a backend found the WAL buffers full in ``[start, end]`` (as reported:
@@ -801,7 +860,13 @@ class Bench:
         return Pgbench(argv)
 
     def run(
-        self, contestant: str, scenario: str, mode: str, rate: float | None, round_: int = 1
+        self,
+        contestant: str,
+        scenario: str,
+        mode: str,
+        rate: float | None,
+        round_: int = 1,
+        filler_mb_s: float = 0.0,
     ) -> Run:
         assert self.server is not None
         a = self.args
@@ -810,7 +875,9 @@ class Bench:
         dsn = self.server.create_database(dbname, template="bench_base")
         prefix = f"{dbname}.r{round_}.log"
         run = Run(contestant, scenario, mode, rate if mode == "open" else None, round_)
+        run.filler_mb_s = filler_mb_s
         blocker: Blocker | None = None
+        filler: WalFiller | None = None
         print(f"run {dbname} (round {round_}) ...", file=sys.stderr)
         if a.warm_wal:  # recycle the segments the last run wrote
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -838,8 +905,16 @@ class Bench:
             times = StepTimes()
             try:
                 if contestant == CONTROL:
+                    if filler_mb_s:
+                        filler = WalFiller(dsn, filler_mb_s)
+                        filler.start()
                     time.sleep(a.control_seconds)
+                    if filler is not None:
+                        filler.stop()
+                        run.filler_wrote_mb_s = round(filler.mb_s, 2)
                     run.finished, run.outcome = True, "no migration"
+                    if filler is not None:
+                        run.outcome += f", {run.filler_wrote_mb_s:.1f} MB/s of WAL from a filler"
                 else:
                     run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
             except (OnlineSchemaError, psycopg.Error) as exc:
@@ -852,6 +927,8 @@ class Bench:
             t_stop = time.time()
             waits.append((t_stop, proc.cpu_wait()))
         finally:
+            if filler is not None:
+                filler.stop()
             watch.stop()
             if sampler is not None:
                 sampler.stop()
@@ -912,6 +989,9 @@ class Bench:
         run.error_detail = aborted[:5]
         if blocker is not None and blocker.error is not None:
             run.error_detail.append(f"blocker: {blocker.error!r}")
+        if filler is not None and filler.error is not None:
+            run.error_detail.append(f"filler: {filler.error!r}")
+            run.errors += 1
         script_ids = {name: i for i, name in enumerate(PGBENCH_SCRIPTS)}
         updates = sum(1 for t in txns if not t.failed and t.script == script_ids["update"])
         inserts = sum(1 for t in txns if not t.failed and t.script == script_ids["insert"])
@@ -1189,7 +1269,11 @@ def markdown(result: dict[str, Any]) -> str:
     repeated = len({r.get("round", 1) for r in result["runs"]}) > 1
 
     def tag(r: dict[str, Any]) -> str:
-        return f"{r['mode']}/{r['scenario']}" + (f" round {r.get('round', 1)}" if repeated else "")
+        return (
+            f"{r['mode']}/{r['scenario']}"
+            + (f" +{r['filler_mb_s']:g} MB/s filler" if r.get("filler_mb_s") else "")
+            + (f" round {r.get('round', 1)}" if repeated else "")
+        )
 
     if ours:
         lines += [
@@ -1221,51 +1305,6 @@ def markdown(result: dict[str, Any]) -> str:
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
             )
-        # the control runs' stalls beside ours: what the machine does without a migration
-        alone = [r for r in result["runs"] if r["contestant"] == CONTROL]
-        if all("stalls" in r for r in alone + ours):  # results from before these were recorded
-            lines += [
-                "",
-                f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
-                " with no transaction completing; the step; transactions in flight across it;"
-                " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running;"
-                " with --sample-waits, what the backends waited on across it). Their rate"
-                f" first; `{CONTROL}` is the workload alone:",
-                "",
-            ]
-            for r in alone + ours:
-                n, minutes = len(r["stalls"]), r["migration_seconds"] / 60
-                lines.append(
-                    f"- {r['contestant']} {tag(r)}: {n} in {r['migration_seconds']:.0f} s"
-                    f" ({n / max(minutes, 1e-9):.2f} a minute)"
-                )
-            lines.append("")
-            for r in alone + ours:
-                stalled: list[str] = []
-                for x in r.get("stalls", []):
-                    flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
-                    batch = " ".join(
-                        f"{b['ms']:.0f}/{b['rows']}/{b['waiters']}" for b in x["batches"]
-                    )
-                    stalled.append(
-                        f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
-                        f" in flight: {flight}; batches: {batch or 'none'}"
-                        + ("; VACUUM" if x["vacuum"] else "")
-                        + (
-                            f"; WAL {x['wal_mb_before']:.0f} MB in the second before"
-                            if "wal_mb_before" in x
-                            else ""
-                        )
-                        + ("; checkpoint" if x.get("checkpoint") else "")
-                        + (
-                            f"; waits ({x['samples']} samples): "
-                            + ", ".join(f"{n} {k}" for k, n in list(x["waits"].items())[:6])
-                            + "".join(f"; {k} {v:.0f}" for k, v in x["pressure"].items())
-                            if x.get("samples")
-                            else ""
-                        )
-                    )
-                lines.append(f"- {r['contestant']} {tag(r)}: " + (" | ".join(stalled) or "none"))
         for key, title in (
             ("client_cpu_wait", "The workload's clients waiting for a CPU (pgbench's threads, ms a second"),
             ("wal_buffers_full", "WAL buffers found full (times a second"),
@@ -1296,6 +1335,51 @@ def markdown(result: dict[str, Any]) -> str:
                     + (f"; checkpointer at work in {busy} of {len(r['seconds'])} seconds"
                        if watched else "")
                 )  # fmt: skip
+    # the control runs' stalls beside ours: what the machine does without a migration
+    alone = [r for r in result["runs"] if r["contestant"] == CONTROL]
+    if alone + ours and all("stalls" in r for r in alone + ours):  # (older results: none)
+        lines += [
+            "",
+            f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
+            " with no transaction completing; the step; transactions in flight across it;"
+            " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running;"
+            " with --sample-waits, what the backends waited on across it). Their rate"
+            f" first; `{CONTROL}` is the workload alone:",
+            "",
+        ]
+        for r in alone + ours:
+            n, minutes = len(r["stalls"]), r["migration_seconds"] / 60
+            wal = [x["wal_mb"] for x in r["seconds"] if "wal_mb" in x]
+            lines.append(
+                f"- {r['contestant']} {tag(r)}: {n} in {r['migration_seconds']:.0f} s"
+                f" ({n / max(minutes, 1e-9):.2f} a minute)"
+                + (f", {sum(wal) / len(wal):.1f} MB of WAL a second" if wal else "")
+            )
+        lines.append("")
+        for r in alone + ours:
+            stalled: list[str] = []
+            for x in r.get("stalls", []):
+                flight = ", ".join(f"{n} {k}" for k, n in x["in_flight"].items()) or "none"
+                batch = " ".join(f"{b['ms']:.0f}/{b['rows']}/{b['waiters']}" for b in x["batches"])
+                stalled.append(
+                    f"{x['at']:.1f} s: {x['gap_ms']:.0f} ms, {x['step'] or '-'};"
+                    f" in flight: {flight}; batches: {batch or 'none'}"
+                    + ("; VACUUM" if x["vacuum"] else "")
+                    + (
+                        f"; WAL {x['wal_mb_before']:.0f} MB in the second before"
+                        if "wal_mb_before" in x
+                        else ""
+                    )
+                    + ("; checkpoint" if x.get("checkpoint") else "")
+                    + (
+                        f"; waits ({x['samples']} samples): "
+                        + ", ".join(f"{n} {k}" for k, n in list(x["waits"].items())[:6])
+                        + "".join(f"; {k} {v:.0f}" for k, v in x["pressure"].items())
+                        if x.get("samples")
+                        else ""
+                    )
+                )
+            lines.append(f"- {r['contestant']} {tag(r)}: " + (" | ".join(stalled) or "none"))
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
@@ -1325,6 +1409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--control-seconds", type=float, default=120.0, metavar="S",
         help=f"how long the {CONTROL} run's workload runs alone (its 'migration')",
+    )  # fmt: skip
+    ap.add_argument(
+        "--control-wal", default=[0.0], metavar="MB,...",
+        type=lambda v: [float(x) for x in v.split(",")],
+        help=f"a {CONTROL} run for each: a filler session writes that many MB of WAL a"
+        " second beside the workload (0: none)",
     )  # fmt: skip
     ap.add_argument("--pg", type=int, default=18, help="server major version")
     ap.add_argument(
@@ -1418,7 +1508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if mode == "open" and rate is None:
                             closed = [r for r in runs if r.mode == "closed" and r.baseline]
                             rate = round(closed[0].baseline["tps"] * 0.5, -1) if closed else 500.0
-                        runs.append(bench.run(contestant, scenario, mode, rate, round_))
+                        for filler in args.control_wal if contestant == CONTROL else [0.0]:
+                            runs.append(bench.run(contestant, scenario, mode, rate, round_, filler))
     finally:
         bench.close()
     result: dict[str, Any] = {
@@ -1448,6 +1539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "warm_wal",
                 "repeat",
                 "control_seconds",
+                "control_wal",
                 "sample_waits",
             )
         }
