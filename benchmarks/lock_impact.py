@@ -1204,6 +1204,12 @@ def _median_worst(values: list[float], worst: Callable[..., float], fmt: str, x:
     return f"{x}{statistics.median(values):{fmt}} / {x}{worst(values):{fmt}}"
 
 
+def who(r: Mapping[str, Any]) -> str:
+    """The run's contestant, with a control run's filler (--control-wal)."""
+    filler = r.get("filler_mb_s")
+    return str(r["contestant"]) + (f" +{filler:g} MB/s WAL" if filler else "")
+
+
 def summary(runs: Sequence[dict[str, Any]]) -> list[str]:
     """With several rounds: the median and the worst of each run's figures over them."""
     if len({r.get("round", 1) for r in runs}) < 2:
@@ -1217,13 +1223,9 @@ def summary(runs: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     mw = _median_worst
-    keys = dict.fromkeys((r["mode"], r["scenario"], r["contestant"]) for r in runs)
+    keys = dict.fromkeys((r["mode"], r["scenario"], who(r)) for r in runs)
     for mode, scenario, contestant in keys:
-        rs = [
-            r
-            for r in runs
-            if (r["mode"], r["scenario"], r["contestant"]) == (mode, scenario, contestant)
-        ]
+        rs = [r for r in runs if (r["mode"], r["scenario"], who(r)) == (mode, scenario, contestant)]
         lines.append(
             f"| {mode} | {scenario} | {contestant} | {len(rs)} |"
             f" {mw([r['migration_seconds'] for r in rs], max, '.1f')} s |"
@@ -1256,7 +1258,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["runs"]:
         d = r["during"]
         lines.append(
-            f"| {r.get('round', 1)} | {r['mode']} | {r['scenario']} | {r['contestant']} |"
+            f"| {r.get('round', 1)} | {r['mode']} | {r['scenario']} | {who(r)} |"
             f" {r['migration_seconds']:.2f} s | {'yes' if r['finished'] else 'no'} |"
             f" {r['throughput_ratio']:.2f} | {r.get('worst_second_ratio', 0):.2f} |"
             f" {d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms (x{r.get('p99_ratio', 0):.1f}) |"
@@ -1269,11 +1271,7 @@ def markdown(result: dict[str, Any]) -> str:
     repeated = len({r.get("round", 1) for r in result["runs"]}) > 1
 
     def tag(r: dict[str, Any]) -> str:
-        return (
-            f"{r['mode']}/{r['scenario']}"
-            + (f" +{r['filler_mb_s']:g} MB/s filler" if r.get("filler_mb_s") else "")
-            + (f" round {r.get('round', 1)}" if repeated else "")
-        )
+        return f"{r['mode']}/{r['scenario']}" + (f" round {r.get('round', 1)}" if repeated else "")
 
     if ours:
         lines += [
@@ -1351,7 +1349,7 @@ def markdown(result: dict[str, Any]) -> str:
             n, minutes = len(r["stalls"]), r["migration_seconds"] / 60
             wal = [x["wal_mb"] for x in r["seconds"] if "wal_mb" in x]
             lines.append(
-                f"- {r['contestant']} {tag(r)}: {n} in {r['migration_seconds']:.0f} s"
+                f"- {who(r)} {tag(r)}: {n} in {r['migration_seconds']:.0f} s"
                 f" ({n / max(minutes, 1e-9):.2f} a minute)"
                 + (f", {sum(wal) / len(wal):.1f} MB of WAL a second" if wal else "")
             )
@@ -1379,7 +1377,7 @@ def markdown(result: dict[str, Any]) -> str:
                         else ""
                     )
                 )
-            lines.append(f"- {r['contestant']} {tag(r)}: " + (" | ".join(stalled) or "none"))
+            lines.append(f"- {who(r)} {tag(r)}: " + (" | ".join(stalled) or "none"))
     lines += summary(result["runs"])
     lines += ["", "| target (onlineschema runs) | met | value |", "|---|---|---|"]
     for t in result["targets"]:
