@@ -345,14 +345,17 @@ class LockWaiters(Signal):
         return r.values.get("seconds", 0.0) == 0.0
 
 
+#: the WAL insert position in bytes: read as a batch begins and ends (the WAL written
+#: between is the batch's, and what other sessions wrote meanwhile)
+WAL_POSITION = "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8"
 #: sampled inside a batch's transaction, just before COMMIT: who waits on us, how long
-#: (parameter: the backfill's own sessions, which do not count)
-LOCK_WAITERS_SQL = (
+#: (parameter: the backfill's own sessions, which do not count), and the WAL position
+BATCH_END_SQL = sql.SQL(
     "SELECT count(DISTINCT pid)::int,"
-    " coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0)::float8"
+    " coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0)::float8, {}"
     " FROM pg_locks WHERE CASE WHEN granted OR pid = pg_backend_pid() OR pid = ANY(%s)"
     " THEN false ELSE pg_backend_pid() = ANY(pg_blocking_pids(pid)) END"
-)
+).format(sql.SQL(WAL_POSITION))
 
 
 class LongTransaction(Signal):

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 
 from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Settings
 from onlineschema.backfill.chunks import WORKER_APPLICATION_NAME
-from onlineschema.backfill.pace import MIN_TARGET_SHARE, Pace
+from onlineschema.backfill.pace import MIN_TARGET_SHARE, Decision, Pace
 from onlineschema.embedded.server import LocalServer
 from onlineschema.throttle import ActiveSessions, Context
 
@@ -199,6 +199,72 @@ def test_pace_rests_at_the_duty_cycle_only_while_affected() -> None:
     st = pace.stats
     assert (st.batches, st.waited_batches, st.rests) == (5, 1, 3)
     assert st.rested_seconds == pytest.approx(0.1) and st.busy_seconds == pytest.approx(0.165)
+
+
+@pytest.mark.server_independent
+def test_max_wal_rate_rests_the_workers_together_until_their_wal_fits() -> None:
+    """max_wal_rate 1 MB/s, one bucket for the workers of a process: a batch of 0.1 s
+    across 0.5 MB of WAL rests 0.4 s; another worker's batch ending at that moment, across
+    0.75 MB of which 0.25 MB the first one counted, waits for both (0.9 s); a quiet spell
+    is not saved up; where the duty cycle rests longer the cap adds nothing; a batch
+    that began before one which ended first counts only what that one did not. With no
+    cap (0) the same batch does not rest."""
+    mb = 1 << 20
+    now = [10.0]
+    strained = [False]
+    pace = Pace(strained=lambda: strained[0], clock=lambda: now[0])
+    s = BackfillSettings(max_wal_rate=mb, duty_cycle=0.1, signal_interval=1.0)
+
+    def batch(p: Pace, lo: float, hi: float, cap: BackfillSettings = s) -> Decision:
+        return p.after_batch(
+            cap, size=100, target=0.03, elapsed=0.1, last=False, waiters=0, wal=(lo, hi)
+        )
+
+    d = batch(pace, 0, mb / 2)
+    assert d.rest == pytest.approx(0.4) and d.wal_capped and not d.affected
+    d = batch(pace, mb / 4, mb)  # a second worker's, overlapping the first one's WAL
+    assert d.wal == mb / 2 and d.rest == pytest.approx(0.9) and d.wal_capped
+    now[0] = 20.0  # long after: the quiet time is not saved up
+    d = batch(pace, 2 * mb, 2.25 * mb)
+    assert d.rest == pytest.approx(0.15)
+    strained[0], now[0] = True, 30.0  # the duty cycle rests 0.9 s, more than the cap's 0.15
+    d = batch(pace, 3 * mb, 3.25 * mb)
+    assert d.rest == pytest.approx(0.9) and d.affected and not d.wal_capped
+    strained[0], now[0] = False, 40.0
+    d = batch(pace, 5.25 * mb, 5.5 * mb)  # ends first, inside the next one
+    assert d.wal == mb / 4 and d.rest == pytest.approx(0.15)
+    d = batch(pace, 5 * mb, 6 * mb)
+    assert d.wal == 3 * mb / 4 and d.rest == pytest.approx(0.9)
+    st = pace.stats
+    assert st.wal_bytes == 2.5 * mb
+    assert st.wal_rested_seconds == pytest.approx(0.4 + 0.9 + 0.15 + 0.15 + 0.9)
+    d = batch(Pace(clock=lambda: now[0]), 0, mb, BackfillSettings(max_wal_rate=0))
+    assert d.rest == 0 and not d.wal_capped and d.wal == mb
+
+
+def test_max_wal_rate_caps_the_backfills_wal_on_an_idle_database(dsn: str, conn: Conn) -> None:
+    """max_wal_rate=256kB on an idle database, where no other rule rests: each batch reads
+    the WAL written while it ran (at least a row version's worth a row) and rests until
+    it fits under the cap, so by the pace's own accounting the busy and rested time
+    together cover the backfill's WAL at 256 kB a second. Without the cap, no rest."""
+    make_table(conn, 3000)
+    cap = 256 * 1024
+    s = settings(batch_initial=100, batch_max=100, max_wal_rate=cap)
+    with capture_logs() as logs, Executor(dsn, s) as ex:
+        ex.apply([Backfill("r", {"n": "n + 1"})], "capped")
+    bs = batches(logs)
+    done = next(e for e in logs if e["event"] == "backfill_done")
+    assert len(bs) >= 30 and all(e["wal"] >= 50 * e["rows"] for e in bs), bs
+    # a 100-row batch writes ~10-20 kB (40-80 ms at the cap) in a few ms
+    assert all(e["rest"] >= e["wal"] / cap - e["seconds"] - 0.001 for e in bs), bs
+    assert done["wal_bytes"] == sum(e["wal"] for e in bs)
+    assert done["busy_seconds"] + done["rested_seconds"] >= done["wal_bytes"] / cap * 0.99
+    assert done["wal_rested_seconds"] > 0 and done["rests"] >= 29
+    assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+    conn.execute("UPDATE r SET n = 0")
+    with capture_logs() as logs, Executor(dsn, settings(batch_initial=100, batch_max=100)) as ex:
+        ex.apply([Backfill("r", {"n": "n + 1"})], "uncapped")
+    assert [e for e in batches(logs) if e["rest"]] == []
 
 
 def test_latency_probe_rests_when_strained_pauses_when_over_and_carries_on(

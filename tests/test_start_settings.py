@@ -228,6 +228,8 @@ def test_settings_given_at_the_start_stay_with_the_migration(
         (["--set", "duty_cycle"], {}, "is not key=value"),
         ([], {"ONLINESCHEMA_SET": "duty_cycle=lots"}, "bad backfill setting in ONLINESCHEMA_SET"),
         (["--settings-file", "/nonexistent/x.toml"], {}, "cannot read the settings file"),
+        (["--set", "max_wal_rate=fast"], {}, "not a size: 'fast'"),
+        (["--set", "max_wal_rate=-1MB"], {}, "max_wal_rate must be >= 0"),
     ],
 )
 def test_bad_start_settings_are_refused_before_anything_runs(

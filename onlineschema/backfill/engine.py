@@ -39,7 +39,7 @@ from ..session import batch_settings, claim_settings, cut_settings
 from ..sql import batches
 from ..sql.batches import Spec
 from ..state import BackfillStore, StateStore
-from ..throttle import LOCK_WAITERS_SQL, Throttle
+from ..throttle import BATCH_END_SQL, WAL_POSITION, Throttle
 from .chunks import Chunk, Claims, clone_connection, cut, density
 from .coordinator import Coordinator, Observer, SignalReader, Stop, Stopped
 from .pace import Pace
@@ -120,6 +120,8 @@ class _Worker:
     inline: bool
     target: float = 0.0  #: this worker's batch time target now (see pace.py)
     waiters: int = 0  #: sessions that waited on its last batch
+    #: the WAL positions (bytes) its last batch began and ended at (BATCH_END_SQL)
+    wal: tuple[float, float] | None = None
 
 
 class Batcher:
@@ -185,9 +187,12 @@ class Batcher:
         chunk turned out finished. Returns (rows, seconds, chunk finished)."""
         t0 = time.monotonic()
         waiters = (0, 0.0)
-        w.waiters = 0
+        wal: tuple[float, float] | None = None
+        w.waiters, w.wal = 0, None
         with w.conn.transaction(), w.conn.cursor() as cur:
-            cur.execute(self.locals())
+            cur.execute(sql.SQL("{}, {}").format(self.locals(), sql.SQL(WAL_POSITION)))
+            start = cur.fetchone()
+            assert start is not None
             row = self.records.lock_chunk(cur, chunk.chunk)
             if row is None or row[1]:
                 return None
@@ -200,11 +205,12 @@ class Batcher:
             cur.execute(batch.statement)
             n = max(cur.rowcount, 0)
             # who waits on this batch's locks (the backfill's own sessions aside): the
-            # pace shrinks for them, the throttle pauses for long waits
-            cur.execute(LOCK_WAITERS_SQL, (self.coordinator.our_pids(),))
+            # pace shrinks for them, the throttle pauses for long waits; and its WAL
+            cur.execute(BATCH_END_SQL, (self.coordinator.our_pids(),))
             wrow = cur.fetchone()
             if wrow is not None:
                 waiters = (int(wrow[0]), float(wrow[1]))
+                wal = (float(start[-1]), float(wrow[2]))
             elapsed = time.monotonic() - t0
             self.records.advance_chunk(
                 cur,
@@ -218,7 +224,7 @@ class Batcher:
         chunk.cursor, chunk.done = batch.cursor, batch.last
         chunk.rows_done += n
         chunk.scanned += batch.scanned
-        w.waiters = waiters[0]
+        w.waiters, w.wal = waiters[0], wal
         if waiters[0]:
             self.throttle.feed_lock_wait(waiters[0], waiters[1], self.settings)
             if waiters[1] > self.settings.max_blocked_wait:
@@ -509,6 +515,7 @@ class BackfillRunner:
                 elapsed=elapsed,
                 last=last,
                 waiters=w.waiters,
+                wal=w.wal,
             )
             w.size, w.target = d.size, d.target
             self.coordinator.batch_size = w.size
@@ -519,6 +526,7 @@ class BackfillRunner:
                 rows=n,
                 seconds=round(elapsed, 4),
                 waiters=w.waiters,
+                wal=d.wal,
                 target=round(d.target, 4),
                 rest=round(d.rest, 4),
                 affected=d.affected,

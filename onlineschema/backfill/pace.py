@@ -25,6 +25,15 @@ The rules, per worker, after every batch:
   thresholds; with no Little's-law baseline, ``busy_sessions`` sessions running
   queries). On an idle database nothing is affected and the backfill runs at the speed
   of the UPDATE itself. Signals over their pause threshold pause it (``throttle``).
+* **A cap on WAL**, when ``max_wal_rate`` is set: each batch reads the WAL position as
+  it begins and ends, the WAL written while any batch of this process ran is counted
+  once (two workers' batches overlap), and the workers together rest so that it stays
+  under that many bytes a second (a token bucket without a burst: idle time is not
+  saved up). It
+  applies whether the application is at work or not: every commit of the application
+  waits for the WAL written before it to reach the disk, so on a disk whose flushes take
+  tens of milliseconds it is the backfill's WAL, not its locks, that the application
+  feels (benchmarks/README.md).
 
 GitLab's batched background migrations size batches toward a fixed share of a long
 interval and pause on database health indicators; gh-ost rests a fixed ``nice-ratio``
@@ -63,6 +72,9 @@ class PaceStats:
     busy_seconds: float = 0.0  #: time spent in batches
     rested_seconds: float = 0.0  #: time spent resting between batches (not throttled time)
     rests: int = 0  #: batches followed by a rest
+    wal_bytes: int = 0  #: WAL written while the batches ran
+    #: of rested_seconds, what max_wal_rate added to the rest the other rules gave
+    wal_rested_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -77,6 +89,8 @@ class Decision:
     rest: float
     affected: bool
     duty: float = 1.0  #: the share of the worker's time to spend in batches (1.0: no rest)
+    wal: int = 0  #: bytes of WAL counted for this batch (not counted for another)
+    wal_capped: bool = False  #: max_wal_rate lengthened the rest
 
 
 class Pace:
@@ -93,6 +107,10 @@ class Pace:
         self._clock = clock
         self._lock = threading.Lock()
         self._waited_at = -1e18
+        #: when the WAL the batches wrote so far is paid for at max_wal_rate
+        self._wal_due = -1e18
+        #: the WAL the latest batches ran across (positions, disjoint, in order)
+        self._wal_spans: list[tuple[float, float]] = []
         self.stats = PaceStats()
 
     def affected(self, s: BackfillSettings) -> bool:
@@ -110,10 +128,12 @@ class Pace:
         elapsed: float,
         last: bool,
         waiters: int,
+        wal: tuple[float, float] | None = None,
     ) -> Decision:
         """Decide the next size and the rest after a batch of ``size`` rows that took
         ``elapsed`` seconds (``last``: it ended its chunk, cut short) with ``waiters``
-        sessions waiting on it when it was about to commit."""
+        sessions waiting on it when it was about to commit, across the WAL positions
+        ``wal`` (where it began, where it ended)."""
         target = min(target or s.batch_target, s.batch_target)
         if waiters:
             target = max(target / 2, s.batch_target * MIN_TARGET_SHARE)
@@ -131,12 +151,37 @@ class Pace:
         if measured is not None:  # the application's latency sets it, waiters still cap it
             duty = min(duty, measured)
             affected = affected or measured < 1.0
-        rest = elapsed * (1 - duty) / duty + s.sleep
+        rest = elapsed * (1 - duty) / duty
+        wal_rest = 0.0
         with self._lock:
+            written = self._count_wal(wal) if wal is not None else 0
+            if s.max_wal_rate > 0:
+                now = self._clock()
+                # from the batch's start at the latest: a quiet spell is not saved up
+                self._wal_due = max(self._wal_due, now - elapsed) + written / s.max_wal_rate
+                wal_rest = max(self._wal_due - now - rest, 0.0)
+            rest += wal_rest + s.sleep
             st = self.stats
             st.batches += 1
             st.waited_batches += 1 if waiters else 0
             st.busy_seconds += elapsed
             st.rested_seconds += rest
             st.rests += 1 if rest > 0 else 0
-        return Decision(new, target, rest, affected, duty)
+            st.wal_bytes += written
+            st.wal_rested_seconds += wal_rest
+        return Decision(new, target, rest, affected, duty, written, wal_capped=wal_rest > 0)
+
+    def _count_wal(self, span: tuple[float, float]) -> int:
+        """The bytes of ``span`` (WAL positions) no batch counted before (under the lock):
+        the spans of the latest batches are kept merged, and the part of this one that
+        overlaps them is not counted again."""
+        lo, hi = span
+        new = hi - lo - sum(max(min(b, hi) - max(a, lo), 0.0) for a, b in self._wal_spans)
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted([*self._wal_spans, (lo, hi)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._wal_spans = merged[-16:]  # a batch overlaps only the few latest
+        return int(max(new, 0.0))

@@ -13,7 +13,7 @@ _UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4
 
 
 def _parse_bytes(v: Any) -> int:
-    text = str(v).strip().lower().replace(" ", "")
+    text = str(v).strip().lower().replace(" ", "").removesuffix("/s")
     num = text.rstrip("kmgtb")
     unit = text[len(num) :]
     if unit not in _UNITS:
@@ -70,6 +70,12 @@ class BackfillSettings:
     #: was 1.3-2.8x its own with the ceiling at 0.25, 2.4-4.5x without one (its README)
     duty_cycle: float = 0.25
     sleep: float = 0.0  #: fixed extra rest between batches, seconds
+    #: bytes of WAL a second this process's batches may write (e.g. 4MB, or 4MB/s; 0 =
+    #: no cap): after each batch a worker rests until the WAL it wrote fits under the cap,
+    #: with the application at work or not. Every commit of the application waits for
+    #: the WAL written before it to reach the disk; on a disk whose flushes take tens of
+    #: milliseconds the backfill's WAL makes those waits longer (docs/backfill.md, Tuning)
+    max_wal_rate: int = 0
     #: pause while a standby's replay lag exceeds this many seconds (0 = off) ...
     max_replica_lag: float = 10.0
     #: ... and carry on when it is back at or under this
@@ -143,6 +149,8 @@ class BackfillSettings:
             raise ValueError("app_latency_target must be 0 (off) or above 1, e.g. 1.1")
         if self.max_latency_ratio < 0 or self.resume_latency_ratio < 0:
             raise ValueError("max_latency_ratio and resume_latency_ratio must be >= 0")
+        if self.max_wal_rate < 0:
+            raise ValueError("max_wal_rate must be >= 0 (bytes a second, e.g. 4MB; 0 = no cap)")
 
     def given(self) -> set[str]:
         """The settings that differ from the defaults."""
@@ -162,7 +170,7 @@ class BackfillSettings:
                 clean[k] = (
                     v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on")
                 )
-            elif k.endswith("_bytes"):
+            elif k.endswith("_bytes") or k == "max_wal_rate":
                 clean[k] = _parse_bytes(v)
             elif isinstance(cur, int):
                 clean[k] = int(_parse_float(k, v))

@@ -569,8 +569,10 @@ def contract(
 def set_(opts: Options, dsn: str | None, name: str, pairs: tuple[str, ...]) -> int:
     """Change live backfill settings of a migration (picked up within seconds).
 
-    Keys: batch_target, batch_min, batch_max, duty_cycle, sleep, max_replica_lag, ...
-    Durations take units (batch_target=300ms); duty_cycle takes a share or a percentage.
+    Keys: batch_target, batch_min, batch_max, duty_cycle, sleep, max_wal_rate,
+    max_replica_lag, ... (docs/backfill.md lists them). Durations take units
+    (batch_target=300ms); duty_cycle takes a share or a percentage; sizes take kB, MB or
+    GB (max_wal_rate=4MB: a second).
     """
     try:
         settings: dict[str, Any] = parse_pairs(pairs)
