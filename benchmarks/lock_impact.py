@@ -686,7 +686,8 @@ def migrate(
         times.events = backfill_events(logs)
         done = next((e for e in logs if e["event"] == "backfill_done"), {})
         keys = ("seconds", "batches", "waited_batches", "busy_seconds", "rested_seconds")
-        times.backfill = {k: done[k] for k in (*keys, "throttled_seconds") if k in done}
+        more = ("throttled_seconds", "wal_bytes", "wal_rested_seconds")
+        times.backfill = {k: done[k] for k in (*keys, *more) if k in done}
         throttled: dict[str, int] = {}
         for e in logs:
             if e["event"] == "backfill_throttled":
@@ -1302,6 +1303,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f" {b.get('waited_batches', '?')} waited on; busy {b.get('busy_seconds', '?')} s,"
                 f" rested {b.get('rested_seconds', '?')} s,"
                 f" throttled {b.get('throttled_seconds', '?')} s {b.get('throttled') or ''}"
+                + (
+                    f"; {b['wal_bytes'] / MB:.0f} MB of WAL across the batches, of the rest"
+                    f" {b['wal_rested_seconds']:.1f} s for max_wal_rate"
+                    if "wal_bytes" in b
+                    else ""
+                )
             )
         for key, title in (
             ("client_cpu_wait", "The workload's clients waiting for a CPU (pgbench's threads, ms a second"),
