@@ -29,11 +29,10 @@ The rules, per worker, after every batch:
   it begins and ends, the WAL written while any batch of this process ran is counted
   once (two workers' batches overlap), and the workers together rest so that it stays
   under that many bytes a second (a token bucket without a burst: idle time is not
-  saved up). It
-  applies whether the application is at work or not: every commit of the application
-  waits for the WAL written before it to reach the disk, so on a disk whose flushes take
-  tens of milliseconds it is the backfill's WAL, not its locks, that the application
-  feels (benchmarks/README.md).
+  saved up). It applies whether the application is at work or not: every commit of the
+  application waits for the WAL written before it to reach the disk, so on a disk whose
+  flushes take tens of milliseconds it is the backfill's WAL, not its locks, that the
+  application feels (benchmarks/README.md).
 
 GitLab's batched background migrations size batches toward a fixed share of a long
 interval and pause on database health indicators; gh-ost rests a fixed ``nice-ratio``
