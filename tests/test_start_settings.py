@@ -97,6 +97,27 @@ def test_apply_set_at_start(dsn: str, conn: Conn, table: None) -> None:
     assert one(conn, "SELECT min(n) = 2 AND max(n) = 2 FROM r")
 
 
+def test_max_wal_rate_at_start(dsn: str, conn: Conn, table: None) -> None:
+    """``apply --set max_wal_rate=128kB/s`` (a size a second): the backfill runs with the
+    cap in bytes and its batches rest for it (the defaults, on this idle database, never
+    rest: test_pace.py)."""
+    proc = expect(
+        run(
+            "apply", "--dsn", dsn, "--sql", UPDATE, "--name", "capped", "--yes",
+            "--set", "max_wal_rate=128kB/s", "--set", "batch_max=100",
+        ),
+        0,
+    )  # fmt: skip
+    assert running_settings(proc.stderr)["max_wal_rate"] == 128 * 1024
+    done = next(
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith("{") and json.loads(line).get("event") == "backfill_done"
+    )
+    assert done["wal_bytes"] > 50 * ROWS and done["wal_rested_seconds"] > 0
+    assert one(conn, "SELECT min(n) = 1 AND max(n) = 1 FROM r")
+
+
 def test_backfill_setting_at_start(dsn: str, conn: Conn, table: None) -> None:
     """``backfill`` takes the settings as ``--setting`` (its ``--set`` is the UPDATE's)."""
     proc = expect(
