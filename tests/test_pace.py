@@ -259,7 +259,8 @@ def test_max_wal_rate_caps_the_backfills_wal_on_an_idle_database(dsn: str, conn:
     assert all(e["rest"] >= e["wal"] / cap - e["seconds"] - 0.001 for e in bs), bs
     assert done["wal_bytes"] == sum(e["wal"] for e in bs)
     assert done["busy_seconds"] + done["rested_seconds"] >= done["wal_bytes"] / cap * 0.99
-    assert done["wal_rested_seconds"] > 0 and done["rests"] >= 29
+    # (a batch slowed past its WAL's time at the cap, on a loaded machine, need not rest)
+    assert done["wal_rested_seconds"] > 0 and done["rests"] >= len(bs) // 2
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
     conn.execute("UPDATE r SET n = 0")
     with capture_logs() as logs, Executor(dsn, settings(batch_initial=100, batch_max=100)) as ex:
