@@ -910,11 +910,10 @@ class Bench:
                         filler = WalFiller(dsn, filler_mb_s)
                         filler.start()
                     time.sleep(a.control_seconds)
-                    if filler is not None:
+                    run.finished, run.outcome = True, "no migration"
+                    if filler is not None:  # (the finally stops it too, if this is not reached)
                         filler.stop()
                         run.filler_wrote_mb_s = round(filler.mb_s, 2)
-                    run.finished, run.outcome = True, "no migration"
-                    if filler is not None:
                         run.outcome += f", {run.filler_wrote_mb_s:.1f} MB/s of WAL from a filler"
                 else:
                     run.finished, run.outcome = migrate(contestant, dsn, a.sets, times)
