@@ -31,14 +31,17 @@ samples itself):
   ``duty_cycle`` while at least ``busy_sessions`` sessions run queries;
 * ``app_latency``: the application's latency as a probe query sees it (``latency_probe``:
   by default a one-block read of the table, which also waits behind any lock queued on
-  the table, in a transaction that takes a transaction id, so that its commit waits for
-  a WAL flush as the application's writes do), against its own baseline measured before the first batch (median of 5). Above
-  ``max_latency_ratio`` times the baseline the backfill pauses; between
-  ``resume_latency_ratio`` and that it is *strained*: it runs, but rests between batches
-  (``duty_cycle``); at or under ``resume_latency_ratio`` it runs at full speed. Latencies
-  under ``latency_floor`` count as the floor, so noise on a sub-millisecond baseline does
-  not count. An operator's probe runs read-only; every probe has a 1 s statement
-  timeout (a probe that times out reads as 1 s). ``pg_stat_statements`` is not used: its figures are cumulative per
+  the table, in a transaction that writes a few bytes of WAL (``pg_logical_emit_message``),
+  so that its commit waits for the WAL flush, and for a synchronous standby, as the
+  application's writes do), against its own baseline measured before the first batch
+  (median of 5). Above ``max_latency_ratio`` times the baseline the backfill pauses;
+  between ``resume_latency_ratio`` and that it is *strained*: it runs, but rests between
+  batches (``duty_cycle``); at or under ``resume_latency_ratio`` it runs at full speed.
+  Latencies under ``latency_floor`` count as the floor, so noise on a sub-millisecond
+  baseline does not count. An operator's probe runs read-only; every probe's statements
+  have a 1 s timeout (a probe that times out reads as 1 s; the commit's wait for the
+  flush is no statement: a server that cannot commit holds the probe as it holds the
+  application). ``pg_stat_statements`` is not used: its figures are cumulative per
   statement shape and include the backfill's own statements; a probe measures now.
 
 A signal that cannot be read (no permission, no replica, replica unreachable) is reported
@@ -726,11 +729,13 @@ class AppLatency(Signal):
         if s.latency_probe == "auto":
             # one block by its address: a constant cost however many dead rows the
             # backfill left at the table's start, but the table's lock like any query;
-            # and a transaction id, so that its commit waits for a WAL flush as the
-            # application's writes do (behind the backfill's WAL)
+            # and a few bytes of WAL (a transactional message, no table touched), so
+            # that its commit waits for the WAL flush, behind the backfill's WAL, as the
+            # application's writes do. A transaction id alone would not: a transaction
+            # that wrote no WAL commits without waiting for the flush
             return sql.SQL(
                 "SELECT 1 FROM ONLY {} WHERE ctid = '(0,1)'::tid"
-                " UNION ALL SELECT 1 FROM pg_current_xact_id()"
+                " UNION ALL SELECT 1 FROM pg_logical_emit_message(true, 'onlineschema', '')"
             ).format(sql.Identifier(*ctx.table_name))
         # the operator's own query: run as given, read-only, under a statement timeout
         return sql.SQL(s.latency_probe)

@@ -28,7 +28,7 @@ from onlineschema import Backfill, BackfillSettings, Executor, RetryPolicy, Sett
 from onlineschema.backfill.chunks import WORKER_APPLICATION_NAME
 from onlineschema.backfill.pace import MIN_TARGET_SHARE, Decision, Pace
 from onlineschema.embedded.server import LocalServer
-from onlineschema.throttle import ActiveSessions, Context
+from onlineschema.throttle import ActiveSessions, AppLatency, Context
 
 Conn = psycopg.Connection[Any]
 
@@ -351,6 +351,64 @@ def test_latency_probe_rests_when_strained_pauses_when_over_and_carries_on(
     done = next(e for e in logs if e["event"] == "backfill_done")
     assert done["throttled_seconds"] > 0
     assert one(conn, "SELECT count(*) FROM r WHERE n <> 1") == 0
+
+
+@pytest.mark.version_independent
+def test_the_latency_probe_commits_as_the_applications_writes_do(pg_version: int) -> None:
+    """The default probe's commit waits for the WAL flush, as an application's write
+    does (the WAL the backfill wrote before it included). Shown with a synchronous
+    standby that never answers: every commit that wrote WAL waits for it (wait event
+    SyncRep) until the setting goes. The probe's commit waits with the application's; a
+    probe that only took a transaction id wrote no WAL and would return at once."""
+    server = LocalServer(pg_version, settings={"synchronous_commit": "on"}).start()
+    try:
+        dsn = server.create_database("probe")
+        with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as c:
+            make_table(admin, 10)
+            ctx = Context(c, one(admin, "SELECT 'r'::regclass::oid"), list, ("public", "r"))
+            probe, s = AppLatency(), BackfillSettings()
+            probe.prime(ctx, s)  # the baseline, with commits as usual
+            released = threading.Event()
+            readings: list[Any] = []
+
+            def standby(name: str) -> None:
+                query = sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}")
+                admin.execute(query.format(sql.Literal(name)))
+                admin.execute("SELECT pg_reload_conf()")
+
+            def app_writes() -> None:  # (the first after the reload waits)
+                with psycopg.connect(dsn, autocommit=True) as app:
+                    while not released.is_set():
+                        app.execute("UPDATE r SET n = n + 1 WHERE id = 1")
+
+            def waiting(pid: int | None = None) -> int:
+                return int(
+                    one(
+                        admin,
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                        " AND pid = coalesce(%s, pid)",
+                        (pid,),
+                    )
+                )
+
+            app = threading.Thread(target=app_writes)
+            reader = threading.Thread(target=lambda: readings.append(probe.read(ctx, s)))
+            standby("nobody")
+            try:
+                app.start()
+                wait_until(lambda: waiting() == 1, timeout=30, what="a commit waiting")
+                reader.start()
+                pid = c.info.backend_pid
+                wait_until(lambda: waiting(pid) == 1, timeout=10, what="the probe waiting")
+            finally:
+                standby("")
+                released.set()
+            reader.join(10)
+            app.join(10)
+            assert not reader.is_alive() and not app.is_alive()
+            assert readings and readings[0].problem is None
+    finally:
+        server.stop()
 
 
 def test_batches_commit_without_waiting_for_the_wal_flush(dsn: str, conn: Conn) -> None:

@@ -103,8 +103,8 @@ class BackfillSettings:
     busy_sessions: float = 1.0
     #: the application's latency, as a probe query measures it against its own baseline
     #: (taken before the first batch): "auto" (a one-block read of the table, which also
-    #: waits behind any lock queued on the table, committed with a transaction id, so
-    #: that it waits for a WAL flush like the application's writes), "off", or the SQL
+    #: waits behind any lock queued on the table, writing a few bytes of WAL, so that
+    #: its commit waits for the flush like the application's writes), "off", or the SQL
     #: of a query that stands for the application's (run read-only, at most 1 s)
     latency_probe: str = "auto"
     #: pause while the probe takes more than this many times its baseline ...
