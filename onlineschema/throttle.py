@@ -38,10 +38,10 @@ samples itself):
   between ``resume_latency_ratio`` and that it is *strained*: it runs, but rests between
   batches (``duty_cycle``); at or under ``resume_latency_ratio`` it runs at full speed.
   Latencies under ``latency_floor`` count as the floor, so noise on a sub-millisecond
-  baseline does not count. An operator's probe runs read-only; every probe's statements
-  have a 1 s timeout (a probe that times out reads as 1 s; the commit's wait for the
-  flush is no statement: a server that cannot commit holds the probe as it holds the
-  application). ``pg_stat_statements`` is not used: its figures are cumulative per
+  baseline does not count. An operator's probe runs read-only; every probe has a 1 s
+  timeout, its commit's wait included (a probe that times out reads as 1 s: a standby
+  that stopped answering holds the application's commits, and pauses the backfill).
+  ``pg_stat_statements`` is not used: its figures are cumulative per
   statement shape and include the backfill's own statements; a probe measures now.
 
 A signal that cannot be read (no permission, no replica, replica unreachable) is reported
@@ -53,6 +53,7 @@ was fine without it) or waits until the signal can be read again (``pause``).
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -746,6 +747,12 @@ class AppLatency(Signal):
         conn = ctx.conn
         for _ in range(n):
             t0 = self._clock()
+            # the commit's wait (for the flush, for a synchronous standby) is no
+            # statement: it is cancelled after probe_timeout (the server then says so and
+            # keeps the commit), so that a server that cannot commit reads as a probe that
+            # timed out instead of holding the signals
+            cancel = threading.Timer(self.probe_timeout, _cancel, (conn,))
+            cancel.daemon = True
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     if s.latency_probe != "auto":  # the operator's query changes nothing
@@ -757,9 +764,14 @@ class AppLatency(Signal):
                     )
                     cur.execute(query)
                     cur.fetchall()
+                    cancel.start()
                 times.append(self._clock() - t0)
             except psycopg.errors.QueryCanceled:
                 times.append(max(self._clock() - t0, self.probe_timeout))
+            finally:
+                cancel.cancel()
+                if cancel.is_alive():  # a cancel sent late lands on the idle session: ignored
+                    cancel.join()
         times.sort()
         return times[len(times) // 2]
 
@@ -800,6 +812,13 @@ class AppLatency(Signal):
 
     def strained(self, r: Reading, s: Limits) -> bool:
         return not self.clear(r, s)
+
+
+def _cancel(conn: psycopg.Connection[Any]) -> None:
+    """Cancel what ``conn`` runs (from another thread); a cancel that cannot be sent
+    leaves the probe to finish on its own."""
+    with contextlib.suppress(psycopg.Error):
+        conn.cancel_safe(timeout=5.0)
 
 
 def pg_backend_pid(conn: psycopg.Connection[Any]) -> int:

@@ -357,9 +357,11 @@ def test_latency_probe_rests_when_strained_pauses_when_over_and_carries_on(
 def test_the_latency_probe_commits_as_the_applications_writes_do(pg_version: int) -> None:
     """The default probe's commit waits for the WAL flush, as an application's write
     does (the WAL the backfill wrote before it included). Shown with a synchronous
-    standby that never answers: every commit that wrote WAL waits for it (wait event
-    SyncRep) until the setting goes. The probe's commit waits with the application's; a
-    probe that only took a transaction id wrote no WAL and would return at once."""
+    standby that stopped answering: every commit that wrote WAL waits for it (wait event
+    SyncRep). The probe's commit waits with the application's, and after probe_timeout
+    reads as a probe that timed out, which pauses the backfill, while the application
+    still waits. A probe that only took a transaction id wrote no WAL and would return
+    at once; one whose commit had no timeout would wait with the application."""
     server = LocalServer(pg_version, settings={"synchronous_commit": "on"}).start()
     try:
         dsn = server.create_database("probe")
@@ -400,13 +402,17 @@ def test_the_latency_probe_commits_as_the_applications_writes_do(pg_version: int
                 reader.start()
                 pid = c.info.backend_pid
                 wait_until(lambda: waiting(pid) == 1, timeout=10, what="the probe waiting")
+                reader.join(AppLatency.reading_probes * AppLatency.probe_timeout + 10)
+                assert not reader.is_alive(), "the probe's commit had no timeout"
+                assert waiting() == 1 and app.is_alive()  # the application still waits
             finally:
                 standby("")
                 released.set()
-            reader.join(10)
             app.join(10)
-            assert not reader.is_alive() and not app.is_alive()
-            assert readings and readings[0].problem is None
+            assert not app.is_alive()
+        (r,) = readings
+        assert r.problem is None and r.values["seconds"] >= AppLatency.probe_timeout, r
+        assert probe.over(r, s) is not None  # the backfill pauses
     finally:
         server.stop()
 
