@@ -262,6 +262,8 @@ class Run:
     client_cpu_wait: dict[str, float] = field(default_factory=dict)
     #: times a second a backend found the WAL buffers full: baseline, during, tail
     wal_buffers_full: dict[str, float] = field(default_factory=dict)
+    #: with --commit-probe: its commits' p50/p99/max ms, baseline, during, tail
+    commit_probe: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the backfill's VACUUMs: (started, ended) seconds into the migration
     vacuums: list[tuple[float, float]] = field(default_factory=list)
     #: checkpoints that ended during the run: (started, ended) seconds into the migration
@@ -386,6 +388,52 @@ class WalFiller(threading.Thread):
     @property
     def mb_s(self) -> float:
         return self.written / MB / max(self.seconds, 1e-9)
+
+
+class CommitProbe(threading.Thread):
+    """With ``--commit-probe MS``: every MS milliseconds a session of its own commits a
+    transaction that wrote a few bytes of WAL (a transactional message, no table), so that
+    the commit waits for the WAL flush as the workload's writes do; each commit's time is
+    kept. What a commit costs on the server's disk, beside the workload's latencies."""
+
+    def __init__(self, dsn: str, interval: float) -> None:
+        super().__init__(name="commit-probe", daemon=True)
+        self.dsn, self.interval = dsn, interval
+        self.done = threading.Event()
+        self.samples: list[tuple[float, float]] = []  #: (commit began, its seconds)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, application_name="commit-probe") as c:
+                c.execute("SET synchronous_commit = on")
+                c.commit()
+                while not self.done.wait(self.interval):
+                    c.execute("SELECT pg_logical_emit_message(true, 'probe', '')")
+                    t0, m0 = time.time(), time.perf_counter()
+                    c.commit()
+                    self.samples.append((t0, time.perf_counter() - m0))
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(30)
+
+    def window(self, start: float, end: float) -> dict[str, float]:
+        """p50, p99 and max of the commits that began in ``[start, end)``, in ms."""
+        ms = [d * 1000 for t, d in self.samples if start <= t < end]
+        return {
+            "n": len(ms),
+            "p50_ms": round(_pct(ms, 50), 2),
+            "p99_ms": round(_pct(ms, 99), 2),
+            "max_ms": round(max(ms, default=0.0), 2),
+        }
+
+    def across(self, start: float, end: float) -> float | None:
+        """The longest commit that overlapped ``[start, end]``, ms (None: none did)."""
+        ms = [d * 1000 for t, d in self.samples if t <= end and t + d >= start]
+        return round(max(ms), 1) if ms else None
 
 
 class Blocker(threading.Thread):
@@ -620,12 +668,14 @@ def stalls(
     times: StepTimes,
     watch: ServerWatch,
     sampler: WaitSampler | None = None,
+    probe: CommitProbe | None = None,
 ) -> list[dict[str, Any]]:
     """Each stall of ``STALL_MS`` or more in ``[start, end]`` with what was going on: the
     step, the transactions in flight across it by script (reads stalled too: not a row
     lock), the backfill's batches and VACUUMs that overlapped it, the WAL written in the
-    second before it, whether a checkpoint ran, and with a sampler what the backends
-    waited on across it and the machine's CPU and I/O pressure."""
+    second before it, whether a checkpoint ran, with a sampler what the backends
+    waited on across it and the machine's CPU and I/O pressure, and with a commit probe
+    the longest of its commits that overlapped it."""
     scripts = list(PGBENCH_SCRIPTS)
     ok = [t for t in txns if not t.failed and start <= t.end <= end]
     points = [start, *(t.end for t in ok), end]
@@ -665,6 +715,8 @@ def stalls(
         )
         if sampler is not None:
             out[-1].update(sampler.across(a, b))
+        if probe is not None:
+            out[-1]["probe_ms"] = probe.across(a, b)
     return out
 
 
@@ -890,6 +942,9 @@ class Bench:
         sampler = WaitSampler(dsn, a.sample_waits / 1000) if a.sample_waits else None
         if sampler is not None:
             sampler.start()
+        probe = CommitProbe(dsn, a.commit_probe / 1000) if a.commit_probe else None
+        if probe is not None:
+            probe.start()
         waits: list[tuple[float, float]] = []  # (when, pgbench's CPU wait so far)
         try:
             time.sleep(1.0)  # the clients are connected: the baseline window opens
@@ -932,6 +987,8 @@ class Bench:
             watch.stop()
             if sampler is not None:
                 sampler.stop()
+            if probe is not None:
+                probe.stop()
             proc.stop(dsn)
         txns = read_logs(self.workdir, prefix)
         run.migration_seconds = round(t_end - t_start, 3)
@@ -940,6 +997,8 @@ class Bench:
         ):
             run.client_cpu_wait[name] = round((w1 - w0) / max(t1 - t0, 1e-9) * 1000, 1)
             run.wal_buffers_full[name] = round(watch.buffers_full(t0, t1) / max(t1 - t0, 1e-9), 1)
+            if probe is not None:
+                run.commit_probe[name] = probe.window(t0, t1)
         run.baseline = window_stats(txns, t_launch + 1.0, t_start)
         run.during = window_stats(txns, t_start, t_end)
         run.tail = window_stats(txns, t_end, t_stop)
@@ -951,7 +1010,7 @@ class Bench:
             (ratio, duty, round(at - t_start, 2))
             for ratio, duty, at in run.backfill.get("duty", [])
         ]
-        run.stalls = stalls(txns, t_start, t_end, times, watch, sampler)
+        run.stalls = stalls(txns, t_start, t_end, times, watch, sampler, probe)
         run.vacuums = [
             (round(e["start"] - t_start, 1), round(e["end"] - t_start, 1))
             for e in times.events
@@ -989,6 +1048,9 @@ class Bench:
         run.error_detail = aborted[:5]
         if blocker is not None and blocker.error is not None:
             run.error_detail.append(f"blocker: {blocker.error!r}")
+        if probe is not None and probe.error is not None:
+            run.error_detail.append(f"commit probe: {probe.error!r}")
+            run.errors += 1
         if filler is not None and filler.error is not None:
             run.error_detail.append(f"filler: {filler.error!r}")
             run.errors += 1
@@ -1341,13 +1403,30 @@ def markdown(result: dict[str, Any]) -> str:
                 )  # fmt: skip
     # the control runs' stalls beside ours: what the machine does without a migration
     alone = [r for r in result["runs"] if r["contestant"] == CONTROL]
+    probed = [r for r in alone + ours if r.get("commit_probe")]
+    if probed:
+        lines += [
+            "",
+            "A commit's wait for the WAL flush, as the commit probe saw it (a session"
+            f" committing a few bytes of WAL every {result['params'].get('commit_probe', 0):g} ms;"
+            " p50 / p99 / max ms), baseline; during; tail:",
+            "",
+        ]
+        for r in probed:
+            cells = "; ".join(
+                f"{w['p50_ms']:.1f} / {w['p99_ms']:.1f} / {w['max_ms']:.1f}"
+                for w in (r["commit_probe"].get(k) for k in ("baseline", "during", "tail"))
+                if w
+            )
+            lines.append(f"- {who(r)} {tag(r)}: {cells}")
     if alone + ours and all("stalls" in r for r in alone + ours):  # (older results: none)
         lines += [
             "",
             f"Stalls of {STALL_MS:.0f} ms or more (seconds into the migration: the stretch"
             " with no transaction completing; the step; transactions in flight across it;"
             " the backfill's batches overlapping it, ms/rows/waiters; a VACUUM running;"
-            " with --sample-waits, what the backends waited on across it). Their rate"
+            " with --sample-waits, what the backends waited on across it; with"
+            " --commit-probe, the probe's longest commit across it). Their rate"
             f" first; `{CONTROL}` is the workload alone:",
             "",
         ]
@@ -1375,6 +1454,11 @@ def markdown(result: dict[str, Any]) -> str:
                         else ""
                     )
                     + ("; checkpoint" if x.get("checkpoint") else "")
+                    + (
+                        f"; the probe's longest commit across it {x['probe_ms']:.0f} ms"
+                        if x.get("probe_ms") is not None
+                        else ""
+                    )
                     + (
                         f"; waits ({x['samples']} samples): "
                         + ", ".join(f"{n} {k}" for k, n in list(x["waits"].items())[:6])
@@ -1455,6 +1539,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sample-waits", type=float, default=0.0, metavar="MS",
         help="sample pg_stat_activity's wait events and /proc/pressure every MS ms, and"
         " report what the clients waited on across each stall (costs some CPU)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--commit-probe", type=float, default=0.0, metavar="MS",
+        help="every MS ms a session commits a few bytes of WAL; report its commits' times"
+        " (the WAL flush a write waits for) per window and across each stall",
     )  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lock_impact.json"))
     ap.add_argument("--keep", action="store_true", help="keep databases and pgbench logs")
@@ -1545,6 +1634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "control_seconds",
                 "control_wal",
                 "sample_waits",
+                "commit_probe",
             )
         }
         | {"users": bench.users},
