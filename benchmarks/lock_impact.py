@@ -338,7 +338,22 @@ class Pgbench:
         ]
 
 
-class WalFiller(threading.Thread):
+class Background(threading.Thread):
+    """A daemon thread that runs until ``stop()`` (its loop waits on ``done``)."""
+
+    #: seconds stop() waits for the thread to end (None: until it does)
+    stop_timeout: float | None = 30.0
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.done = threading.Event()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(self.stop_timeout)
+
+
+class WalFiller(Background):
     """Writes ``mb_s`` MB of WAL a second and nothing else: every ``tick`` seconds one
     transaction inserts into a table of its own (``wal_filler``: no lock the workload
     takes), committed with ``synchronous_commit`` off as the backfill's batches are, so
@@ -349,9 +364,8 @@ class WalFiller(threading.Thread):
     tick = 0.05
 
     def __init__(self, dsn: str, mb_s: float) -> None:
-        super().__init__(name="wal-filler", daemon=True)
+        super().__init__("wal-filler")
         self.dsn, self.rate = dsn, mb_s * MB
-        self.done = threading.Event()
         self.error: BaseException | None = None
         self.written = 0  #: WAL bytes, as EXPLAIN reports them
         self.seconds = 0.0
@@ -381,25 +395,20 @@ class WalFiller(threading.Thread):
         except BaseException as exc:  # reported by the caller
             self.error = exc
 
-    def stop(self) -> None:
-        self.done.set()
-        self.join(30)
-
     @property
     def mb_s(self) -> float:
         return self.written / MB / max(self.seconds, 1e-9)
 
 
-class CommitProbe(threading.Thread):
+class CommitProbe(Background):
     """With ``--commit-probe MS``: every MS milliseconds a session of its own commits a
     transaction that wrote a few bytes of WAL (a transactional message, no table), so that
     the commit waits for the WAL flush as the workload's writes do; each commit's time is
     kept. What a commit costs on the server's disk, beside the workload's latencies."""
 
     def __init__(self, dsn: str, interval: float) -> None:
-        super().__init__(name="commit-probe", daemon=True)
+        super().__init__("commit-probe")
         self.dsn, self.interval = dsn, interval
-        self.done = threading.Event()
         self.samples: list[tuple[float, float]] = []  #: (commit began, its seconds)
         self.error: BaseException | None = None
 
@@ -415,10 +424,6 @@ class CommitProbe(threading.Thread):
                     self.samples.append((t0, time.perf_counter() - m0))
         except BaseException as exc:  # reported by the caller
             self.error = exc
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(30)
 
     def window(self, start: float, end: float) -> dict[str, float]:
         """p50, p99 and max of the commits that began in ``[start, end)``, in ms."""
@@ -460,7 +465,7 @@ class Blocker(threading.Thread):
             self.ready.set()
 
 
-class ServerWatch(threading.Thread):
+class ServerWatch(Background):
     """Polls the server every ``interval`` seconds: its WAL position (how much WAL was
     written when), its last checkpoint (``pg_control_checkpoint()``: a checkpoint shows
     when it ends, with the second it started) and whether the checkpointer is at work
@@ -469,11 +474,11 @@ class ServerWatch(threading.Thread):
     wrote WAL out itself first, holding the lock every commit's flush takes)."""
 
     interval = 0.1
+    stop_timeout = None
 
     def __init__(self, dsn: str) -> None:
-        super().__init__(name="server-watch", daemon=True)
+        super().__init__("server-watch")
         self.dsn = dsn
-        self.done = threading.Event()
         self.samples: list[tuple[float, float, float]] = []  #: (epoch, WAL bytes, full)
         self.checkpoints: list[tuple[float, float]] = []  #: (started, seen ended), epoch
         self.checkpointing: list[float] = []  #: when the checkpointer was seen at work
@@ -499,10 +504,6 @@ class ServerWatch(threading.Thread):
                     self.checkpoints.append((row[1], now))
                 last = row[1]
 
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
-
     def wal_mb(self, start: float, end: float) -> float:
         """MB of WAL written in ``[start, end]`` (from the samples around it)."""
         return self._between(start, end, 1) / MB
@@ -525,19 +526,19 @@ def around(samples: Sequence[SampleT], start: float, end: float) -> tuple[Sample
     return (before[-1], after[0]) if before and after else None
 
 
-class WaitSampler(threading.Thread):
+class WaitSampler(Background):
     """With ``--sample-waits MS``: every MS milliseconds, what each backend of the
     database is doing (``pg_stat_activity``: who, state, wait event) and the machine's
     stall counters (``/proc/pressure``: time some task waited for a CPU or for I/O), so
     that a stall can be explained by what the clients waited on across it."""
 
     PRESSURE = ("cpu", "io")
+    stop_timeout = None
 
     def __init__(self, dsn: str, interval: float) -> None:
-        super().__init__(name="wait-sampler", daemon=True)
+        super().__init__("wait-sampler")
         self.dsn = dsn
         self.interval = interval
-        self.done = threading.Event()
         #: (epoch, ((who, state, wait), ...), {resource: µs stalled so far})
         self.samples: list[tuple[float, tuple[tuple[str, str, str], ...], dict[str, int]]] = []
 
@@ -564,10 +565,6 @@ class WaitSampler(threading.Thread):
                     " AND application_name NOT IN ('server-watch', 'wait-sampler')"
                 ).fetchall()
                 self.samples.append((time.time(), tuple(rows), self.pressure()))
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
 
     def across(self, start: float, end: float) -> dict[str, Any]:
         """What the samples in ``[start, end]`` saw: how often each backend was seen in
